@@ -1,0 +1,133 @@
+"""The one place where an article becomes the model's prompt.
+
+Training (the SFT/DPO/RL views), the in-process backend and the vLLM backend all call
+:func:`encode_prompt`; nothing else formats prompts. It returns the token ids as well
+as the text, so every consumer feeds the model exactly the same tokens: training
+appends the label token, serving asks for the probabilities of the two label tokens
+at the next position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.article import Article
+
+if TYPE_CHECKING:  # transformers is heavy; only the type is needed here
+    from transformers import PreTrainedTokenizerBase
+
+SIGNAL_INSTRUCTION = (
+    "You screen news for investors. An item is an investment signal when it reports an "
+    "event that stands out for its time: unusual or exceptional rather than routine "
+    "business, likely to have a lasting effect or to be carried through successfully, "
+    "and important to a whole industry or to the world economy rather than to a "
+    "single office or product line. Read the item and answer with only 1 if it is an investment signal or 0 if it "
+    "is not."
+)
+"""The system instruction, in the project's own words."""
+
+SIGNAL_TOKEN = "1"
+"""Completion that means 'investment signal'."""
+
+NOT_SIGNAL_TOKEN = "0"
+"""Completion that means 'not an investment signal'."""
+
+DEFAULT_MAX_PROMPT_TOKENS = 512
+"""Longest prompt (template included) fed to the model; longer texts are cut."""
+
+# Upper bound of characters per token when pre-cutting huge texts before tokenizing
+# them (a 1 MB article would otherwise be tokenized whole just to be thrown away).
+_MAX_CHARS_PER_TOKEN = 16
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """An article rendered for the model."""
+
+    token_ids: list[int]
+    text: str
+    truncated: bool
+    """True when part of the article's text was cut to fit ``max_prompt_tokens``."""
+
+
+@dataclass(frozen=True)
+class LabelTokens:
+    """Token ids of the two answers."""
+
+    not_signal: int
+    signal: int
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase) -> LabelTokens:
+    """Ids of the two label tokens; raises if either is not a single token."""
+    ids = {}
+    for label in (NOT_SIGNAL_TOKEN, SIGNAL_TOKEN):
+        encoded = tokenizer.encode(label, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(
+                f"label {label!r} is {len(encoded)} tokens in this tokenizer "
+                f"({encoded}); the classifier needs single-token labels"
+            )
+        ids[label] = encoded[0]
+    if ids[SIGNAL_TOKEN] == ids[NOT_SIGNAL_TOKEN]:
+        raise ValueError("the two label tokens map to the same id")
+    return LabelTokens(not_signal=ids[NOT_SIGNAL_TOKEN], signal=ids[SIGNAL_TOKEN])
+
+
+def _user_message(article: Article, text: str) -> str:
+    lines = [f"Title: {article.title.strip()}"]
+    if article.date_published is not None:
+        lines.append(f"Published: {article.date_published.isoformat()[:10]}")
+    lines.append("")
+    lines.append(text.strip())
+    return "\n".join(lines)
+
+
+def _render(article: Article, text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    messages = [
+        {"role": "system", "content": SIGNAL_INSTRUCTION},
+        {"role": "user", "content": _user_message(article, text)},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _tokens(text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    # The chat template already carries every special token the model needs.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(
+    article: Article,
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+) -> EncodedPrompt:
+    """Render ``article`` with the base model's chat template, cut to fit the budget.
+
+    Only the body text is ever cut (from the end); the instruction, the title and the
+    answer position always survive. Raises ``ValueError`` when even an empty body
+    does not fit ``max_prompt_tokens``.
+    """
+    overhead = len(_tokens(_render(article, "", tokenizer), tokenizer))
+    budget = max_prompt_tokens - overhead
+    if budget < 1:
+        raise ValueError(
+            f"max_prompt_tokens={max_prompt_tokens} leaves no room for the text: the "
+            f"instruction and title alone take {overhead} tokens"
+        )
+    text = article.text
+    truncated = False
+    if len(text) > budget * _MAX_CHARS_PER_TOKEN:
+        text, truncated = text[: budget * _MAX_CHARS_PER_TOKEN], True
+    body = _tokens(text, tokenizer)
+    # Cutting at a token boundary and decoding can re-tokenise a little differently;
+    # shrink until the rendered prompt fits.
+    while True:
+        if len(body) > budget:
+            body, truncated = body[:budget], True
+            text = tokenizer.decode(body)
+        rendered = _render(article, text, tokenizer)
+        ids = _tokens(rendered, tokenizer)
+        if len(ids) <= max_prompt_tokens:
+            return EncodedPrompt(token_ids=ids, text=rendered, truncated=truncated)
+        budget -= len(ids) - max_prompt_tokens
