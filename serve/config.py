@@ -1,0 +1,72 @@
+"""Typed configuration of the classification service (``SIGNALS_SERVE_*`` env vars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS
+from pipeline.settings import Paths
+
+_paths = Paths()
+
+
+class ServeConfig(BaseSettings):
+    """Settings of ``signals serve``; each field reads ``SIGNALS_SERVE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGNALS_SERVE_", extra="forbid")
+
+    backend: Literal["vllm", "inprocess"] = "vllm"
+    """``vllm``: a vLLM server (started here, or at ``vllm_url``); ``inprocess``:
+    transformers + peft in the API process."""
+
+    base_model: Path = _paths.models_dir / "SmolLM2-135M-Instruct"
+    """Local Hugging Face directory of the base model (its tokenizer renders prompts)."""
+
+    registry: Path = _paths.registry_dir
+    """Adapter registry; only adapters inside it can be loaded."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    vllm_url: str | None = None
+    """URL of a running vLLM server (e.g. in Kubernetes). None: ``signals serve``
+    starts and supervises one on ``vllm_port``."""
+
+    vllm_port: int = Field(default=8100, ge=1, le=65535)
+    vllm_served_name: str = "base"
+    """Name under which vLLM serves the base model."""
+
+    max_loras: int = Field(default=4, ge=1)
+    """Adapters vLLM can hold in one batch."""
+
+    max_lora_rank: int = Field(default=16, ge=1)
+    """Largest adapter rank; keep it equal to the real rank (padding costs 1.6-2x on CPU)."""
+
+    lora_target_modules: list[str] = ["qkv_proj", "o_proj"]
+    """vLLM module names the adapters touch (q/k/v_proj are fused into qkv_proj)."""
+
+    vllm_max_model_len: int = Field(default=2048, ge=64)
+    vllm_kv_cache_gib: int = Field(default=1, ge=1)
+    """``VLLM_CPU_KVCACHE_SPACE`` for a vLLM started on a CPU."""
+
+    vllm_startup_timeout_s: float = Field(default=300.0, gt=0)
+
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """P(signal) at or above which an article is labelled a signal, unless a request
+    names its own."""
+
+    max_prompt_tokens: int = Field(default=DEFAULT_MAX_PROMPT_TOKENS, ge=32)
+    """Prompt length cap; longer texts are cut and the response says ``truncated``."""
+
+    max_batch: int = Field(default=64, ge=1)
+    """Most articles in one ``/v1/classify`` request."""
+
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body accepted (413 above)."""
+
+    backend_timeout_s: float = Field(default=60.0, gt=0)
+    """Time allowed to the model server per request before a 504."""

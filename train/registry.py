@@ -1,0 +1,103 @@
+"""The adapter registry: one directory per adapter version, with its manifest.
+
+Layout::
+
+    <registry>/<name>/adapter_config.json
+                      adapter_model.safetensors
+                      manifest.json        # base model, method, data window, config, metrics
+
+A version is assembled in ``<registry>/.staging-<name>/`` and renamed into place only
+when complete (``manifest.json`` written last), so a reader — the serving side's
+watcher included — never sees half an adapter. Names are unique (method, data, UTC
+time, random suffix) and never reused: vLLM caches adapters by name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class AdapterNotFound(KeyError):
+    """No complete adapter version of that name in the registry."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of its argument
+        return str(self.args[0])
+
+
+class InvalidAdapterName(ValueError):
+    """A name that could escape the registry directory or is otherwise malformed."""
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a safe, plain directory name; raise otherwise."""
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise InvalidAdapterName(
+            f"invalid adapter name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(no path separators, no '..', at most 128 characters)")
+    return name
+
+
+class AdapterRegistry:
+    """A local directory of adapter versions (object storage in production)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def new_name(self, method: str, data_tag: str) -> str:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return validate_name(f"{method}-{data_tag}-{stamp}-{secrets.token_hex(2)}")
+
+    def staging_dir(self, name: str) -> Path:
+        """Where a version is assembled before :meth:`publish` makes it visible."""
+        path = self.root / f".staging-{validate_name(name)}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def publish(self, name: str, manifest: dict[str, Any]) -> AdapterVersion:
+        """Write the manifest into the staging directory and rename it into place."""
+        staging = self.root / f".staging-{validate_name(name)}"
+        missing = [f for f in ADAPTER_FILES if not (staging / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"cannot publish {name}: {staging} lacks {missing}")
+        final = self.root / name
+        if final.exists():
+            raise FileExistsError(f"adapter version {name} already exists; names are never reused")
+        manifest = {"name": name, **manifest}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        staging.rename(final)
+        return AdapterVersion(name=name, path=final, manifest=manifest)
+
+    def get(self, name: str) -> AdapterVersion:
+        path = self.root / validate_name(name)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise AdapterNotFound(f"no adapter named {name!r} in the registry {self.root}")
+        return AdapterVersion(name=name, path=path, manifest=json.loads(manifest_path.read_text()))
+
+    def list(self) -> list[AdapterVersion]:
+        """Complete versions, oldest first (staging directories are invisible)."""
+        if not self.root.is_dir():
+            return []
+        versions = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not (path / MANIFEST).is_file():
+                continue
+            versions.append(self.get(path.name))
+        return sorted(versions, key=lambda v: (v.manifest.get("created_at", ""), v.name))
