@@ -55,7 +55,7 @@ class ReutersDocument:
 
 
 def _field(body: str, tag: str) -> str | None:
-    match = re.search(rf"<{tag}>(.*?)</{tag}>", body, re.S)
+    match = re.search(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", body, re.S)
     return match.group(1) if match else None
 
 
@@ -93,12 +93,17 @@ def parse_sgml(text: str) -> Iterator[ReutersDocument]:
         text_block = _field(body, "TEXT") or ""
         text_attrs = re.search(r"<TEXT([^>]*)>", body)
         type_match = _ATTR.search(text_attrs.group(1)) if text_attrs else None
+        title = _clean(_field(text_block, "TITLE"))
+        text = _clean(_field(text_block, "BODY"))
+        if not title and not text:
+            # TYPE="UNPROC" documents keep their raw wire text directly in <TEXT>.
+            text = _clean(re.sub(r"<[^>]+>", " ", text_block))
         yield ReutersDocument(
             new_id=int(attrs["NEWID"]),
             indexed=attrs.get("TOPICS") == "YES",
             date=parse_date(_field(body, "DATE") or ""),
-            title=_clean(_field(text_block, "TITLE")),
-            body=_clean(_field(text_block, "BODY")),
+            title=title,
+            body=text,
             topics=tuple(re.findall(r"<D>(.*?)</D>", topics_raw)),
             doc_type=type_match.group(2) if type_match else "NORM",
         )
@@ -149,6 +154,8 @@ TRAIN_END = date(1987, 3, 31)
 """The data README's temporal protocol: train on articles up to 31 March 1987."""
 
 DATASET_NAME = "reuters-acq"
+IMPORTER_VERSION = 2
+"""Bumped whenever parsing changes, so existing datasets get rebuilt."""
 
 
 def build_dataset(
@@ -163,7 +170,8 @@ def build_dataset(
     sources = {path.name: file_sha256(path) for path in files}
     if not force and (Path(out_dir) / "manifest.json").is_file():
         existing = read_manifest(out_dir)
-        if existing.get("source_files") == sources and existing.get("train_end") == str(train_end):
+        if (existing.get("source_files") == sources and existing.get("train_end") == str(train_end)
+                and existing.get("importer_version") == IMPORTER_VERSION):
             log.info("dataset %s is up to date", out_dir)
             return existing
     articles = load_labelled_articles(reuters_dir)
@@ -174,5 +182,6 @@ def build_dataset(
         "label_rule": f"signal = indexed under '{SIGNAL_TOPIC}'; other indexed articles = "
         "not signal; unindexed articles skipped",
         "train_end": str(train_end),
+        "importer_version": IMPORTER_VERSION,
     }
     return write_dataset(out_dir, temporal_splits(articles, train_end), provenance)

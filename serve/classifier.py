@@ -63,6 +63,18 @@ class SignalClassifier:
                 log.info("loaded adapter %s from %s", name, version.path)
         return version
 
+    def prompt_limit(self, adapter: str | None) -> int:
+        """Prompt cap for ``adapter``: the one it was trained with, within the server's.
+
+        Rendering an article exactly as during training keeps train and serve prompts
+        identical; the server's cap still bounds every request.
+        """
+        trained = None
+        if adapter is not None and adapter in self.loaded:
+            trained = self.loaded[adapter].manifest.get("hyperparameters", {}).get(
+                "max_prompt_tokens")
+        return min(self.max_prompt_tokens, trained) if trained else self.max_prompt_tokens
+
     async def unload(self, name: str) -> None:
         async with self._load_lock:
             if name in self.loaded:
@@ -76,9 +88,10 @@ class SignalClassifier:
         else:
             adapter = None
         threshold = self.threshold if threshold is None else threshold
+        limit = self.prompt_limit(adapter)
         # Tokenising a long article takes a while: keep the event loop free.
         prompts = await asyncio.to_thread(
-            lambda: [encode_prompt(a, self.tokenizer, self.max_prompt_tokens) for a in articles])
+            lambda: [encode_prompt(a, self.tokenizer, limit) for a in articles])
         probabilities = await self.backend.signal_probabilities(
             [p.token_ids for p in prompts], [adapter] * len(prompts))
         return [

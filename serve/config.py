@@ -49,6 +49,12 @@ class ServeConfig(BaseSettings):
     lora_target_modules: list[str] = ["qkv_proj", "o_proj"]
     """vLLM module names the adapters touch (q/k/v_proj are fused into qkv_proj)."""
 
+    vllm_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weights/activations dtype of a vLLM started here. bfloat16 logits are coarse
+    (steps of ~0.25 near the label tokens' values), which moves P(signal) by up to
+    ~0.05; float32 agrees with the in-process backend to ~1e-3. Use bfloat16 on GPUs
+    when that precision is acceptable."""
+
     vllm_max_model_len: int = Field(default=2048, ge=64)
     vllm_kv_cache_gib: int = Field(default=1, ge=1)
     """``VLLM_CPU_KVCACHE_SPACE`` for a vLLM started on a CPU."""

@@ -26,7 +26,7 @@ class VLLMServer:
     def __init__(self, model: Path, port: int, served_name: str = "base", *,
                  max_loras: int = 4, max_lora_rank: int = 16,
                  lora_target_modules: list[str] = ("qkv_proj", "o_proj"),
-                 max_model_len: int = 2048, kv_cache_gib: int = 1,
+                 max_model_len: int = 2048, kv_cache_gib: int = 1, dtype: str = "float32",
                  log_path: Path | None = None, host: str = "127.0.0.1"):
         self.model = Path(model)
         self.port = port
@@ -41,6 +41,7 @@ class VLLMServer:
             "--max-lora-rank", str(max_lora_rank),
             "--lora-target-modules", *lora_target_modules,
             "--max-model-len", str(max_model_len),
+            "--dtype", dtype,
             "--max-logprobs", "20",
             "--disable-log-stats",
         ]

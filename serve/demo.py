@@ -1,0 +1,209 @@
+"""``signals demo``: the product's main job end to end on the embedded defaults.
+
+1. prepare the base model (SmolLM2-135M-Instruct from its PyPI package);
+2. import Reuters-21578 with the temporal split (train <= 1987-03-31, April, June);
+3. train a LoRA adapter on a bounded slice of the training window into the registry;
+4. start ``signals serve`` (a real vLLM server + the classification API) as a child;
+5. hot-load the adapter and classify a sample of April articles over HTTP, with the
+   base model and with the adapter;
+6. print confusion matrices and precision/recall/F1, write a JSON report and a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from pipeline.dataset import load_split
+from pipeline.reuters import DATASET_NAME, build_dataset
+from pipeline.settings import Paths
+from train.base_model import DEFAULT_BASE_MODEL_NAME, prepare_base_model
+from train.evaluate import binary_metrics
+
+log = logging.getLogger(__name__)
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "train" / "configs" / "demo.yaml"
+EVAL_SPLIT = "1987-04"
+BATCH = 32
+
+
+@dataclass
+class DemoOptions:
+    samples: int = 300
+    train_examples: int | None = None
+    train_config: Path | None = None
+    keep_serving: bool = False
+    port: int = 8000
+    vllm_port: int = 8100
+    seed: int = 0
+    ready_timeout_s: float = 600.0
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"`signals serve` exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"the API at {url} was not ready after {timeout_s:.0f} s")
+
+
+def classify_over_http(url: str, articles, adapter: str | None, progress: Progress,
+                       label: str) -> list[float]:
+    """P(signal) for each article through ``POST /v1/classify``, in batches."""
+    task = progress.add_task(label, total=len(articles))
+    probabilities: list[float] = []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for start in range(0, len(articles), BATCH):
+            batch = articles[start:start + BATCH]
+            body = {"articles": [a.to_record() for a in batch]}
+            if adapter:
+                body["adapter"] = adapter
+            response = client.post("/v1/classify", json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"classify failed ({response.status_code}): {response.text}")
+            probabilities.extend(r["p_signal"] for r in response.json()["results"])
+            progress.advance(task, len(batch))
+    return probabilities
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4))
+    for ax, (name, m) in zip(axes, models.items()):
+        grid = [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
+        ax.imshow(grid, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, grid[i][j], ha="center", va="center", fontsize=14)
+        ax.set_xticks([0, 1], ["not signal", "signal"])
+        ax.set_yticks([0, 1], ["not signal", "signal"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true (Reuters acq)")
+        ax.set_title(f"{name}\nP {m['precision']:.2f}  R {m['recall']:.2f}  F1 {m['f1']:.2f}")
+    fig.suptitle(f"Reuters {report['split']}, {report['samples']} articles, "
+                 f"threshold {report['threshold']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(report: dict) -> Table:
+    table = Table(title=f"Reuters {report['split']}: {report['samples']} articles "
+                  f"(threshold {report['threshold']})")
+    for column in ("model", "TP", "FP", "FN", "TN", "precision", "recall", "F1", "ROC-AUC"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for name, m in report["models"].items():
+        table.add_row(name, *(str(m[k]) for k in ("tp", "fp", "fn", "tn")),
+                      f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                      "-" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}")
+    return table
+
+
+def run_demo(options: DemoOptions) -> int:
+    console = Console()
+    paths = Paths()
+    started = time.monotonic()
+
+    console.rule("1. base model")
+    check = prepare_base_model(paths.models_dir / DEFAULT_BASE_MODEL_NAME)
+    console.print(f"{check.path} ({check.parameters / 1e6:.1f}M parameters)")
+
+    console.rule("2. Reuters-21578 dataset")
+    dataset_dir = paths.datasets_dir / DATASET_NAME
+    manifest = build_dataset(paths.reuters_dir, dataset_dir)
+    for name, split in manifest["splits"].items():
+        console.print(f"{name:>8}: {split['count']:>5} articles, "
+                      f"{split['signal_rate']:.1%} signals")
+
+    console.rule("3. LoRA adapter")
+    from train.config import load_config
+    from train.lora import train_lora
+
+    overrides = [f"base_model={check.path}", f"dataset={dataset_dir}",
+                 f"registry={paths.registry_dir}"]
+    if options.train_examples:
+        overrides.append(f"max_examples={options.train_examples}")
+    config = load_config(options.train_config or DEMO_CONFIG, overrides)
+    adapter = train_lora(config)
+    metrics = adapter.manifest["metrics"]
+    console.print(f"adapter {adapter.name}: {metrics['steps']} steps, loss "
+                  f"{metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}, "
+                  f"{adapter.manifest['wall_time_s']:.0f} s")
+
+    console.rule("4. vLLM + classification API")
+    url = f"http://127.0.0.1:{options.port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serve.cli", "serve", "--port", str(options.port),
+         "--vllm-port", str(options.vllm_port)],
+        env={**os.environ, "SIGNALS_DATA_DIR": str(paths.data_dir)})
+    try:
+        _wait_ready(url, server, options.ready_timeout_s)
+        loaded = httpx.post(f"{url}/v1/adapters/{adapter.name}/load", timeout=120)
+        loaded.raise_for_status()
+        console.print(f"API ready at {url}; adapter {adapter.name} hot-loaded into vLLM")
+
+        console.rule("5. classify April 1987 over HTTP")
+        april = load_split(dataset_dir, EVAL_SPLIT)
+        sample = random.Random(options.seed).sample(april, min(options.samples, len(april)))
+        labels = [a.signal for a in sample]
+        report = {"split": EVAL_SPLIT, "samples": len(sample), "seed": options.seed,
+                  "signals_in_sample": sum(labels), "threshold": 0.5,
+                  "adapter": adapter.name, "models": {}}
+        timings = {}
+        with Progress(console=console) as progress:
+            for name, which in (("base", None), ("lora", adapter.name)):
+                t0 = time.monotonic()
+                probabilities = classify_over_http(url, sample, which, progress, name)
+                timings[name] = round(time.monotonic() - t0, 1)
+                report["models"][name] = binary_metrics(labels, probabilities, 0.5)
+        report["classify_seconds"] = timings
+
+        console.rule("6. results")
+        console.print(_table(report))
+        run_dir = paths.data_dir / "runs" / f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        report["total_seconds"] = round(time.monotonic() - started, 1)
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _plot(report, run_dir / "confusion.png")
+        console.print(f"report: {run_dir / 'report.json'}, plot: {run_dir / 'confusion.png'}")
+        console.print(f"done in {report['total_seconds']:.0f} s. API docs: {url}/docs, "
+                      f"metrics: {url}/metrics, vLLM: http://127.0.0.1:{options.vllm_port}/v1")
+        if options.keep_serving:
+            console.print("serving until Ctrl-C")
+            server.wait()
+        else:
+            console.print("(stopping the servers; `signals serve` brings them up again, "
+                          "`signals demo --keep-serving` leaves them running)")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return 0

@@ -1,0 +1,55 @@
+"""The prompt is built in one place and is byte-identical in training and serving."""
+
+import pytest
+
+from pipeline.article import Article
+from pipeline.prompt import (NOT_SIGNAL_TOKEN, SIGNAL_INSTRUCTION, SIGNAL_TOKEN, encode_prompt,
+                             label_token_ids)
+
+ARTICLE = Article(id=7, title="Acme to buy Beta", date_published="1987-04-02T10:00:00",
+                  text="Acme Corp said it agreed to acquire Beta Inc for 12 mln dlrs.", signal=1)
+
+
+def test_label_tokens_are_single_distinct_tokens(tokenizer):
+    labels = label_token_ids(tokenizer)
+    assert tokenizer.decode([labels.signal]) == SIGNAL_TOKEN
+    assert tokenizer.decode([labels.not_signal]) == NOT_SIGNAL_TOKEN
+
+
+def test_prompt_uses_chat_template_and_instruction(tokenizer):
+    prompt = encode_prompt(ARTICLE, tokenizer)
+    assert prompt.text.startswith("<|im_start|>system\n" + SIGNAL_INSTRUCTION)
+    assert "Title: Acme to buy Beta\nPublished: 1987-04-02" in prompt.text
+    assert prompt.text.endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(prompt.token_ids) == prompt.text
+    assert not prompt.truncated
+
+
+def test_training_rows_and_served_prompts_are_the_same_tokens(tokenizer):
+    """SFT rows = served prompt + [label, EOS], with loss only on the answer."""
+    from train.lora import sft_records
+
+    articles = [ARTICLE, Article(id=8, title="Quarterly dividend", text="Qtly div 10 cts.",
+                                 signal=0)]
+    rows = sft_records(articles, tokenizer, max_prompt_tokens=256)
+    labels = label_token_ids(tokenizer)
+    for article, row in zip(articles, rows):
+        served = encode_prompt(article, tokenizer, 256).token_ids
+        n = len(served)
+        assert row["input_ids"][:n] == served
+        answer = labels.signal if article.signal else labels.not_signal
+        assert row["input_ids"][n:] == [answer, tokenizer.eos_token_id]
+        assert row["completion_mask"] == [0] * n + [1, 1]
+
+
+def test_long_text_is_cut_to_budget_and_flagged(tokenizer):
+    huge = Article(id=9, title="Huge", text="word " * 250_000)  # ~1.25 MB
+    prompt = encode_prompt(huge, tokenizer, max_prompt_tokens=300)
+    assert prompt.truncated
+    assert len(prompt.token_ids) <= 300
+    assert prompt.text.endswith("<|im_start|>assistant\n")  # answer position survives
+
+
+def test_budget_too_small_for_instruction_is_an_error(tokenizer):
+    with pytest.raises(ValueError, match="leaves no room"):
+        encode_prompt(ARTICLE, tokenizer, max_prompt_tokens=20)

@@ -1,0 +1,58 @@
+"""A real LoRA run (few steps) on the real base model, published to a real registry."""
+
+import json
+
+from safetensors import safe_open
+
+from train.registry import AdapterRegistry
+
+
+def test_adapter_version_layout_and_manifest(trained_adapter, registry_dir, base_model_dir):
+    path = trained_adapter.path
+    assert path.parent == registry_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "manifest.json"):
+        assert (path / name).is_file(), name
+    assert not any(p.name.startswith(".staging") for p in registry_dir.iterdir())
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (16, 32, 0.1)
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    manifest = trained_adapter.manifest
+    assert manifest["method"] == "lora"
+    assert manifest["base_model"] == str(base_model_dir.resolve())
+    assert manifest["dataset"]["split"] == "train"
+    assert manifest["dataset"]["window"] == ["1987-02-26", "1987-03-31"]
+    assert manifest["dataset"]["examples"] == 16 and manifest["dataset"]["signals"] == 8
+    assert manifest["hyperparameters"]["rank"] == 16
+    assert manifest["metrics"]["steps"] == 4 and len(manifest["metrics"]["loss_curve"]) == 4
+    assert manifest["created_at"] and manifest["name"] == trained_adapter.name
+    assert AdapterRegistry(registry_dir).get(trained_adapter.name).manifest == manifest
+
+
+def test_training_changed_the_lora_weights(trained_adapter):
+    # peft initialises B to zero; trained B matrices are not.
+    with safe_open(trained_adapter.path / "adapter_model.safetensors", "pt") as weights:
+        b_keys = [k for k in weights.keys() if "lora_B" in k]
+        assert b_keys
+        assert all(weights.get_tensor(k).abs().sum() > 0 for k in b_keys)
+
+
+def test_loss_is_on_the_answer_tokens_only(base_model_dir, reuters_dataset, tokenizer):
+    """TRL turns the completion mask into labels: -100 everywhere but label + EOS."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from pipeline.dataset import load_split
+    from train.lora import sft_records
+
+    articles = load_split(reuters_dataset, "train")[:3]
+    rows = sft_records(articles, tokenizer, 128)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base_model_dir),
+        args=SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to=[],
+                       completion_only_loss=True, max_length=None),
+        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    for row, prepared in zip(rows, trainer.train_dataset):
+        labels = prepared["labels"]
+        assert labels[:-2] == [-100] * (len(labels) - 2)
+        assert labels[-2:] == row["input_ids"][-2:]

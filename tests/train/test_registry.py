@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from train.registry import AdapterNotFound, AdapterRegistry, InvalidAdapterName
+
+
+def _stage(registry, name):
+    staging = registry.staging_dir(name)
+    (staging / "adapter_config.json").write_text("{}")
+    (staging / "adapter_model.safetensors").write_bytes(b"")
+    return staging
+
+
+def test_staged_versions_are_invisible_until_published(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    name = registry.new_name("lora", "reuters-acq-train")
+    _stage(registry, name)
+    assert registry.list() == []
+    with pytest.raises(AdapterNotFound):
+        registry.get(name)
+    version = registry.publish(name, {"method": "lora", "created_at": "2026-01-01T00:00:00"})
+    assert [v.name for v in registry.list()] == [name]
+    assert json.loads((version.path / "manifest.json").read_text())["name"] == name
+    assert not (tmp_path / f".staging-{name}").exists()
+
+
+def test_names_are_unique_and_never_reused(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    names = {registry.new_name("lora", "x") for _ in range(50)}
+    assert len(names) == 50
+    name = names.pop()
+    _stage(registry, name)
+    registry.publish(name, {})
+    _stage(registry, name)
+    with pytest.raises(FileExistsError):
+        registry.publish(name, {})
+
+
+def test_publish_refuses_incomplete_adapter(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    registry.staging_dir("lora-x")
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        registry.publish("lora-x", {})
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "..", ".hidden", "", "x" * 200, "a\\b", "a b"])
+def test_path_traversal_and_odd_names_are_refused(tmp_path, name):
+    with pytest.raises(InvalidAdapterName):
+        AdapterRegistry(tmp_path).get(name)
