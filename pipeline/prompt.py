@@ -97,6 +97,17 @@ def _tokens(text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _cut(text: str, max_tokens: int, tokenizer: PreTrainedTokenizerBase) -> tuple[str, bool]:
+    """``text`` shortened to at most ``max_tokens`` tokens (from the end); was it cut?"""
+    cut = False
+    if len(text) > max_tokens * _MAX_CHARS_PER_TOKEN:
+        text, cut = text[: max_tokens * _MAX_CHARS_PER_TOKEN], True
+    ids = _tokens(text, tokenizer)
+    if len(ids) > max_tokens:
+        text, cut = tokenizer.decode(ids[:max_tokens]), True
+    return text, cut
+
+
 def encode_prompt(
     article: Article,
     tokenizer: PreTrainedTokenizerBase,
@@ -104,30 +115,32 @@ def encode_prompt(
 ) -> EncodedPrompt:
     """Render ``article`` with the base model's chat template, cut to fit the budget.
 
-    Only the body text is ever cut (from the end); the instruction, the title and the
-    answer position always survive. Raises ``ValueError`` when even an empty body
-    does not fit ``max_prompt_tokens``.
+    The instruction and the answer position always survive. A title longer than half
+    the room left by the instruction is cut; the body text is cut to what remains
+    (both from the end). Raises ``ValueError`` only when the instruction alone does
+    not fit ``max_prompt_tokens``.
     """
+    fixed = len(_tokens(_render(article.model_copy(update={"title": ""}), "", tokenizer),
+                        tokenizer))
+    room = max_prompt_tokens - fixed
+    if room < 2:
+        raise ValueError(
+            f"max_prompt_tokens={max_prompt_tokens} leaves no room for the article: the "
+            f"instruction alone takes {fixed} tokens")
+    title, truncated = _cut(article.title, room // 2, tokenizer)
+    if truncated:
+        article = article.model_copy(update={"title": title})
     overhead = len(_tokens(_render(article, "", tokenizer), tokenizer))
     budget = max_prompt_tokens - overhead
-    if budget < 1:
-        raise ValueError(
-            f"max_prompt_tokens={max_prompt_tokens} leaves no room for the text: the "
-            f"instruction and title alone take {overhead} tokens"
-        )
-    text = article.text
-    truncated = False
-    if len(text) > budget * _MAX_CHARS_PER_TOKEN:
-        text, truncated = text[: budget * _MAX_CHARS_PER_TOKEN], True
-    body = _tokens(text, tokenizer)
+    text, cut = _cut(article.text, max(budget, 0), tokenizer)
+    truncated = truncated or cut
     # Cutting at a token boundary and decoding can re-tokenise a little differently;
     # shrink until the rendered prompt fits.
     while True:
-        if len(body) > budget:
-            body, truncated = body[:budget], True
-            text = tokenizer.decode(body)
         rendered = _render(article, text, tokenizer)
         ids = _tokens(rendered, tokenizer)
         if len(ids) <= max_prompt_tokens:
             return EncodedPrompt(token_ids=ids, text=rendered, truncated=truncated)
         budget -= len(ids) - max_prompt_tokens
+        text, _ = _cut(text, max(budget, 0), tokenizer)
+        truncated = True

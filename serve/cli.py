@@ -35,6 +35,8 @@ def _setup_logging(verbose: bool) -> None:
                         datefmt="[%X]", handlers=[RichHandler(show_path=False)])
     for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns about optional CPU kernels on every import; QLoRA is not used here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 # --- commands ----------------------------------------------------------------------

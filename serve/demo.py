@@ -30,6 +30,7 @@ from rich.table import Table
 from pipeline.dataset import load_split
 from pipeline.reuters import DATASET_NAME, build_dataset
 from pipeline.settings import Paths
+from serve.vllm_server import wait_until_ok
 from train.base_model import DEFAULT_BASE_MODEL_NAME, prepare_base_model
 from train.evaluate import binary_metrics
 
@@ -50,20 +51,6 @@ class DemoOptions:
     vllm_port: int = 8100
     seed: int = 0
     ready_timeout_s: float = 600.0
-
-
-def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"`signals serve` exited with code {process.returncode}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"the API at {url} was not ready after {timeout_s:.0f} s")
 
 
 def classify_over_http(url: str, articles, adapter: str | None, progress: Progress,
@@ -95,10 +82,12 @@ def _plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4))
     for ax, (name, m) in zip(axes, models.items()):
         grid = [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
-        ax.imshow(grid, cmap="Blues")
+        ax.imshow(grid, cmap="Blues", vmin=0)
+        darkest = max(max(row) for row in grid) or 1
         for i in range(2):
             for j in range(2):
-                ax.text(j, i, grid[i][j], ha="center", va="center", fontsize=14)
+                ax.text(j, i, grid[i][j], ha="center", va="center", fontsize=14,
+                        color="white" if grid[i][j] > darkest / 2 else "black")
         ax.set_xticks([0, 1], ["not signal", "signal"])
         ax.set_yticks([0, 1], ["not signal", "signal"])
         ax.set_xlabel("predicted")
@@ -161,7 +150,7 @@ def run_demo(options: DemoOptions) -> int:
          "--vllm-port", str(options.vllm_port)],
         env={**os.environ, "SIGNALS_DATA_DIR": str(paths.data_dir)})
     try:
-        _wait_ready(url, server, options.ready_timeout_s)
+        wait_until_ok(f"{url}/ready", options.ready_timeout_s, server, "`signals serve`")
         loaded = httpx.post(f"{url}/v1/adapters/{adapter.name}/load", timeout=120)
         loaded.raise_for_status()
         console.print(f"API ready at {url}; adapter {adapter.name} hot-loaded into vLLM")

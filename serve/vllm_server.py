@@ -20,6 +20,22 @@ import httpx
 log = logging.getLogger(__name__)
 
 
+def wait_until_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None,
+                  what: str = "server") -> None:
+    """Poll ``url`` until it answers 200; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode} during start-up")
+        try:
+            if httpx.get(url, timeout=5.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"{what} did not answer 200 at {url} within {timeout_s:.0f} s")
+
+
 class VLLMServer:
     """One vLLM child process; a context manager that stops it on exit."""
 
@@ -68,18 +84,8 @@ class VLLMServer:
 
     def wait_healthy(self, timeout_s: float = 300.0) -> None:
         """Block until ``/health`` answers 200; raise if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with code {self.process.returncode} during "
-                                   f"start-up; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(f"vLLM not healthy after {timeout_s:.0f} s; see {self.log_path}")
+        wait_until_ok(f"{self.url}/health", timeout_s, self.process,
+                      f"vLLM (log: {self.log_path})")
 
     def stop(self, grace_s: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:

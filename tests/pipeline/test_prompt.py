@@ -50,6 +50,13 @@ def test_long_text_is_cut_to_budget_and_flagged(tokenizer):
     assert prompt.text.endswith("<|im_start|>assistant\n")  # answer position survives
 
 
+def test_huge_title_is_cut_too(tokenizer):
+    article = Article(id=10, title="Takeover " * 100_000, text="Body text survives in part.")
+    prompt = encode_prompt(article, tokenizer, max_prompt_tokens=200)
+    assert prompt.truncated and len(prompt.token_ids) <= 200
+    assert "Body text" in prompt.text
+
+
 def test_budget_too_small_for_instruction_is_an_error(tokenizer):
     with pytest.raises(ValueError, match="leaves no room"):
         encode_prompt(ARTICLE, tokenizer, max_prompt_tokens=20)

@@ -8,23 +8,13 @@ import pytest
 from serve.app import create_app
 from serve.backends import InProcessBackend, VLLMBackend
 from serve.classifier import build_classifier
+from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
 
 ACQ = {"id": "a1", "title": "Acme to acquire Beta for 40 mln dlrs",
        "text": "Acme Corp said it agreed to acquire Beta Inc in a cash deal worth 40 mln dlrs."}
 EARN = {"id": "e1", "title": "Gamma Corp 4th qtr net",
         "text": "Shr 30 cts vs 25 cts. Net 1.2 mln vs 1.0 mln. Revs 10 mln vs 9 mln."}
-
-
-def _wait_ready(url, timeout=120):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if httpx.get(f"{url}/ready").status_code == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError(httpx.get(f"{url}/ready").text)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def api(base_model_dir, registry_dir, trained_adapter, tokenizer):
                                   max_prompt_tokens=512, threshold=0.5)
     app = create_app(classifier, max_batch=4, max_request_bytes=2 * 1024 * 1024)
     with serve_app(app) as url:
-        _wait_ready(url)
+        wait_until_ok(f"{url}/ready", 120)
         yield url
 
 
@@ -118,6 +108,13 @@ def test_one_megabyte_article_is_truncated_and_says_so(api):
     huge = {"id": "big", "title": "Long report", "text": "The market moved. " * 58_000}
     assert len(json.dumps(huge)) > 1_000_000
     response = httpx.post(f"{api}/v1/classify", json={"article": huge}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["truncated"] is True
+
+
+def test_huge_title_is_truncated_not_an_error(api):
+    article = {"id": "t", "title": "Takeover bid " * 40_000, "text": "Details follow."}
+    response = httpx.post(f"{api}/v1/classify", json={"article": article}, timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["truncated"] is True
 

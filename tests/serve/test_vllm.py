@@ -9,8 +9,8 @@ from pipeline.prompt import label_token_ids
 from serve.app import create_app
 from serve.backends import InProcessBackend, VLLMBackend
 from serve.classifier import build_classifier
+from serve.vllm_server import wait_until_ok
 from tests.conftest import serve_app
-from tests.serve.test_api import _wait_ready
 
 pytestmark = pytest.mark.vllm
 
@@ -20,7 +20,7 @@ def vllm_api(vllm_server, base_model_dir, registry_dir, tokenizer):
     backend = VLLMBackend(vllm_server.url, "base", label_token_ids(tokenizer), timeout_s=120)
     classifier = build_classifier(backend, base_model_dir, registry_dir, 512, 0.5)
     with serve_app(create_app(classifier)) as url:
-        _wait_ready(url, timeout=300)
+        wait_until_ok(f"{url}/ready", 300)
         yield url
 
 
