@@ -2,13 +2,19 @@
 
 Routes owned here:
 
-* ``POST /v1/classify``  one article or a list -> label, P(signal), adapter, threshold,
-  truncated, per article
-* ``GET  /v1/adapters``  adapters in the registry and which are loaded
-* ``POST /v1/adapters/{name}/load``  hot-load a registry adapter
+* ``POST /v1/classify``  one article, a list, or a mixed batch of (article, adapter)
+  items -> label, P(signal), adapter version, threshold, truncated, per article
+* ``GET  /v1/adapters``  adapters in the registry, aliases, which are loaded
+* ``POST /v1/adapters/{name}/load``    hot-load a registry adapter        (admin)
+* ``POST /v1/adapters/{name}/unload``  unload it from the backend         (admin)
+* ``POST /v1/aliases/{alias}``         point an alias at a version: promote (admin)
 * ``GET  /health``  the process is up (liveness)
 * ``GET  /ready``   warm-up done and the backend answers (readiness)
 * ``GET  /metrics`` Prometheus metrics
+
+Admin routes need ``Authorization: Bearer <admin token>``; without a configured token
+they are disabled (403). A background watcher loads new registry versions and
+follows alias changes within ``watch_interval_s``.
 
 Every failure answers with one shape, built by :func:`error_response`::
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,38 +50,59 @@ WARMUP_ARTICLE = Article(id="warm-up", title="Warm-up", text="The service is sta
 
 # --- request and response schemas ---------------------------------------------------
 
+class ClassifyItem(BaseModel):
+    """One article of a mixed batch, with the adapter it should be classified by."""
+
+    article: Article
+    adapter: str | None = Field(
+        default=None, description="Adapter name or alias for this article; default: the "
+        "request's 'adapter'.")
+
+
 class ClassifyRequest(BaseModel):
-    """One article (``article``) or several (``articles``), and how to classify them."""
+    """One article (``article``), several (``articles``) or a mixed batch (``items``)."""
 
     article: Article | None = None
     articles: list[Article] | None = None
+    items: list[ClassifyItem] | None = None
     adapter: str | None = Field(
-        default=None, description="Registry adapter name; omitted or 'base' = the base model.")
+        default=None, description="Adapter version name or alias ('production', "
+        "'candidate'); omitted or 'base' = the base model.")
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0,
         description="P(signal) at or above which the label is 1; default: the server's.")
 
     @model_validator(mode="after")
-    def _one_or_many(self) -> ClassifyRequest:
-        if (self.article is None) == (self.articles is None):
-            raise ValueError("give exactly one of 'article' or 'articles'")
-        for article in self.items:
+    def _exactly_one_form(self) -> ClassifyRequest:
+        given = [f for f in ("article", "articles", "items") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'article', 'articles' or 'items'")
+        if given[0] != "article" and not getattr(self, given[0]):
+            raise ValueError(f"'{given[0]}' is empty")
+        for article, _ in self.pairs:
             if not article.title.strip() and not article.text.strip():
                 raise ValueError(f"article {article.id!r} is empty: it has neither title nor text")
-        if self.articles is not None and not self.articles:
-            raise ValueError("'articles' is empty")
         return self
 
     @property
-    def items(self) -> list[Article]:
-        return [self.article] if self.article is not None else list(self.articles or [])
+    def pairs(self) -> list[tuple[Article, str | None]]:
+        """(article, adapter) for every article of the request."""
+        if self.items is not None:
+            return [(i.article, i.adapter or self.adapter) for i in self.items]
+        articles = [self.article] if self.article is not None else list(self.articles or [])
+        return [(a, self.adapter) for a in articles]
+
+
+class AliasRequest(BaseModel):
+    adapter: str = Field(description="Adapter version name the alias should point at.")
 
 
 class ArticleResult(BaseModel):
     id: str | int
     label: int = Field(description="1 investment signal, 0 not.")
     p_signal: float = Field(description="Softmax over the two label tokens' logits.")
-    adapter: str = Field(description="Adapter used ('base' for the un-tuned model).")
+    adapter: str = Field(description="Adapter version used ('base' for the un-tuned model).")
+    requested: str = Field(description="The adapter or alias the request named.")
     threshold: float
     truncated: bool = Field(description="True when the text was cut to fit the model.")
 
@@ -145,13 +173,14 @@ class ApiMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter("signals_classify_requests", "Classification requests by outcome",
-                                ["adapter", "outcome"], registry=self.registry)
-        self.articles = Counter("signals_classified_articles", "Articles classified by label",
+                                ["outcome"], registry=self.registry)
+        self.articles = Counter("signals_classified_articles",
+                                "Articles classified, by adapter version and label",
                                 ["adapter", "label"], registry=self.registry)
         self.errors = Counter("signals_api_errors", "API errors by kind", ["kind"],
                               registry=self.registry)
         self.latency = Histogram("signals_classify_latency_seconds",
-                                 "Time to classify one request", ["adapter"],
+                                 "Time to answer one classification request",
                                  registry=self.registry,
                                  buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
         self.batch = Histogram("signals_classify_batch_size", "Articles per request",
@@ -160,35 +189,69 @@ class ApiMetrics:
                                 registry=self.registry)
         self.adapters_loaded = Gauge("signals_adapters_loaded", "Adapters loaded in the backend",
                                      registry=self.registry)
+        self.adapter_loads = Counter("signals_adapter_loads",
+                                     "Adapter loads by what triggered them",
+                                     ["trigger"], registry=self.registry)
 
 
 # --- the app -----------------------------------------------------------------------
 
 def create_app(classifier: SignalClassifier, max_batch: int = 64,
                max_request_bytes: int = 8 * 1024 * 1024,
-               warmup_retry_s: float = 2.0, preload: list[str] = ()) -> FastAPI:
-    """The FastAPI app over ``classifier``; warms up in the background at start.
+               warmup_retry_s: float = 2.0, preload: list[str] = (),
+               admin_token: str | None = None, watch_interval_s: float | None = 2.0) -> FastAPI:
+    """The FastAPI app over ``classifier``.
 
-    Warm-up loads the ``preload`` adapters and classifies one article (vLLM's first
-    request is slow); ``/ready`` answers 200 only after it succeeded.
+    At start it warms up in the background: loads the ``preload`` adapters and the
+    aliased ones, and classifies one article (vLLM's first request is slow); ``/ready``
+    answers 200 only after that succeeded. Then, every ``watch_interval_s`` seconds
+    (None: never), it loads registry versions that appeared and alias targets that
+    changed.
     """
     metrics = ApiMetrics()
     state = {"ready": False, "warmup_error": "warm-up not finished"}
+    registry = classifier.registry
+    seen_versions = {v.name for v in registry.list()}
+
+    async def load(name: str, trigger: str) -> None:
+        before = set(classifier.loaded)
+        version = await classifier.ensure_loaded(name)
+        seen_versions.add(version.name)  # dealt with: the watcher leaves it alone now
+        if set(classifier.loaded) != before:
+            metrics.adapter_loads.labels(trigger).inc()
+        metrics.adapters_loaded.set(len(classifier.loaded))
+
+    async def follow_registry() -> None:
+        """Load new versions and alias targets; never sees half-written versions."""
+        for alias, target in sorted(registry.aliases().items()):
+            if target not in classifier.loaded:
+                await load(target, "alias")
+        for version in registry.list():
+            if version.name not in seen_versions:
+                seen_versions.add(version.name)
+                await load(version.name, "watcher")
 
     async def warm_up() -> None:
         while True:
             try:
                 for name in preload:
-                    await classifier.ensure_loaded(name)
+                    await load(name, "preload")
+                await follow_registry()
                 await classifier.classify([WARMUP_ARTICLE])
                 state["ready"], state["warmup_error"] = True, None
                 metrics.backend_up.set(1)
                 log.info("warm-up done: ready")
-                return
+                break
             except Exception as error:  # keep trying; /ready says why
                 state["warmup_error"] = str(error)
                 metrics.backend_up.set(0)
                 await asyncio.sleep(warmup_retry_s)
+        while watch_interval_s:
+            await asyncio.sleep(watch_interval_s)
+            try:
+                await follow_registry()
+            except Exception as error:  # a bad version must not stop the watcher
+                log.warning("registry watcher: %s", error)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -201,7 +264,8 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         title="Newsletter signals: classification API",
         description="Flags investment signals in news items with a LoRA-tuned LLM served by vLLM.",
         version="0.1.0", lifespan=lifespan,
-        responses={code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 502, 503, 504)},
+        responses={code: {"model": ErrorResponse}
+                   for code in (400, 401, 403, 404, 413, 422, 502, 503, 504)},
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
     app.state.classifier = classifier
@@ -222,9 +286,10 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
             return error_response(400, "malformed_json",
                                   f"request body is not valid JSON: {reason} at position {where}")
         metrics.errors.labels("invalid_request").inc()
-        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errors]
+        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg"))}
+                   for e in errors]
         summary = "; ".join(
-            f"{'.'.join(str(p) for p in d['loc'][1:]) or 'body'}: {d['msg']}" for d in details)
+            f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details)
         return error_response(422, "invalid_request", summary, details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -240,7 +305,7 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         metrics.errors.labels(kind).inc()
         return error_response(exc.status_code, kind, str(exc.detail))
 
-    async def call_backend(coro, adapter: str):
+    async def call_backend(coro):
         try:
             return await coro
         except AdapterNotFound as error:
@@ -248,48 +313,78 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         except InvalidAdapterName as error:
             raise ApiError(400, "invalid_adapter_name", str(error)) from error
         except BackendTimeout as error:
-            metrics.requests.labels(adapter, "timeout").inc()
+            metrics.requests.labels("timeout").inc()
             raise ApiError(504, "backend_timeout", str(error)) from error
         except BackendUnavailable as error:
             metrics.backend_up.set(0)
-            metrics.requests.labels(adapter, "unavailable").inc()
+            metrics.requests.labels("unavailable").inc()
             raise ApiError(503, "backend_unavailable", str(error)) from error
         except AdapterLoadError as error:
             raise ApiError(502, "adapter_load_failed", str(error)) from error
 
+    def require_admin(request: Request) -> None:
+        if admin_token is None:
+            raise ApiError(403, "admin_disabled", "admin routes are disabled: start the "
+                           "server with an admin token (SIGNALS_SERVE_ADMIN_TOKEN)")
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token, admin_token):
+            raise ApiError(401, "unauthorized",
+                           "admin routes need 'Authorization: Bearer <admin token>'")
+
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(request: ClassifyRequest) -> ClassifyResponse:
-        """Classify one article or a batch with the base model or a registry adapter."""
-        articles = request.items
-        if len(articles) > max_batch:
+        """Classify one article, a batch, or a mixed batch over several adapters."""
+        pairs = request.pairs
+        if len(pairs) > max_batch:
             raise ApiError(422, "batch_too_large",
-                           f"{len(articles)} articles in one request; at most {max_batch}")
-        adapter = request.adapter or BASE_NAME
+                           f"{len(pairs)} articles in one request; at most {max_batch}")
         started = time.perf_counter()
-        results = await call_backend(
-            classifier.classify(articles, request.adapter, request.threshold), adapter)
-        metrics.latency.labels(adapter).observe(time.perf_counter() - started)
-        metrics.batch.observe(len(articles))
-        metrics.requests.labels(adapter, "ok").inc()
+        results = await call_backend(classifier.classify_mixed(pairs, request.threshold))
+        metrics.latency.observe(time.perf_counter() - started)
+        metrics.batch.observe(len(pairs))
+        metrics.requests.labels("ok").inc()
         metrics.backend_up.set(1)
         metrics.adapters_loaded.set(len(classifier.loaded))
         for result in results:
-            metrics.articles.labels(adapter, str(result.label)).inc()
+            metrics.articles.labels(result.adapter, str(result.label)).inc()
         return ClassifyResponse(results=[ArticleResult(**r.__dict__) for r in results])
 
     @app.get("/v1/adapters")
     async def list_adapters() -> dict:
-        """Adapters in the registry, their manifests, and whether each is loaded."""
-        return {"adapters": [
-            {"name": v.name, "loaded": v.name in classifier.loaded, "manifest": v.manifest}
-            for v in classifier.registry.list()]}
+        """Adapters in the registry with their manifests, the aliases, what is loaded."""
+        return {
+            "adapters": [{"name": v.name, "loaded": v.name in classifier.loaded,
+                          "manifest": v.manifest} for v in registry.list()],
+            "aliases": registry.aliases(),
+            "loaded": list(classifier.loaded),
+        }
 
     @app.post("/v1/adapters/{name}/load")
-    async def load_adapter(name: str) -> dict:
-        """Hot-load a registry adapter into the backend (no restart)."""
-        version = await call_backend(classifier.ensure_loaded(name), name)
+    async def load_adapter(name: str, request: Request) -> dict:
+        """Hot-load a registry adapter (name or alias) into the backend; no restart."""
+        require_admin(request)
+        await call_backend(load(name, "admin"))
+        return {"name": classifier.resolve(name).name, "loaded": True}
+
+    @app.post("/v1/adapters/{name}/unload")
+    async def unload_adapter(name: str, request: Request) -> dict:
+        """Unload an adapter from the backend (it stays in the registry)."""
+        require_admin(request)
+        version_name = await call_backend(classifier.unload(name))
         metrics.adapters_loaded.set(len(classifier.loaded))
-        return {"name": version.name, "loaded": True}
+        return {"name": version_name, "loaded": False}
+
+    @app.post("/v1/aliases/{alias}")
+    async def set_alias(alias: str, body: AliasRequest, request: Request) -> dict:
+        """Point ``alias`` (e.g. production) at a version and load it: a promotion."""
+        require_admin(request)
+        await call_backend(load(body.adapter, "alias"))
+        try:
+            registry.set_alias(alias, classifier.resolve(body.adapter).name)
+        except InvalidAdapterName as error:
+            raise ApiError(400, "invalid_alias", str(error)) from error
+        return {"alias": alias, "adapter": registry.aliases()[alias]}
 
     @app.get("/health")
     async def health() -> dict:

@@ -1,26 +1,31 @@
 """Article -> P(signal) with a chosen adapter: the core of the classification API.
 
-Adapters are looked up in the registry (names confined to it), hot-loaded into the
-backend on first use (or on an explicit load) and then addressed by name; the base
-model is used when no adapter is named.
+Adapters are named by version or by alias (``production``, ``candidate``), looked up
+in the registry (names confined to it), hot-loaded into the backend on first use and
+then addressed by their version name, which is never reused. At most
+``max_loaded`` adapters stay loaded; the least recently used one that no request is
+using is unloaded to make room. The base model is used when no adapter is named.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.article import Article
 from pipeline.prompt import encode_prompt, label_token_ids
-from serve.backends import Backend
+from serve.backends import AdapterLoadError, Backend, BackendUnavailable
 from train.registry import AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
 
 BASE_NAME = "base"
-"""How results name the un-tuned base model."""
+"""How requests and results name the un-tuned base model."""
 
 
 @dataclass(frozen=True)
@@ -29,83 +34,170 @@ class Classification:
     label: int
     p_signal: float
     adapter: str
+    """The adapter version that answered ('base' for the un-tuned model)."""
+    requested: str
+    """What the request named: a version, an alias such as 'production', or 'base'."""
     threshold: float
     truncated: bool
 
 
 class SignalClassifier:
-    """Renders prompts, resolves adapters, asks the backend, applies the threshold."""
+    """Renders prompts, resolves and loads adapters, asks the backend, applies thresholds."""
 
     def __init__(self, backend: Backend, tokenizer, registry: AdapterRegistry,
-                 max_prompt_tokens: int, threshold: float):
+                 max_prompt_tokens: int, threshold: float, max_loaded: int = 4):
         self.backend = backend
         self.tokenizer = tokenizer
         self.labels = label_token_ids(tokenizer)
         self.registry = registry
         self.max_prompt_tokens = max_prompt_tokens
         self.threshold = threshold
-        self.loaded: dict[str, AdapterVersion] = {}
+        self.max_loaded = max_loaded
+        self.loaded: OrderedDict[str, AdapterVersion] = OrderedDict()  # LRU order
+        self._in_flight: Counter[str] = Counter()
         self._load_lock = asyncio.Lock()
 
-    async def ensure_loaded(self, name: str) -> AdapterVersion:
-        """Load a registry adapter into the backend unless it already is.
+    # --- adapters ------------------------------------------------------------------
 
-        Raises ``AdapterNotFound`` / ``InvalidAdapterName`` for names the registry
-        does not hold, and the backend's errors when it refuses the files.
+    def resolve(self, adapter: str | None) -> AdapterVersion | None:
+        """None for the base model; else the version named (or aliased) by ``adapter``.
+
+        Raises ``AdapterNotFound`` / ``InvalidAdapterName`` for names the registry does
+        not hold or that could leave it.
         """
-        if name in self.loaded:
-            return self.loaded[name]
-        version = self.registry.get(name)  # validates the name: no path traversal
+        if adapter is None or adapter == BASE_NAME:
+            return None
+        return self.registry.resolve(adapter)
+
+    async def ensure_loaded(self, adapter: str) -> AdapterVersion:
+        """Load a registry adapter (by name or alias) into the backend unless it is."""
+        version = self.resolve(adapter)
+        if version is None:
+            raise ValueError("the base model is always loaded")
         async with self._load_lock:
-            if name not in self.loaded:
-                await self.backend.load_adapter(name, version.path)
-                self.loaded[name] = version
-                log.info("loaded adapter %s from %s", name, version.path)
+            if version.name in self.loaded:
+                self.loaded.move_to_end(version.name)
+                return version
+            await self._make_room()
+            await self.backend.load_adapter(version.name, version.path)
+            self.loaded[version.name] = version
+            log.info("loaded adapter %s from %s", version.name, version.path)
         return version
 
-    def prompt_limit(self, adapter: str | None) -> int:
-        """Prompt cap for ``adapter``: the one it was trained with, within the server's.
+    async def _make_room(self, wait_s: float = 30.0) -> None:
+        """Unload least recently used adapters that no request is using (lock held).
+
+        Never goes over ``max_loaded`` (the vLLM server has exactly one spare slot that
+        must stay empty): when every loaded adapter is busy, waits for one to finish.
+        """
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while len(self.loaded) >= self.max_loaded:
+            idle = [name for name in self.loaded if not self._in_flight[name]]
+            if not idle:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BackendUnavailable(
+                        f"all {len(self.loaded)} adapter slots are busy; retry shortly")
+                await asyncio.sleep(0.01)
+                continue
+            await self.backend.unload_adapter(idle[0])
+            del self.loaded[idle[0]]
+            log.info("evicted adapter %s (least recently used)", idle[0])
+
+    async def unload(self, adapter: str, drain_timeout_s: float = 60.0) -> str:
+        """Unload an adapter by name or alias once no request uses it; its version name.
+
+        Requests already using it finish first (up to ``drain_timeout_s``); a later
+        request that names it loads it again.
+        """
+        version = self.resolve(adapter)
+        if version is None:
+            raise ValueError("the base model cannot be unloaded")
+        deadline = asyncio.get_running_loop().time() + drain_timeout_s
+        while self._in_flight[version.name] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        async with self._load_lock:
+            if version.name in self.loaded:
+                await self.backend.unload_adapter(version.name)
+                del self.loaded[version.name]
+        return version.name
+
+    @asynccontextmanager
+    async def _using(self, names: set[str]):
+        """Mark adapters in use so eviction leaves them alone while a request runs."""
+        self._in_flight.update(names)
+        try:
+            yield
+        finally:
+            self._in_flight.subtract(names)
+
+    # --- classification ------------------------------------------------------------
+
+    def prompt_limit(self, version: AdapterVersion | None) -> int:
+        """Prompt cap for an adapter: the one it was trained with, within the server's.
 
         Rendering an article exactly as during training keeps train and serve prompts
         identical; the server's cap still bounds every request.
         """
         trained = None
-        if adapter is not None and adapter in self.loaded:
-            trained = self.loaded[adapter].manifest.get("hyperparameters", {}).get(
-                "max_prompt_tokens")
+        if version is not None:
+            trained = version.manifest.get("hyperparameters", {}).get("max_prompt_tokens")
         return min(self.max_prompt_tokens, trained) if trained else self.max_prompt_tokens
-
-    async def unload(self, name: str) -> None:
-        async with self._load_lock:
-            if name in self.loaded:
-                await self.backend.unload_adapter(name)
-                del self.loaded[name]
 
     async def classify(self, articles: list[Article], adapter: str | None = None,
                        threshold: float | None = None) -> list[Classification]:
-        if adapter is not None and adapter != BASE_NAME:
-            await self.ensure_loaded(adapter)
-        else:
-            adapter = None
+        """Classify ``articles`` with one adapter (None/'base' = the base model)."""
+        return await self.classify_mixed([(a, adapter) for a in articles], threshold)
+
+    async def classify_mixed(self, items: Sequence[tuple[Article, str | None]],
+                             threshold: float | None = None) -> list[Classification]:
+        """Classify articles that each name their own adapter, in one backend batch."""
         threshold = self.threshold if threshold is None else threshold
-        limit = self.prompt_limit(adapter)
-        # Tokenising a long article takes a while: keep the event loop free.
-        prompts = await asyncio.to_thread(
-            lambda: [encode_prompt(a, self.tokenizer, limit) for a in articles])
-        probabilities = await self.backend.signal_probabilities(
-            [p.token_ids for p in prompts], [adapter] * len(prompts))
+        versions = {}
+        for _, adapter in items:
+            if adapter not in versions:
+                versions[adapter] = (await self.ensure_loaded(adapter)
+                                     if self.resolve(adapter) is not None else None)
+        names = {v.name for v in versions.values() if v is not None}
+        async with self._using(names):
+            for name in names:  # evicted between ensure_loaded and now by another request?
+                if name not in self.loaded:
+                    await self.ensure_loaded(name)
+
+            def render():
+                return [encode_prompt(a, self.tokenizer, self.prompt_limit(versions[ad]))
+                        for a, ad in items]
+
+            # Tokenising long articles takes a while: keep the event loop free.
+            prompts = await asyncio.to_thread(render)
+            token_ids = [p.token_ids for p in prompts]
+            targets = [versions[ad].name if versions[ad] else None for _, ad in items]
+            try:
+                probabilities = await self.backend.signal_probabilities(token_ids, targets)
+            except AdapterLoadError:
+                if not names:
+                    raise
+                # The backend lost an adapter (e.g. vLLM restarted): load them again, once.
+                log.warning("backend no longer serves one of %s; reloading", sorted(names))
+                async with self._load_lock:
+                    for name in names:
+                        self.loaded.pop(name, None)
+                for name in names:
+                    await self.ensure_loaded(name)
+                probabilities = await self.backend.signal_probabilities(token_ids, targets)
         return [
-            Classification(id=a.id, label=int(p >= threshold), p_signal=p,
-                           adapter=adapter or BASE_NAME, threshold=threshold,
-                           truncated=prompt.truncated)
-            for a, p, prompt in zip(articles, probabilities, prompts)
+            Classification(id=article.id, label=int(p >= threshold), p_signal=p,
+                           adapter=target or BASE_NAME, requested=requested or BASE_NAME,
+                           threshold=threshold, truncated=prompt.truncated)
+            for (article, requested), p, prompt, target
+            in zip(items, probabilities, prompts, targets)
         ]
 
 
 def build_classifier(backend: Backend, base_model: Path, registry: Path,
-                     max_prompt_tokens: int, threshold: float) -> SignalClassifier:
+                     max_prompt_tokens: int, threshold: float,
+                     max_loaded: int = 4) -> SignalClassifier:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     return SignalClassifier(backend, tokenizer, AdapterRegistry(registry),
-                            max_prompt_tokens, threshold)
+                            max_prompt_tokens, threshold, max_loaded)

@@ -3,7 +3,7 @@
     signals model prepare      materialise the default base model (SmolLM2-135M-Instruct)
     signals data reuters       build the Reuters-21578 dataset with its temporal split
     signals train              train an adapter from a YAML config (+ --set overrides)
-    signals adapters list      adapter versions in the registry
+    signals adapters list|show|promote   the adapter registry and its aliases
     signals serve              vLLM + the classification API
     signals demo               all of the above end to end, then classify April articles
 
@@ -92,6 +92,24 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapters_show(args: argparse.Namespace) -> int:
+    from train.registry import AdapterRegistry
+
+    version = AdapterRegistry(args.registry or Paths().registry_dir).resolve(args.name)
+    print(json.dumps(version.manifest, indent=2))
+    return 0
+
+
+def cmd_adapters_promote(args: argparse.Namespace) -> int:
+    from train.registry import AdapterRegistry
+
+    registry = AdapterRegistry(args.registry or Paths().registry_dir)
+    registry.set_alias(args.alias, registry.resolve(args.name).name)
+    print(f"{args.alias} -> {registry.aliases()[args.alias]} (a running `signals serve` "
+          "follows within its watch interval)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serve.server import run_server
 
@@ -154,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = adapter_cmds.add_parser("list", help="list adapter versions")
     listing.add_argument("--registry", type=Path, help="registry directory")
     listing.set_defaults(func=cmd_adapters_list)
+    show = adapter_cmds.add_parser("show", help="print an adapter's manifest")
+    show.add_argument("name", help="version name or alias")
+    show.add_argument("--registry", type=Path, help="registry directory")
+    show.set_defaults(func=cmd_adapters_show)
+    promote = adapter_cmds.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("name", help="version name (or an alias to copy)")
+    promote.add_argument("--alias", default="production",
+                         help="alias to set (default: production)")
+    promote.add_argument("--registry", type=Path, help="registry directory")
+    promote.set_defaults(func=cmd_adapters_promote)
 
     serve = commands.add_parser(
         "serve", help="start vLLM (unless --vllm-url) and the classification API",

@@ -41,7 +41,8 @@ class ServeConfig(BaseSettings):
     """Name under which vLLM serves the base model."""
 
     max_loras: int = Field(default=4, ge=1)
-    """Adapters vLLM can hold in one batch."""
+    """Adapters vLLM can hold in one batch, and the most the API keeps loaded (least
+    recently used ones are unloaded beyond that)."""
 
     max_lora_rank: int = Field(default=16, ge=1)
     """Largest adapter rank; keep it equal to the real rank (padding costs 1.6-2x on CPU)."""
@@ -76,3 +77,11 @@ class ServeConfig(BaseSettings):
 
     backend_timeout_s: float = Field(default=60.0, gt=0)
     """Time allowed to the model server per request before a 504."""
+
+    admin_token: str | None = None
+    """Bearer token for the admin routes (load, unload, promote). Unset: those routes
+    answer 403. Pass it by environment or a Kubernetes secret, never on a command line."""
+
+    watch_interval_s: float | None = Field(default=2.0, gt=0)
+    """How often the registry watcher looks for new versions and alias changes
+    (None: no watcher)."""

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import subprocess
 import sys
 import time
@@ -145,13 +146,16 @@ def run_demo(options: DemoOptions) -> int:
 
     console.rule("4. vLLM + classification API")
     url = f"http://127.0.0.1:{options.port}"
+    admin_token = os.environ.get("SIGNALS_SERVE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     server = subprocess.Popen(
         [sys.executable, "-m", "serve.cli", "serve", "--port", str(options.port),
          "--vllm-port", str(options.vllm_port)],
-        env={**os.environ, "SIGNALS_DATA_DIR": str(paths.data_dir)})
+        env={**os.environ, "SIGNALS_DATA_DIR": str(paths.data_dir),
+             "SIGNALS_SERVE_ADMIN_TOKEN": admin_token})
     try:
         wait_until_ok(f"{url}/ready", options.ready_timeout_s, server, "`signals serve`")
-        loaded = httpx.post(f"{url}/v1/adapters/{adapter.name}/load", timeout=120)
+        loaded = httpx.post(f"{url}/v1/adapters/{adapter.name}/load", timeout=120,
+                            headers={"Authorization": f"Bearer {admin_token}"})
         loaded.raise_for_status()
         console.print(f"API ready at {url}; adapter {adapter.name} hot-loaded into vLLM")
 

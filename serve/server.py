@@ -79,12 +79,16 @@ def run_server(config: ServeConfig, preload: list[str] = ()) -> int:
             server.start()
             stack.callback(server.stop)
             server.wait_healthy(config.vllm_startup_timeout_s)
+            server.supervise(startup_timeout_s=config.vllm_startup_timeout_s)
             vllm_url = server.url
             log.info("vLLM healthy at %s", vllm_url)
         classifier = build_classifier(make_backend(config, vllm_url), config.base_model,
-                                      config.registry, config.max_prompt_tokens, config.threshold)
+                                      config.registry, config.max_prompt_tokens, config.threshold,
+                                      max_loaded=config.max_loras)
         app = create_app(classifier, max_batch=config.max_batch,
-                         max_request_bytes=config.max_request_bytes, preload=list(preload))
+                         max_request_bytes=config.max_request_bytes, preload=list(preload),
+                         admin_token=config.admin_token,
+                         watch_interval_s=config.watch_interval_s)
         log.info("classification API on http://%s:%d (docs /docs, metrics /metrics)",
                  config.host, config.port)
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

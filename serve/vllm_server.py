@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,10 +71,12 @@ class VLLMServer:
             "VLLM_NO_USAGE_STATS": "1",
         }
         self.process: subprocess.Popen | None = None
+        self.restarts = 0
         self._log_file = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
-        if self.log_path:
+        if self.log_path and self._log_file is None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")
         out = self._log_file or subprocess.DEVNULL
@@ -87,7 +90,37 @@ class VLLMServer:
         wait_until_ok(f"{self.url}/health", timeout_s, self.process,
                       f"vLLM (log: {self.log_path})")
 
+    def supervise(self, check_every_s: float = 2.0, max_restarts: int = 5,
+                  startup_timeout_s: float = 300.0) -> threading.Thread:
+        """Restart vLLM in the background whenever it exits without :meth:`stop`.
+
+        Clients see 503s while it is down; adapters are loaded again on their next
+        use (the classifier reloads what the backend lost).
+        """
+        def watch() -> None:
+            while not self._stopping.wait(check_every_s):
+                if self.process is None or self.process.poll() is None:
+                    continue
+                if self.restarts >= max_restarts:
+                    log.error("vLLM exited (code %s) %d times; giving up",
+                              self.process.returncode, self.restarts)
+                    return
+                self.restarts += 1
+                log.error("vLLM exited with code %s; restarting (%d/%d)",
+                          self.process.returncode, self.restarts, max_restarts)
+                self.start()
+                try:
+                    self.wait_healthy(startup_timeout_s)
+                    log.info("vLLM is back at %s", self.url)
+                except (RuntimeError, TimeoutError) as error:
+                    log.error("vLLM restart failed: %s", error)
+
+        thread = threading.Thread(target=watch, name="vllm-supervisor", daemon=True)
+        thread.start()
+        return thread
+
     def stop(self, grace_s: float = 20.0) -> None:
+        self._stopping.set()
         if self.process is None or self.process.poll() is not None:
             return
         try:

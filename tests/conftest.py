@@ -106,7 +106,7 @@ def vllm_server(base_model_dir, tmp_path_factory):
     from serve.vllm_server import VLLMServer
 
     log_path = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VLLMServer(base_model_dir, free_port(), "base", max_loras=2, max_lora_rank=16,
+    server = VLLMServer(base_model_dir, free_port(), "base", max_loras=3, max_lora_rank=16,
                         log_path=log_path)
     server.start()
     try:
@@ -117,3 +117,26 @@ def vllm_server(base_model_dir, tmp_path_factory):
         raise
     yield server
     server.stop()
+
+
+def publish_variant(registry_dir: Path, source, tag: str, scale: float = 1.0):
+    """Publish a new registry version whose LoRA B matrices are ``scale`` x the source's.
+
+    A real, loadable adapter that answers differently (scale != 1), made in
+    milliseconds instead of another training run.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from train.registry import AdapterRegistry
+
+    registry = AdapterRegistry(registry_dir)
+    name = registry.new_name("lora", tag)
+    staging = registry.staging_dir(name)
+    shutil.copy(source.path / "adapter_config.json", staging)
+    weights = load_file(source.path / "adapter_model.safetensors")
+    save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
+              staging / "adapter_model.safetensors")
+    manifest = {k: v for k, v in source.manifest.items() if k != "name"}
+    return registry.publish(name, {**manifest, "variant_of": source.name, "scale": scale})

