@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 def signals(*args, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "serve.cli", *args], capture_output=True,
@@ -47,3 +49,39 @@ def test_missing_reuters_dir_is_a_clear_error(tmp_path):
     result = signals("data", "reuters", "--reuters-dir", str(tmp_path), "--out",
                      str(tmp_path / "ds"))
     assert result.returncode == 2 and "reut2-*.sgm" in result.stderr
+
+
+def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, trained_adapter,
+                                                 tmp_path):
+    """`signals serve` starts vLLM + the API; SIGTERM stops both (no orphaned vLLM)."""
+    import os
+    import signal
+
+    import httpx
+
+    from serve.vllm_server import wait_until_ok
+    from tests.conftest import free_port
+
+    port, vllm_port = free_port(), free_port()
+    env = {**os.environ, "SIGNALS_SERVE_BASE_MODEL": str(base_model_dir),
+           "SIGNALS_SERVE_REGISTRY": str(registry_dir), "SIGNALS_SERVE_ADMIN_TOKEN": "t0k",
+           "SIGNALS_SERVE_MAX_LORAS": "2"}
+    server = subprocess.Popen([sys.executable, "-m", "serve.cli", "serve", "--port", str(port),
+                               "--vllm-port", str(vllm_port)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ok(f"{url}/ready", 420, server, "signals serve")
+        loaded = httpx.post(f"{url}/v1/adapters/{trained_adapter.name}/load", timeout=120,
+                            headers={"Authorization": "Bearer t0k"})
+        assert loaded.status_code == 200, loaded.text
+        response = httpx.post(f"{url}/v1/classify", timeout=120, json={
+            "article": {"id": 1, "title": "Acme to buy Beta", "text": "Acme agreed to buy Beta."},
+            "adapter": trained_adapter.name})
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["adapter"] == trained_adapter.name
+        assert httpx.get(f"http://127.0.0.1:{vllm_port}/health").status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{vllm_port}/health", timeout=5)
