@@ -46,7 +46,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import datetime, time, timezone
 from typing import Literal
 
 from datasketch import MinHash, MinHashLSH

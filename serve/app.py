@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.article import Article
 from serve.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from serve.classifier import BASE_NAME, SignalClassifier
+from serve.classifier import SignalClassifier
 from train.registry import AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)
