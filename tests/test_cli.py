@@ -85,3 +85,23 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
         server.wait(120)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{vllm_port}/health", timeout=5)
+
+
+def test_adapters_promote_show_and_list(tmp_path):
+    """Registry commands on a real registry directory (no model needed)."""
+    from train.registry import AdapterRegistry
+
+    registry = AdapterRegistry(tmp_path)
+    staging = registry.staging_dir("lora-x-1")
+    (staging / "adapter_config.json").write_text("{}")
+    (staging / "adapter_model.safetensors").write_bytes(b"")
+    registry.publish("lora-x-1", {"method": "lora", "created_at": "2026-11-21T00:00:00"})
+    result = signals("adapters", "promote", "lora-x-1", "--alias", "production",
+                     "--registry", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert registry.aliases() == {"production": "lora-x-1"}
+    shown = signals("adapters", "show", "production", "--registry", str(tmp_path))
+    assert shown.returncode == 0 and '"name": "lora-x-1"' in shown.stdout
+    assert "lora-x-1" in signals("adapters", "list", "--registry", str(tmp_path)).stdout
+    missing = signals("adapters", "promote", "lora-nope", "--registry", str(tmp_path))
+    assert missing.returncode == 2 and "lora-nope" in missing.stderr
