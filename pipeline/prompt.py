@@ -84,12 +84,19 @@ def _user_message(article: Article, text: str) -> str:
     return "\n".join(lines)
 
 
-def _render(article: Article, text: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    messages = [
+def signal_messages(article: Article, text: str | None = None) -> list[dict[str, str]]:
+    """The chat messages the model is asked with: the instruction, then the article
+    (``text`` instead of the article's own text when given, e.g. cut to a budget).
+    The classifier renders them with the chat template; a teacher LLM gets them as is."""
+    return [
         {"role": "system", "content": SIGNAL_INSTRUCTION},
-        {"role": "user", "content": _user_message(article, text)},
+        {"role": "user", "content": _user_message(article, article.text if text is None else text)},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _render(article: Article, text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    return tokenizer.apply_chat_template(signal_messages(article, text), tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def _tokens(text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:

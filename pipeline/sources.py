@@ -413,6 +413,26 @@ def read_eml(path_or_bytes: str | Path | bytes, source: str) -> ReadResult:
     return result
 
 
+def read_message_bytes(raw: bytes, source: str, label: str = "e-mail",
+                       result: ReadResult | None = None) -> ReadResult:
+    """The items of one RFC 822 message given as raw bytes (an IMAP ``FETCH BODY[]``,
+    a queue payload), parsed exactly like an ``.eml`` file.
+
+    The items and problems are appended to ``result`` when one is given (so a caller
+    reading many messages keeps one count), else to a new one. A message the email
+    package cannot read is skipped and counted, as in :func:`read_mbox`.
+    """
+    result = result if result is not None else ReadResult()
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        _read_message(message, source, label, result)
+    # Same reason as in read_mbox: hostile input raises assorted exception types.
+    except Exception as exc:  # noqa: BLE001
+        result.note(f"{label}: unreadable ({type(exc).__name__}: {exc}); skipped",
+                    skipped=True)
+    return result
+
+
 def read_mbox(path: str | Path, source: str) -> ReadResult:
     """The items of every message in an mbox file; a message that cannot be read is
     skipped and counted, the others are kept."""
