@@ -1,0 +1,211 @@
+"""Drift: rules over online quality that raise alerts and can trigger retraining.
+
+Three rules, evaluated per adapter version and role over the last ``window_days`` of
+predictions (``DriftConfig`` in ``serve/ingest_config.py``):
+
+* ``precision_floor``: precision below the floor, once the window has ``min_labels``
+  labelled predictions;
+* ``recall_floor``: recall below the floor, same condition;
+* ``positive_rate_shift``: the predicted-positive rate differs from that of the window
+  before by more than ``max_positive_rate_shift``, both windows holding
+  ``min_predictions`` predictions (a shift in the traffic or in the model, seen before
+  any label arrives).
+
+Alerts are exported as ``signals_ingest_drift_alert{adapter,role,rule}`` (1 firing,
+0 evaluated and fine). When a precision or recall rule starts firing for the primary
+adapter and a Ray address is configured, the labelled items of the latest
+``retrain_window_days`` are exported as a dataset and ``signals train`` is submitted
+on them as a Ray job (at most once per ``retrain_cooldown_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from serve.ingest_config import DriftConfig
+from serve.online_metrics import quality_from_confusion
+from serve.store import Store, export_dataset, utcnow
+
+log = logging.getLogger(__name__)
+
+RULES = ("precision_floor", "recall_floor", "positive_rate_shift")
+RETRAIN_RULES = frozenset({"precision_floor", "recall_floor"})
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule evaluated for one adapter version and role."""
+
+    adapter: str
+    role: str
+    rule: str
+    firing: bool
+    value: float
+    """The measured value: precision, recall, or the current predicted-positive rate."""
+    limit: float
+    """The floor, or the previous window's rate for the shift rule."""
+    support: int
+    """Labelled predictions (floors) or predictions in the current window (shift)."""
+
+
+def evaluate_rules(store: Store, config: DriftConfig,
+                   now: datetime | None = None) -> list[RuleResult]:
+    """Every rule that has enough data, for every adapter version and role."""
+    now = now or utcnow()
+    window = timedelta(days=config.window_days)
+    current = quality_from_confusion(store.confusion(since=now - window))
+    previous = quality_from_confusion(store.confusion(since=now - 2 * window, until=now - window))
+    results = []
+    for (adapter, role), stats in sorted(current.items()):
+        labelled_enough = stats.labelled >= config.min_labels
+        if config.precision_floor is not None and labelled_enough and stats.precision is not None:
+            results.append(RuleResult(adapter, role, "precision_floor",
+                                      stats.precision < config.precision_floor,
+                                      stats.precision, config.precision_floor, stats.labelled))
+        if config.recall_floor is not None and labelled_enough and stats.recall is not None:
+            results.append(RuleResult(adapter, role, "recall_floor",
+                                      stats.recall < config.recall_floor,
+                                      stats.recall, config.recall_floor, stats.labelled))
+        before = previous.get((adapter, role))
+        if (config.max_positive_rate_shift is not None and before is not None
+                and stats.predictions >= config.min_predictions
+                and before.predictions >= config.min_predictions):
+            rate, baseline = stats.predicted_positive_rate, before.predicted_positive_rate
+            results.append(RuleResult(adapter, role, "positive_rate_shift",
+                                      abs(rate - baseline) > config.max_positive_rate_shift,
+                                      rate, baseline, stats.predictions))
+    return results
+
+
+def retrain_entrypoint(train_config: Path, dataset_dir: Path, split: str) -> str:
+    """The shell command the retraining Ray job runs."""
+    return shlex.join(["signals", "train", "--config", str(train_config),
+                       "--set", f"dataset={dataset_dir}", "--set", f"split={split}"])
+
+
+def submit_ray_job(address: str, entrypoint: str, submission_id: str) -> str:
+    """Submit ``entrypoint`` as a Ray job (needs ``ray[default]``); the job's id."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address).submit_job(entrypoint=entrypoint,
+                                                   submission_id=submission_id)
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What a drift alert submitted (or would submit without a Ray address)."""
+
+    dataset_dir: Path
+    split: str
+    entrypoint: str
+    items: int
+    job_id: str | None
+
+
+class DriftMonitor(Collector):
+    """Evaluates the rules, keeps which alerts fire, exports them, triggers retraining."""
+
+    def __init__(self, store: Store, config: DriftConfig, registry: CollectorRegistry):
+        self.store = store
+        self.config = config
+        self.results: list[RuleResult] = []
+        self.retrains: list[RetrainRequest] = []
+        self._firing: set[tuple[str, str, str]] = set()
+        self._last_submit = float("-inf")
+        self._lock = threading.Lock()
+        self.alerts_started = Counter(
+            "signals_ingest_drift_alerts", "Drift alerts that started firing, by rule",
+            ["rule"], registry=registry)
+        self.retrain_jobs = Counter(
+            "signals_ingest_retrain_jobs", "Retraining submissions by outcome "
+            "(submitted, failed, exported_only: no Ray address, empty: no labelled items)",
+            ["outcome"], registry=registry)
+        registry.register(self)
+
+    def check(self, now: datetime | None = None) -> list[RuleResult]:
+        """Evaluate every rule now; start retraining for newly firing quality alerts."""
+        with self._lock:
+            results = evaluate_rules(self.store, self.config, now)
+            firing = {(r.adapter, r.role, r.rule) for r in results if r.firing}
+            for adapter, role, rule in sorted(firing - self._firing):
+                log.warning("drift alert: %s for adapter %s (%s): %s", rule, adapter, role,
+                            next(asdict(r) for r in results
+                                 if (r.adapter, r.role, r.rule) == (adapter, role, rule)))
+                self.alerts_started.labels(rule).inc()
+            newly = firing - self._firing
+            self._firing, self.results = firing, results
+            if any(role == "primary" and rule in RETRAIN_RULES for _, role, rule in newly):
+                self._maybe_retrain(now or utcnow())
+            return results
+
+    def _maybe_retrain(self, now: datetime) -> RetrainRequest | None:
+        if time.monotonic() - self._last_submit < self.config.retrain_cooldown_s:
+            log.info("drift: retraining skipped, last submission is within the cooldown")
+            return None
+        request = self.export_retraining_window(now)
+        if request is None:
+            return None
+        self._last_submit = time.monotonic()
+        if self.config.ray_address is None:
+            self.retrain_jobs.labels("exported_only").inc()
+            log.warning("drift: dataset exported to %s; no Ray address configured, run: %s",
+                        request.dataset_dir, request.entrypoint)
+            return request
+        try:
+            job_id = submit_ray_job(self.config.ray_address, request.entrypoint,
+                                    submission_id=f"retrain-{request.split}")
+        except Exception as error:  # a Ray outage must not stop the ingestion service
+            self.retrain_jobs.labels("failed").inc()
+            log.error("drift: retraining submission to %s failed: %s",
+                      self.config.ray_address, error)
+            return request
+        self.retrain_jobs.labels("submitted").inc()
+        request = RetrainRequest(request.dataset_dir, request.split, request.entrypoint,
+                                 request.items, job_id)
+        self.retrains[-1] = request
+        log.warning("drift: retraining job %s submitted: %s", job_id, request.entrypoint)
+        return request
+
+    def export_retraining_window(self, now: datetime) -> RetrainRequest | None:
+        """Export the latest window's labelled items; the job that would train on them."""
+        since = now - timedelta(days=self.config.retrain_window_days)
+        split = f"window-{since:%Y%m%dT%H%M}-{now:%Y%m%dT%H%M}"
+        directory = Path(self.config.export_dir) / f"ingest-{split}"
+        manifest = export_dataset(self.store, directory, since=since, until=now,
+                                  split_name=split)
+        count = manifest["splits"][split]["count"]
+        if not count:
+            self.retrain_jobs.labels("empty").inc()
+            log.warning("drift: no labelled items in %s; nothing to retrain on", split)
+            return None
+        request = RetrainRequest(directory.resolve(), split,
+                                 retrain_entrypoint(self.config.train_config,
+                                                    directory.resolve(), split), count, None)
+        self.retrains.append(request)
+        return request
+
+    def collect(self):
+        gauge = GaugeMetricFamily(
+            "signals_ingest_drift_alert",
+            "1 while a drift rule fires for an adapter version and role, 0 when evaluated "
+            "and fine", labels=["adapter", "role", "rule"])
+        for result in self.results:
+            gauge.add_metric([result.adapter, result.role, result.rule], float(result.firing))
+        yield gauge
+        value = GaugeMetricFamily(
+            "signals_ingest_drift_value",
+            "The value each drift rule compared: precision, recall or predicted-positive "
+            "rate over the drift window", labels=["adapter", "role", "rule"])
+        for result in self.results:
+            value.add_metric([result.adapter, result.role, result.rule], result.value)
+        yield value

@@ -1,0 +1,202 @@
+"""Typed configuration of the ingestion service (``SIGNALS_INGEST_*`` env vars, YAML).
+
+Precedence, highest first: explicit overrides (command-line flags), environment
+variables (``SIGNALS_INGEST_<FIELD>``; lists and nested settings as JSON), the YAML
+file given to ``signals ingest run --config``, the defaults below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.imap import ImapConfig
+from pipeline.settings import Paths
+
+_paths = Paths()
+
+
+class FeedSourceConfig(BaseModel):
+    """An RSS/Atom feed polled over HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    """Source name stored with every item (and the ``source`` label of metrics)."""
+
+    url: str = Field(min_length=1)
+    """Feed URL (http or https)."""
+
+    interval_s: float = Field(default=300.0, gt=0)
+    """Seconds between polls."""
+
+
+class ImapSourceConfig(ImapConfig):
+    """An IMAP mailbox polled on a schedule, read by the pipeline's IMAP reader
+    (``pipeline.imap.ImapConfig``: host, security, username, ``password_env``, mailbox,
+    criteria, ...; ``source`` names the items and metrics).
+
+    Keep ``mark_seen`` off (the default): a message flagged seen before its items are
+    stored would be lost to a crash in between. Messages returned again by the next
+    poll are recognised by their source ids and not stored twice.
+    """
+
+    interval_s: float = Field(default=300.0, gt=0)
+    """Seconds between polls."""
+
+    lookback_days: int | None = Field(default=7, ge=1)
+    """Ask only for messages that arrived in this many last days (IMAP SINCE), so a poll
+    does not re-read the whole mailbox; None: no limit."""
+
+
+class DriftConfig(BaseModel):
+    """When online quality counts as drifting, and what happens then (``serve/drift.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_days: float = Field(default=7.0, gt=0)
+    """Window over which the rules are evaluated (by prediction time)."""
+
+    min_labels: int = Field(default=30, ge=1)
+    """Labelled predictions the window needs before precision/recall rules may fire."""
+
+    precision_floor: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    """Alert when online precision falls below this (None: rule off)."""
+
+    recall_floor: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    """Alert when online recall falls below this (None: rule off)."""
+
+    max_positive_rate_shift: float | None = Field(default=0.15, gt=0.0, le=1.0)
+    """Alert when the predicted-positive rate of the window differs by more than this
+    (absolute) from that of the window before it (None: rule off)."""
+
+    min_predictions: int = Field(default=50, ge=1)
+    """Predictions each of the two windows needs before the rate-shift rule may fire."""
+
+    interval_s: float = Field(default=60.0, gt=0)
+    """Seconds between evaluations."""
+
+    ray_address: str | None = None
+    """Ray dashboard address (``http://head:8265``) to submit retraining jobs to when a
+    precision or recall rule starts firing. None: alerts only."""
+
+    train_config: Path = Path("train/configs/demo.yaml")
+    """Training YAML given to ``signals train --config`` in the retraining job."""
+
+    retrain_window_days: float = Field(default=30.0, gt=0)
+    """The labelled items of this many latest days become the retraining dataset."""
+
+    retrain_cooldown_s: float = Field(default=86400.0, ge=0)
+    """Least time between two retraining submissions."""
+
+    export_dir: Path = _paths.datasets_dir
+    """Where retraining datasets are exported (one directory per export)."""
+
+
+class IngestConfig(BaseSettings):
+    """Settings of ``signals ingest run``; each field reads ``SIGNALS_INGEST_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SIGNALS_INGEST_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Interface the ingestion API listens on."""
+
+    port: int = Field(default=8200, ge=1, le=65535)
+    """Port of the ingestion API (push, feedback, /metrics, /health)."""
+
+    database_url: str = f"sqlite:///{_paths.data_dir / 'ingest.db'}"
+    """SQLAlchemy URL of the store: ``sqlite:///path.db`` (default, WAL) or
+    ``postgresql+psycopg://user@host/db``."""
+
+    classifier_url: str = "http://127.0.0.1:8000"
+    """Base URL of the classification API."""
+
+    adapter: str = "production"
+    """Adapter (alias or version) whose predictions analysts see. Named by alias, a
+    promotion takes effect without restarting ingestion."""
+
+    shadow_adapter: str | None = None
+    """Adapter (e.g. ``candidate``) that classifies the same items in shadow: stored
+    and measured, never shown to analysts. None: no shadow."""
+
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """P(signal) threshold sent with every request; None: the API's own."""
+
+    batch_size: int = Field(default=16, ge=1, le=64)
+    """Items per classification request (the API accepts at most 64)."""
+
+    classify_timeout_s: float = Field(default=120.0, gt=0)
+    """Time allowed to one classification request."""
+
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    """First wait after a failed classification request; doubled per failure."""
+
+    retry_max_s: float = Field(default=60.0, gt=0)
+    """Longest wait between classification retries."""
+
+    idle_poll_s: float = Field(default=1.0, gt=0)
+    """How often the classifier loop looks for pending items when nothing woke it."""
+
+    feeds: list[FeedSourceConfig] = []
+    """RSS/Atom feeds to poll."""
+
+    imap: list[ImapSourceConfig] = []
+    """IMAP mailboxes to poll."""
+
+    drop_dir: Path | None = None
+    """Directory watched for ``.eml``, ``.mbox``, ``.jsonl`` and ``.csv`` files; a read
+    file moves to ``processed/`` beside them (``failed/`` when unreadable)."""
+
+    drop_interval_s: float = Field(default=10.0, gt=0)
+    """Seconds between scans of ``drop_dir``."""
+
+    feed_timeout_s: float = Field(default=10.0, gt=0)
+    """Time allowed to one feed fetch before it counts as a timeout."""
+
+    dedupe_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of word 5-shingles at or above which an item is a
+    near copy of one already stored (see ``pipeline/dedupe.py``)."""
+
+    dedupe_num_perm: int = Field(default=128, ge=16, le=1024)
+    """MinHash signature length; stored per item so the index survives restarts."""
+
+    metric_windows_days: list[float] = [1.0, 7.0, 30.0]
+    """Windows (days, by prediction time) of the online-quality gauges."""
+
+    metrics_cache_s: float = Field(default=2.0, ge=0)
+    """Store-derived metrics are recomputed at most this often per scrape."""
+
+    label_priority: dict[str, int] = {"analyst": 2, "human": 2}
+    """Feedback sources that outrank others when an item's label is decided; a source
+    not listed has priority 1. Equal priority: the latest feedback wins."""
+
+    max_push_items: int = Field(default=500, ge=1)
+    """Most items (or feedback entries) in one POST."""
+
+    drift: DriftConfig = DriftConfig()
+    """Drift rules and retraining (off unless ``drift.ray_address`` is set)."""
+
+    @field_validator("metric_windows_days")
+    @classmethod
+    def _windows_positive(cls, value: list[float]) -> list[float]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("metric_windows_days needs at least one window, all > 0 days")
+        return sorted(set(value))
+
+
+def load_ingest_config(path: Path | None = None, **overrides: Any) -> IngestConfig:
+    """The config from ``path`` (YAML), then environment variables, then ``overrides``."""
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        file_values = loaded
+    from_env = IngestConfig()  # defaults + environment; fields_set = those the env gave
+    env_values = {name: getattr(from_env, name) for name in from_env.model_fields_set}
+    return IngestConfig(**{**file_values, **env_values,
+                           **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,611 @@
+"""The ingestion store: items, predictions and feedback in one SQL database.
+
+SQLAlchemy Core over any URL: SQLite by default (one file, WAL journal), PostgreSQL
+(``postgresql+psycopg://...``) through the very same statements.
+
+Exactly-once classification rests on two things the database guarantees:
+
+* every item carries an outbox state per role (``state`` for the adapter analysts
+  see, ``shadow_state`` for the shadow adapter): ``pending`` until its prediction is
+  stored, then ``classified`` (or ``rejected`` when the API refuses the item itself);
+* a batch's predictions and the state change are written in **one transaction**, and
+  ``predictions`` has a unique (item, role) key.
+
+A process killed in the middle of a batch therefore either committed the whole batch
+or nothing of it; after a restart the uncommitted items are still ``pending`` and are
+classified again, so each item ends with exactly one stored prediction per role. (The
+classification API may have *answered* the lost batch once already: delivery to the
+API is at-least-once, the stored effect exactly-once.)
+
+Items are identified by ``(source, external_id)`` and by the content hash of their
+normalised title and text (``pipeline.dedupe.content_hash``), both unique. Each
+item's effective label (``label``) is decided from its feedback when feedback
+arrives, so online metrics are plain grouped SQL over predictions joined to items.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.article import Article
+
+log = logging.getLogger(__name__)
+
+Role = Literal["primary", "shadow"]
+ROLES: tuple[Role, ...] = ("primary", "shadow")
+PENDING, CLASSIFIED, REJECTED, NOT_ASKED = "pending", "classified", "rejected", "none"
+
+metadata = MetaData()
+
+items = Table(
+    "items", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(1000), nullable=False),
+    Column("content_hash", String(64), nullable=False, unique=True),
+    Column("title", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("link", Text),
+    Column("published_at", DateTime),
+    Column("received_at", DateTime, nullable=False),
+    Column("record", JSON, nullable=False),
+    Column("minhash", LargeBinary),
+    # Outbox states, one per role: pending -> classified | rejected (none: not asked).
+    Column("state", String(16), nullable=False),
+    Column("shadow_state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    # Effective label, decided from the feedback (see Store.add_feedback).
+    Column("label", Integer),
+    Column("label_source", String(100)),
+    Column("labelled_at", DateTime),
+    UniqueConstraint("source", "external_id", name="uq_items_source_external_id"),
+    Index("ix_items_state", "state"),
+    Index("ix_items_shadow_state", "shadow_state"),
+    Index("ix_items_external_id", "external_id"),
+)
+
+predictions = Table(
+    "predictions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("requested", String(200), nullable=False),
+    Column("adapter", String(200), nullable=False),
+    Column("p_signal", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("label", Integer, nullable=False),
+    Column("truncated", Boolean, nullable=False),
+    Column("predicted_at", DateTime, nullable=False),
+    Column("publication_latency_s", Float),
+    UniqueConstraint("item_id", "role", name="uq_predictions_item_role"),
+    Index("ix_predictions_predicted_at", "predicted_at"),
+)
+
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("label", Integer, nullable=False),
+    Column("note", Text),
+    Column("received_at", DateTime, nullable=False),
+    UniqueConstraint("item_id", "source", name="uq_feedback_item_source"),
+)
+
+# Copies that were not stored, pointing at the stored item they copy: feedback that
+# names a copy (e.g. by its feed id) reaches the item that was classified.
+item_aliases = Table(
+    "item_aliases", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(1000), nullable=False),
+    Column("item_id", Integer, ForeignKey("items.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("similarity", Float, nullable=False),
+    Column("seen_at", DateTime, nullable=False),
+    UniqueConstraint("source", "external_id", name="uq_item_aliases_source_external_id"),
+    Index("ix_item_aliases_external_id", "external_id"),
+)
+
+source_cursors = Table(
+    "source_cursors", metadata,
+    Column("source", String(100), primary_key=True),
+    Column("cursor", Text, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+
+# --- time: stored as naive UTC (SQLite keeps no zone), handed out as aware UTC ----------
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_db_time(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def from_db_time(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def published_datetime(article: Article) -> datetime | None:
+    """``date_published`` as aware UTC (a date is its midnight; naive is read as UTC)."""
+    published = article.date_published
+    if published is None:
+        return None
+    if not isinstance(published, datetime):
+        published = datetime(published.year, published.month, published.day)
+    if published.tzinfo is None:
+        return published.replace(tzinfo=timezone.utc)
+    return published.astimezone(timezone.utc)
+
+
+# --- records handed out -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: int
+    source: str
+    external_id: str
+    article: Article
+    published_at: datetime | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    item_id: int
+    requested: str
+    adapter: str
+    p_signal: float
+    threshold: float
+    label: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ConfusionRow:
+    """Predictions of one adapter version in one role, grouped by (predicted, true) label."""
+
+    adapter: str
+    role: str
+    predicted: int
+    actual: int | None
+    count: int
+    latency_sum_s: float
+    latency_count: int
+
+
+FeedbackOutcome = Literal["recorded", "duplicate", "conflict", "replaced"]
+
+
+class Store:
+    """Items, predictions and feedback behind one SQLAlchemy engine."""
+
+    def __init__(self, url: str, label_priority: dict[str, int] | None = None):
+        self.url = make_url(url)
+        self.label_priority = dict(label_priority or {})
+        self.engine = self._make_engine(url)
+        metadata.create_all(self.engine)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden (for logs and manifests)."""
+        return self.url.render_as_string(hide_password=True)
+
+    def _make_engine(self, url: str) -> Engine:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record):
+            # pysqlite opens transactions lazily on its own; let SQLAlchemy emit BEGIN
+            # instead, so a write transaction can take the lock up front (below).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a killed process (not a power cut) without an fsync
+            # per commit; a killed *process* is the failure the outbox is built for.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection):
+            # IMMEDIATE takes the write lock at BEGIN: two writers (the service and a
+            # feedback import) then wait for each other instead of failing on upgrade.
+            immediate = connection.get_execution_options().get("sqlite_write", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+
+    @contextmanager
+    def transaction(self, write: bool = False) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            if write:
+                connection.execution_options(sqlite_write=True)
+            with connection.begin():
+                yield connection
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- items ------------------------------------------------------------------------
+
+    def find_exact(self, source: str, external_id: str,
+                   content_hash: str) -> tuple[int, str] | None:
+        """``(item id, "repeat")`` when this (source, id) was seen before (a feed polled
+        again), ``(item id, "exact")`` when the same content is stored; else None."""
+        with self.transaction() as conn:
+            row = conn.execute(select(items.c.id).where(
+                items.c.source == source, items.c.external_id == external_id)).first()
+            row = row or conn.execute(select(item_aliases.c.item_id).where(
+                item_aliases.c.source == source,
+                item_aliases.c.external_id == external_id)).first()
+            if row is not None:
+                return row[0], "repeat"
+            row = conn.execute(select(items.c.id)
+                               .where(items.c.content_hash == content_hash)).first()
+        return (row[0], "exact") if row is not None else None
+
+    def insert_item(self, article: Article, source: str, content_hash: str,
+                    minhash: bytes | None, shadow: bool) -> tuple[int, bool]:
+        """Store an accepted item; ``(id, True)``, or ``(existing id, False)`` when a
+        concurrent writer stored the same item first (the unique keys decide)."""
+        now = to_db_time(utcnow())
+        values = dict(
+            source=source, external_id=str(article.id), content_hash=content_hash,
+            title=article.title, text=article.text, link=article.link,
+            published_at=to_db_time(published_datetime(article)), received_at=now,
+            record=article.to_record(), minhash=minhash, state=PENDING,
+            shadow_state=PENDING if shadow else NOT_ASKED, attempts=0)
+        try:
+            with self.transaction(write=True) as conn:
+                item_id = conn.execute(insert(items).values(**values)).inserted_primary_key[0]
+            return int(item_id), True
+        except IntegrityError:
+            existing = self.find_exact(source, str(article.id), content_hash)
+            if existing is None:
+                raise
+            return existing[0], False
+
+    def signatures(self) -> Iterator[tuple[int, bytes]]:
+        """(item id, stored MinHash) of every item, oldest first, for the dedupe index."""
+        with self.transaction() as conn:
+            result = conn.execute(select(items.c.id, items.c.minhash)
+                                  .where(items.c.minhash.is_not(None)).order_by(items.c.id))
+            yield from ((row.id, row.minhash) for row in result)
+
+    def _stored_item(self, row: Any) -> StoredItem:
+        return StoredItem(id=row.id, source=row.source, external_id=row.external_id,
+                          article=Article.from_record(row.record),
+                          published_at=from_db_time(row.published_at),
+                          received_at=from_db_time(row.received_at))
+
+    def pending(self, role: Role, limit: int) -> list[StoredItem]:
+        """The oldest items still waiting for a ``role`` prediction."""
+        column = items.c.state if role == "primary" else items.c.shadow_state
+        with self.transaction() as conn:
+            rows = conn.execute(select(items).where(column == PENDING)
+                                .order_by(items.c.id).limit(limit)).all()
+        return [self._stored_item(row) for row in rows]
+
+    def pending_count(self, role: Role) -> int:
+        column = items.c.state if role == "primary" else items.c.shadow_state
+        with self.transaction() as conn:
+            return conn.execute(select(func.count()).where(column == PENDING)).scalar_one()
+
+    def item_count(self) -> int:
+        with self.transaction() as conn:
+            return conn.execute(select(func.count()).select_from(items)).scalar_one()
+
+    def record_predictions(self, role: Role, new: Sequence[NewPrediction]) -> int:
+        """Store a batch's predictions and mark the items done, in one transaction.
+
+        Items no longer pending (classified by an earlier run) are left alone, so a
+        batch that is recorded twice still leaves one prediction per item and role.
+        Returns how many predictions were stored.
+        """
+        column = items.c.state if role == "primary" else items.c.shadow_state
+        state_field = column.name
+        now = utcnow()
+        stored = 0
+        with self.transaction(write=True) as conn:
+            published = dict(conn.execute(
+                select(items.c.id, items.c.published_at)
+                .where(items.c.id.in_([p.item_id for p in new]), column == PENDING)).all())
+            for prediction in new:
+                if prediction.item_id not in published:
+                    continue
+                published_at = from_db_time(published[prediction.item_id])
+                latency = (now - published_at).total_seconds() if published_at else None
+                conn.execute(insert(predictions).values(
+                    item_id=prediction.item_id, role=role, requested=prediction.requested,
+                    adapter=prediction.adapter, p_signal=prediction.p_signal,
+                    threshold=prediction.threshold, label=prediction.label,
+                    truncated=prediction.truncated, predicted_at=to_db_time(now),
+                    publication_latency_s=latency))
+                conn.execute(update(items).where(items.c.id == prediction.item_id)
+                             .values({state_field: CLASSIFIED, "last_error": None}))
+                stored += 1
+        return stored
+
+    def record_failure(self, role: Role, item_ids: Sequence[int], error: str,
+                       reject: bool) -> None:
+        """Count a failed attempt; ``reject`` takes the items out of the queue for good
+        (the API refused the item itself, so retrying cannot help)."""
+        column = items.c.state if role == "primary" else items.c.shadow_state
+        values: dict[str, Any] = {"attempts": items.c.attempts + 1, "last_error": error[:2000]}
+        if reject:
+            values[column.name] = REJECTED
+        with self.transaction(write=True) as conn:
+            conn.execute(update(items).where(items.c.id.in_(list(item_ids)), column == PENDING)
+                         .values(values))
+
+    def get_item(self, item_id: int) -> dict[str, Any] | None:
+        """An item with its predictions and feedback (the analysts' detail view)."""
+        with self.transaction() as conn:
+            row = conn.execute(select(items).where(items.c.id == item_id)).first()
+            if row is None:
+                return None
+            preds = conn.execute(select(predictions).where(predictions.c.item_id == item_id)
+                                 .order_by(predictions.c.id)).all()
+            votes = conn.execute(select(feedback).where(feedback.c.item_id == item_id)
+                                 .order_by(feedback.c.id)).all()
+        return {
+            "id": row.id, "source": row.source, "external_id": row.external_id,
+            "title": row.title, "text": row.text, "link": row.link,
+            "published_at": _iso(row.published_at), "received_at": _iso(row.received_at),
+            "state": row.state, "shadow_state": row.shadow_state, "attempts": row.attempts,
+            "last_error": row.last_error, "label": row.label, "label_source": row.label_source,
+            "predictions": [{"role": p.role, "requested": p.requested, "adapter": p.adapter,
+                             "p_signal": p.p_signal, "threshold": p.threshold, "label": p.label,
+                             "truncated": p.truncated, "predicted_at": _iso(p.predicted_at)}
+                            for p in preds],
+            "feedback": [{"source": f.source, "label": f.label, "note": f.note,
+                          "received_at": _iso(f.received_at)} for f in votes],
+        }
+
+    def signals(self, since: datetime | None, limit: int) -> list[dict[str, Any]]:
+        """What analysts see: items the primary adapter labelled 1, newest first."""
+        query = (select(items.c.id, items.c.source, items.c.title, items.c.link,
+                        items.c.published_at, predictions.c.adapter, predictions.c.p_signal,
+                        predictions.c.predicted_at)
+                 .join(predictions, predictions.c.item_id == items.c.id)
+                 .where(predictions.c.role == "primary", predictions.c.label == 1)
+                 .order_by(predictions.c.predicted_at.desc(), items.c.id.desc()).limit(limit))
+        if since is not None:
+            query = query.where(predictions.c.predicted_at >= to_db_time(since))
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [{"id": r.id, "source": r.source, "title": r.title, "link": r.link,
+                 "published_at": _iso(r.published_at), "adapter": r.adapter,
+                 "p_signal": r.p_signal, "predicted_at": _iso(r.predicted_at)} for r in rows]
+
+    # --- feedback ---------------------------------------------------------------------
+
+    def find_items_by_external_id(self, external_id: str,
+                                  source: str | None = None) -> list[int]:
+        """Stored items with this source id, directly or as the copy of one (at most 2:
+        enough to tell unique from ambiguous)."""
+        direct = select(items.c.id).where(items.c.external_id == external_id)
+        copies = select(item_aliases.c.item_id).where(item_aliases.c.external_id == external_id)
+        if source is not None:
+            direct = direct.where(items.c.source == source)
+            copies = copies.where(item_aliases.c.source == source)
+        with self.transaction() as conn:
+            found = [row[0] for row in conn.execute(direct.limit(2))]
+            found += [row[0] for row in conn.execute(copies.limit(2))]
+        return list(dict.fromkeys(found))[:2]
+
+    def add_alias(self, source: str, external_id: str, item_id: int, kind: str,
+                  similarity: float) -> bool:
+        """Remember that (source, external_id) is a copy of ``item_id``; False when that
+        id was already known (as an item or a copy)."""
+        with self.transaction(write=True) as conn:
+            known = conn.execute(select(items.c.id).where(
+                items.c.source == source, items.c.external_id == external_id)).first()
+            known = known or conn.execute(select(item_aliases.c.id).where(
+                item_aliases.c.source == source,
+                item_aliases.c.external_id == external_id)).first()
+            if known is not None:
+                return False
+            conn.execute(insert(item_aliases).values(
+                source=source, external_id=external_id, item_id=item_id, kind=kind,
+                similarity=similarity, seen_at=to_db_time(utcnow())))
+        return True
+
+    def item_exists(self, item_id: int) -> bool:
+        with self.transaction() as conn:
+            return conn.execute(select(items.c.id).where(items.c.id == item_id)).first() is not None
+
+    def _priority(self, source: str | None) -> int:
+        return self.label_priority.get(source, 1) if source is not None else 0
+
+    def add_feedback(self, item_id: int, label: int, source: str, note: str | None = None,
+                     replace: bool = False) -> FeedbackOutcome:
+        """Record one label source's verdict on an item and update its effective label.
+
+        One verdict per (item, source): the same verdict again is a ``duplicate`` (no
+        change), a different one a ``conflict`` unless ``replace``. The effective label
+        is the verdict of the highest-priority source; among equals the latest wins.
+        Raises ``KeyError`` for an unknown item.
+        """
+        now = to_db_time(utcnow())
+        with self.transaction(write=True) as conn:
+            item = conn.execute(select(items.c.id, items.c.label_source)
+                                .where(items.c.id == item_id)).first()
+            if item is None:
+                raise KeyError(item_id)
+            existing = conn.execute(select(feedback.c.id, feedback.c.label).where(
+                feedback.c.item_id == item_id, feedback.c.source == source)).first()
+            if existing is not None and existing.label == label:
+                return "duplicate"
+            if existing is not None and not replace:
+                return "conflict"
+            if existing is not None:
+                conn.execute(update(feedback).where(feedback.c.id == existing.id)
+                             .values(label=label, note=note, received_at=now))
+                outcome: FeedbackOutcome = "replaced"
+            else:
+                conn.execute(insert(feedback).values(item_id=item_id, source=source, label=label,
+                                                     note=note, received_at=now))
+                outcome = "recorded"
+            if self._priority(source) >= self._priority(item.label_source):
+                conn.execute(update(items).where(items.c.id == item_id).values(
+                    label=label, label_source=source, labelled_at=now))
+        return outcome
+
+    def items_without_feedback_from(self, source: str, published_before: datetime | None,
+                                    limit: int) -> list[StoredItem]:
+        """Items a label source has not judged yet (e.g. the trend rule, months later)."""
+        judged = select(feedback.c.item_id).where(feedback.c.source == source)
+        query = select(items).where(items.c.id.not_in(judged)).order_by(items.c.id).limit(limit)
+        if published_before is not None:
+            query = query.where(items.c.published_at <= to_db_time(published_before))
+        with self.transaction() as conn:
+            return [self._stored_item(row) for row in conn.execute(query)]
+
+    def labelled_items(self, since: datetime | None = None,
+                       until: datetime | None = None) -> list[tuple[StoredItem, int, str]]:
+        """(item, effective label, label source) of labelled items, by publication time
+        (reception time for undated items)."""
+        when = func.coalesce(items.c.published_at, items.c.received_at)
+        query = select(items).where(items.c.label.is_not(None)).order_by(when, items.c.id)
+        if since is not None:
+            query = query.where(when >= to_db_time(since))
+        if until is not None:
+            query = query.where(when < to_db_time(until))
+        with self.transaction() as conn:
+            return [(self._stored_item(r), r.label, r.label_source) for r in conn.execute(query)]
+
+    # --- online metrics -----------------------------------------------------------------
+
+    def confusion(self, since: datetime | None = None,
+                  until: datetime | None = None) -> list[ConfusionRow]:
+        """Predictions grouped by adapter version, role, predicted and effective label,
+        made in ``[since, until)`` (by prediction time; None: unbounded)."""
+        query = (select(predictions.c.adapter, predictions.c.role, predictions.c.label,
+                        items.c.label.label("actual"), func.count().label("n"),
+                        func.coalesce(func.sum(predictions.c.publication_latency_s), 0.0)
+                        .label("latency_sum"),
+                        func.count(predictions.c.publication_latency_s).label("latency_n"))
+                 .join(items, items.c.id == predictions.c.item_id)
+                 .group_by(predictions.c.adapter, predictions.c.role, predictions.c.label,
+                           items.c.label))
+        conditions = []
+        if since is not None:
+            conditions.append(predictions.c.predicted_at >= to_db_time(since))
+        if until is not None:
+            conditions.append(predictions.c.predicted_at < to_db_time(until))
+        if conditions:
+            query = query.where(and_(*conditions))
+        with self.transaction() as conn:
+            return [ConfusionRow(r.adapter, r.role, r.label, r.actual, r.n,
+                                 float(r.latency_sum), r.latency_n)
+                    for r in conn.execute(query)]
+
+    # --- source cursors (e.g. the last IMAP UID read) ------------------------------------
+
+    def get_cursor(self, source: str) -> str | None:
+        with self.transaction() as conn:
+            row = conn.execute(select(source_cursors.c.cursor)
+                               .where(source_cursors.c.source == source)).first()
+        return row.cursor if row else None
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        now = to_db_time(utcnow())
+        with self.transaction(write=True) as conn:
+            changed = conn.execute(update(source_cursors).where(source_cursors.c.source == source)
+                                   .values(cursor=cursor, updated_at=now)).rowcount
+            if not changed:
+                conn.execute(insert(source_cursors).values(source=source, cursor=cursor,
+                                                           updated_at=now))
+
+
+def export_dataset(store: Store, directory: Path, train_end: date | None = None,
+                   since: datetime | None = None, until: datetime | None = None,
+                   split_name: str | None = None) -> dict[str, Any]:
+    """Write the store's labelled items as a pipeline dataset (``pipeline/dataset.py``).
+
+    Each item's effective label becomes ``signal``; an undated item takes its reception
+    time as ``date_published`` (temporal splits need a date). With ``train_end`` the
+    splits are the pipeline's temporal ones (``train`` + one per later month); with
+    ``split_name`` everything selected is that one split (a retraining window).
+    Returns the manifest.
+    """
+    from pipeline.dataset import temporal_splits, write_dataset
+
+    selected = store.labelled_items(since, until)
+    articles = []
+    for item, label, label_source in selected:
+        update_fields: dict[str, Any] = {"signal": label, "label_source": label_source,
+                                         "source": item.source}
+        if item.article.date_published is None:
+            update_fields["date_published"] = item.received_at
+        articles.append(item.article.model_copy(update=update_fields))
+    if split_name is not None:
+        splits = {split_name: articles}
+    elif train_end is not None:
+        splits = temporal_splits(articles, train_end)
+    else:
+        raise ValueError("give train_end (temporal splits) or split_name (one window split)")
+    sources: dict[str, int] = {}
+    for _, _, label_source in selected:
+        sources[label_source] = sources.get(label_source, 0) + 1
+    provenance = {
+        "source": "ingestion store", "database": store.safe_url,
+        "label_rule": "effective label per item: highest-priority feedback source, "
+                      "latest among equals", "label_sources": sources,
+        "window": {"since": since.isoformat() if since else None,
+                   "until": until.isoformat() if until else None},
+        "train_end": train_end.isoformat() if train_end else None,
+    }
+    return write_dataset(Path(directory), splits, provenance)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return from_db_time(value).isoformat() if value is not None else None
