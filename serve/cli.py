@@ -2,10 +2,13 @@
 
     signals model prepare      materialise the default base model (SmolLM2-135M-Instruct)
     signals data reuters       build the Reuters-21578 dataset with its temporal split
-    signals train              train an adapter from a YAML config (+ --set overrides)
+    signals train              train an adapter (lora/loraplus/qlora/dpo/rlhf) as a Ray job
+    signals eval               evaluate base/adapters on a split (+ TF-IDF baseline)
+    signals experiment         the whole method comparison, with the temporal update
     signals adapters list|show|promote   the adapter registry and its aliases
     signals serve              vLLM + the classification API
     signals demo               all of the above end to end, then classify April articles
+    signals ingest run|replay|feedback-import|export   the ingestion service (port 8200)
 
 Heavy imports happen inside the commands, so ``signals --help`` answers at once.
 """
@@ -68,13 +71,59 @@ def cmd_data_reuters(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from train.config import load_config
-    from train.lora import train_lora
+    from train.jobs import run_training
 
-    config = load_config(args.config, args.set or [])
-    version = train_lora(config)
+    config = load_config(args.config, args.set or [])  # fails here, before any work
+    version = run_training(config, workers=args.workers, ray_address=args.ray_address,
+                           local=args.local)
     print(f"adapter {version.name} written to {version.path}")
     print(json.dumps({k: v for k, v in version.manifest["metrics"].items()
-                      if k != "loss_curve"}))
+                      if not k.endswith("curve")}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.dataset import load_split
+    from train.evaluate import InProcessScorer, sample_articles, tfidf_baseline
+    from train.plots import plot_confusion_matrices
+
+    paths = Paths()
+    dataset = args.dataset or paths.datasets_dir / "reuters-acq"
+    registry = args.registry or paths.registry_dir
+    base_model = args.base_model or paths.models_dir / "SmolLM2-135M-Instruct"
+    articles = sample_articles(load_split(dataset, args.split), args.limit, args.seed)
+    if not articles:
+        raise ValueError(f"split {args.split!r} of {dataset} has no labelled articles")
+    results = {}
+    if args.baseline:
+        results["tfidf-logreg"] = tfidf_baseline(load_split(dataset, args.train_split), articles,
+                                                 args.split, args.threshold)
+    scorer = InProcessScorer(base_model, registry, args.max_prompt_tokens)
+    for model in args.model:
+        results[model] = scorer.evaluate(articles, model, args.split, args.threshold)
+    out = args.out or paths.data_dir / "runs" / f"eval-{args.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(
+        {name: e.to_dict() for name, e in results.items()}, indent=2))
+    plot_confusion_matrices({n: e.metrics for n, e in results.items()},
+                            f"{dataset.name} {args.split}: {len(articles)} articles, "
+                            f"threshold {args.threshold}", out / "confusion.png")
+    print(f"{'model':<44}{'TP':>5}{'FP':>5}{'FN':>5}{'TN':>5}{'P':>7}{'R':>7}{'F1':>7}"
+          f"{'AUC':>7}{'ECE':>7}")
+    for name, e in results.items():
+        m = e.metrics
+        print(f"{name:<44}{m['tp']:>5}{m['fp']:>5}{m['fn']:>5}{m['tn']:>5}{m['precision']:>7.3f}"
+              f"{m['recall']:>7.3f}{m['f1']:>7.3f}{(m['roc_auc'] or 0):>7.3f}{m['ece']:>7.3f}")
+    print(f"per-month metrics and the plot: {out}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from train.experiment import load_experiment_config, run_experiment
+
+    config = load_experiment_config(args.config, args.set or [])
+    report = run_experiment(config)
+    print((Path(report["out_dir"]) / "report.md").read_text())
     return 0
 
 
@@ -160,11 +209,50 @@ def build_parser() -> argparse.ArgumentParser:
     reuters.add_argument("--force", action="store_true", help="rebuild even if up to date")
     reuters.set_defaults(func=cmd_data_reuters)
 
-    train = commands.add_parser("train", help="train an adapter (LoRA) into the registry")
-    train.add_argument("--config", type=Path, help="YAML config (fields of LoraTrainConfig)")
+    train = commands.add_parser(
+        "train", help="train an adapter (lora, loraplus, qlora, dpo, rlhf) as a Ray job",
+        description="Runs under Ray Train: joins RAY_ADDRESS / --ray-address (as under "
+        "`ray job submit` or a KubeRay RayJob) or starts a local Ray. Config fields: "
+        "train/config.py; examples: train/configs/*.yaml.")
+    train.add_argument("--config", type=Path, help="YAML config (method + its fields)")
     train.add_argument("--set", action="append", metavar="FIELD=VALUE",
                        help="override a config field, e.g. --set max_examples=64 (repeatable)")
+    train.add_argument("--workers", type=int, default=1,
+                       help="Ray Train data-parallel workers (default 1)")
+    train.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, "
+                       "else a local Ray)")
+    train.add_argument("--local", action="store_true",
+                       help="train in this process without Ray (quick runs)")
     train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate the base model and/or adapters on a dataset split")
+    evaluate.add_argument("model", nargs="+",
+                          help="'base', an adapter version or an alias (several allowed)")
+    evaluate.add_argument("--split", required=True, help="split to evaluate on, e.g. 1987-04")
+    evaluate.add_argument("--limit", type=int, help="seeded random sample of the split")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    evaluate.add_argument("--threshold", type=float, default=0.5,
+                          help="P(signal) threshold (default 0.5)")
+    evaluate.add_argument("--max-prompt-tokens", type=int, default=512,
+                          help="prompt cap (adapters use the smaller of this and their own)")
+    evaluate.add_argument("--baseline", action="store_true",
+                          help="add the TF-IDF + logistic regression baseline")
+    evaluate.add_argument("--train-split", default="train", help="baseline training split")
+    evaluate.add_argument("--dataset", type=Path, help="dataset directory")
+    evaluate.add_argument("--registry", type=Path, help="registry directory")
+    evaluate.add_argument("--base-model", type=Path, help="base model directory")
+    evaluate.add_argument("--out", type=Path, help="output directory")
+    evaluate.set_defaults(func=cmd_eval)
+
+    experiment = commands.add_parser(
+        "experiment", help="train base/LoRA/LoRA+/DPO/RLHF on the same data, update on the "
+        "next window, evaluate all on later windows, write one report")
+    experiment.add_argument("--config", type=Path,
+                            help="YAML (fields of train/experiment.py ExperimentConfig)")
+    experiment.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                            help="override a field (repeatable)")
+    experiment.set_defaults(func=cmd_experiment)
 
     adapters = commands.add_parser("adapters", help="the adapter registry")
     adapter_cmds = adapters.add_subparsers(dest="adapters_command", required=True,
@@ -211,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-serving", action="store_true",
                       help="leave the API and vLLM running after the report (Ctrl-C stops)")
     demo.set_defaults(func=cmd_demo)
+
+    from serve.ingest_cli import add_ingest_commands
+
+    add_ingest_commands(commands)
     return parser
 
 

@@ -34,6 +34,7 @@ from pipeline.settings import Paths
 from serve.vllm_server import wait_until_ok
 from train.base_model import DEFAULT_BASE_MODEL_NAME, prepare_base_model
 from train.evaluate import binary_metrics
+from train.plots import plot_confusion_matrices
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +75,9 @@ def classify_over_http(url: str, articles, adapter: str | None, progress: Progre
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = report["models"]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4))
-    for ax, (name, m) in zip(axes, models.items()):
-        grid = [[m["tn"], m["fp"]], [m["fn"], m["tp"]]]
-        ax.imshow(grid, cmap="Blues", vmin=0)
-        darkest = max(max(row) for row in grid) or 1
-        for i in range(2):
-            for j in range(2):
-                ax.text(j, i, grid[i][j], ha="center", va="center", fontsize=14,
-                        color="white" if grid[i][j] > darkest / 2 else "black")
-        ax.set_xticks([0, 1], ["not signal", "signal"])
-        ax.set_yticks([0, 1], ["not signal", "signal"])
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true (Reuters acq)")
-        ax.set_title(f"{name}\nP {m['precision']:.2f}  R {m['recall']:.2f}  F1 {m['f1']:.2f}")
-    fig.suptitle(f"Reuters {report['split']}, {report['samples']} articles, "
-                 f"threshold {report['threshold']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_confusion_matrices(
+        report["models"], f"Reuters {report['split']}, {report['samples']} articles, "
+        f"threshold {report['threshold']}", path)
 
 
 def _table(report: dict) -> Table:

@@ -1,38 +1,58 @@
-"""Typed training configuration: YAML file + ``--set field=value`` overrides.
+"""Typed training configuration: one class per method, YAML file + ``--set`` overrides.
 
-Every field is documented and range-checked; a bad config fails before any work
-starts, with a message naming the field.
+``method`` picks the class. Every field is documented and range-checked; a bad config
+fails before any work starts, with a message naming the field::
+
+    method: loraplus          # lora | loraplus | qlora | dpo | rlhf
+    max_examples: 320
+    loraplus_lr_ratio: 16
+
+The methods and their papers:
+
+- ``lora``: LoRA (Hu et al. 2021, arXiv:2106.09685) SFT, loss on the answer token only.
+- ``loraplus``: LoRA+ (Hayou et al. 2024, arXiv:2402.12354): the B matrices learn
+  ``loraplus_lr_ratio`` x faster than A (peft's ``create_loraplus_optimizer``).
+- ``qlora``: QLoRA (Dettmers et al. 2023, arXiv:2305.14314): ``lora`` on a 4-bit NF4 base
+  (bitsandbytes). ``load_in_4bit: true`` does the same for any other method.
+- ``dpo``: DPO (Rafailov et al. 2023, arXiv:2305.18290) with TRL, chosen = the true
+  label; from the base model or from an SFT adapter (``init_adapter``).
+- ``rlhf``: a reward model (TRL ``RewardTrainer``) on the same preference pairs, then
+  RLOO (Ahmadian et al. 2024, arXiv:2402.14740) or GRPO (Shao et al. 2024,
+  arXiv:2402.03300) against it with TRL, from an SFT adapter. PPO left TRL in 1.13.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS
 from pipeline.settings import Paths
 
 _paths = Paths()
 
+METHODS = ("lora", "loraplus", "qlora", "dpo", "rlhf")
+
 
 class ConfigError(ValueError):
     """A training config that cannot run; the message names the offending field."""
 
 
-class LoraTrainConfig(BaseModel):
-    """LoRA supervised fine-tuning of the base model on the signal task.
+class TrainConfig(BaseModel):
+    """Fields every method shares: data, base model, LoRA shape, optimiser, registry.
 
-    Defaults follow the original work (r=16, alpha=32, dropout 0.1, lr 1e-3, one epoch)
-    on the attention projections, with the loss on the answer token only.
+    LoRA defaults follow the original work (r=16, alpha=32, dropout 0.1, lr 1e-3, one
+    epoch) on the attention projections.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["lora"] = "lora"
-    """Training method. Only ``lora`` exists so far."""
+    method: str
+    """Training method: lora, loraplus, qlora, dpo or rlhf."""
 
     base_model: Path = Field(default=_paths.models_dir / "SmolLM2-135M-Instruct")
     """Local Hugging Face causal-LM directory (``signals model prepare`` makes the default)."""
@@ -67,6 +87,10 @@ class LoraTrainConfig(BaseModel):
     target_modules: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
     """Modules that get LoRA matrices (default: the attention projections)."""
 
+    init_adapter: str | None = None
+    """Start from this adapter (registry name, alias, or directory) instead of a fresh
+    LoRA: continue training it on newer data, or align an SFT adapter (dpo, rlhf)."""
+
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
     """Peak learning rate (linear decay)."""
 
@@ -77,13 +101,25 @@ class LoraTrainConfig(BaseModel):
     """Stop after this many optimiser steps."""
 
     batch_size: int = Field(default=8, ge=1)
-    """Examples per optimiser step on one device."""
+    """Examples per optimiser step on one worker."""
 
     bf16: bool = True
     """bfloat16 autocast (on CPU too); False trains in float32 (about 2x slower on CPU)."""
 
+    load_in_4bit: bool = False
+    """Load the base model in 4-bit NF4 (bitsandbytes) and train LoRA on top (QLoRA)."""
+
+    save_steps: int = Field(default=20, ge=1)
+    """Checkpoint every this many steps when run under Ray Train (resume point)."""
+
     registry: Path = Field(default=_paths.registry_dir)
     """Adapter registry directory the finished adapter is published to."""
+
+    @field_validator("base_model", "dataset", "registry")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # Ray workers and job entry points do not share the caller's working directory.
+        return path.expanduser().resolve()
 
     @field_validator("target_modules")
     @classmethod
@@ -93,7 +129,7 @@ class LoraTrainConfig(BaseModel):
         return modules
 
     @model_validator(mode="after")
-    def _inputs_exist(self) -> LoraTrainConfig:
+    def _inputs_exist(self):
         if not (self.base_model / "config.json").is_file():
             raise ValueError(
                 f"base_model: {self.base_model} is not a Hugging Face model directory "
@@ -105,6 +141,93 @@ class LoraTrainConfig(BaseModel):
         return self
 
 
+class LoraTrainConfig(TrainConfig):
+    """LoRA supervised fine-tuning: prompt -> label token, loss on the answer only."""
+
+    method: Literal["lora"] = "lora"
+    """Plain LoRA SFT."""
+
+
+class QLoraTrainConfig(TrainConfig):
+    """LoRA SFT on a 4-bit NF4 base model (bitsandbytes); GPU first, works on CPU."""
+
+    method: Literal["qlora"] = "qlora"
+    """LoRA SFT with ``load_in_4bit`` forced on."""
+
+    load_in_4bit: Literal[True] = True
+    """Always true for QLoRA."""
+
+
+class LoraPlusTrainConfig(TrainConfig):
+    """LoRA+ SFT: the same as ``lora`` with B learning ``loraplus_lr_ratio`` x faster."""
+
+    method: Literal["loraplus"] = "loraplus"
+    """LoRA+ SFT."""
+
+    loraplus_lr_ratio: float = Field(default=16.0, ge=1.0)
+    """Learning rate of the B matrices / that of the A matrices (the paper's lambda)."""
+
+
+class DpoTrainConfig(TrainConfig):
+    """Direct preference optimisation: prefer the true label's answer over the other."""
+
+    method: Literal["dpo"] = "dpo"
+    """DPO with TRL; the reference is the starting point (base, or ``init_adapter``)."""
+
+    beta: float = Field(default=0.1, gt=0.0)
+    """KL strength of DPO's implicit reward (higher stays closer to the reference)."""
+
+    learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
+    """Peak learning rate; DPO needs a smaller one than SFT."""
+
+
+class RlhfTrainConfig(TrainConfig):
+    """Reward model + RL (RLOO or GRPO) starting from an SFT adapter."""
+
+    method: Literal["rlhf"] = "rlhf"
+    """RLHF: reward model on preference pairs, then the policy against it."""
+
+    init_adapter: str
+    """The SFT adapter the policy starts from (required: a raw model that never answers
+    correctly gets zero advantage and learns nothing)."""
+
+    algorithm: Literal["rloo", "grpo"] = "rloo"
+    """RL trainer: RLOO (TRL's maintained successor of PPO) or GRPO."""
+
+    reward_steps: int = Field(default=20, ge=1)
+    """Optimiser steps of the reward model."""
+
+    reward_learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    """Learning rate of the reward model's LoRA and score head."""
+
+    num_generations: int = Field(default=4, ge=2)
+    """Completions sampled per prompt (the group RLOO/GRPO compares)."""
+
+    rl_beta: float = Field(default=0.05, ge=0.0)
+    """KL penalty towards the starting policy."""
+
+    temperature: float = Field(default=1.0, gt=0.0)
+    """Sampling temperature of the completions."""
+
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0)
+    """Peak learning rate of the policy."""
+
+    @model_validator(mode="after")
+    def _whole_groups(self):
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size: {self.batch_size} must be a multiple of num_generations "
+                f"({self.num_generations}): each step holds whole groups of completions")
+        return self
+
+
+AnyTrainConfig = Annotated[
+    LoraTrainConfig | QLoraTrainConfig | LoraPlusTrainConfig | DpoTrainConfig | RlhfTrainConfig,
+    Field(discriminator="method"),
+]
+_any_config = TypeAdapter(AnyTrainConfig)
+
+
 def _apply_override(data: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
@@ -112,7 +235,18 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
     data[key.strip().replace("-", "_")] = yaml.safe_load(raw)
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> LoraTrainConfig:
+def _explain(error: ValidationError) -> str:
+    problems = []
+    for e in error.errors():
+        # The discriminator puts the method name first in the location; drop it.
+        loc = [str(p) for p in e["loc"]]
+        if loc and loc[0] in METHODS:
+            loc = loc[1:]
+        problems.append(f"{'.'.join(loc) or 'config'}: {e['msg']}")
+    return "; ".join(problems)
+
+
+def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML config (or the defaults), apply ``field=value`` overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -125,12 +259,11 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> LoraTrai
         data.update(loaded)
     for assignment in overrides:
         _apply_override(data, assignment)
-    method = data.get("method", "lora")
-    if method != "lora":
-        raise ConfigError(f"method: unknown training method {method!r}; known: lora")
+    data.setdefault("method", "lora")
+    if data["method"] not in METHODS:
+        raise ConfigError(f"method: unknown training method {data['method']!r}; "
+                          f"known: {', '.join(METHODS)}")
     try:
-        return LoraTrainConfig.model_validate(data)
+        return _any_config.validate_python(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid training config: {problems}") from None
+        raise ConfigError(f"invalid training config: {_explain(error)}") from None

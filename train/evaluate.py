@@ -1,13 +1,51 @@
-"""Classification metrics with the threshold explicit."""
+"""Offline evaluation: the base model or an adapter on a dataset split.
+
+P(signal) comes from the product's own classifier (:class:`serve.classifier.SignalClassifier`
+on the in-process transformers + peft backend), so an evaluation measures exactly what
+serving would answer. Reported, with the threshold explicit: the confusion matrix,
+accuracy, precision, recall, F1, ROC-AUC and the expected calibration error; and a
+per-month table, because a model's quality is expected to decay with the time since
+its training window. The honest reference is :func:`tfidf_baseline`: TF-IDF +
+logistic regression, what a practitioner would try first.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.article import Article
+
+log = logging.getLogger(__name__)
+
+BASE = "base"
+"""How evaluations name the un-tuned base model."""
+
+
+def expected_calibration_error(labels: Sequence[int], p_signal: Sequence[float],
+                               bins: int = 10) -> float:
+    """ECE: the bin-weighted gap between mean P(signal) and the signal rate (equal-width bins)."""
+    import numpy as np
+
+    y, p = np.asarray(labels, dtype=float), np.asarray(p_signal, dtype=float)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.mean() * abs(p[inside].mean() - y[inside].mean())
+    return float(gap)
 
 
 def binary_metrics(labels: Sequence[int], p_signal: Sequence[float],
-                   threshold: float = 0.5) -> dict:
-    """Confusion matrix, accuracy, precision, recall, F1 and ROC-AUC of P(signal)."""
+                   threshold: float = 0.5) -> dict[str, Any]:
+    """Confusion matrix, accuracy, precision, recall, F1, ROC-AUC and ECE of P(signal)."""
     from sklearn.metrics import (accuracy_score, confusion_matrix,
                                  precision_recall_fscore_support, roc_auc_score)
 
@@ -22,4 +60,108 @@ def binary_metrics(labels: Sequence[int], p_signal: Sequence[float],
         "accuracy": round(float(accuracy_score(labels, predicted)), 4),
         "precision": round(float(precision), 4), "recall": round(float(recall), 4),
         "f1": round(float(f1), 4), "roc_auc": None if auc is None else round(float(auc), 4),
+        "ece": round(expected_calibration_error(labels, p_signal), 4),
     }
+
+
+def _month(article: Article) -> str:
+    published = article.date_published
+    if published is None:
+        return "undated"
+    day = published.date() if isinstance(published, datetime) else published
+    return f"{day:%Y-%m}" if isinstance(day, date) else "undated"
+
+
+def per_month(articles: Sequence[Article], p_signal: Sequence[float],
+              threshold: float) -> dict[str, dict[str, Any]]:
+    """:func:`binary_metrics` for each calendar month of publication."""
+    groups: dict[str, list[int]] = {}
+    for i, article in enumerate(articles):
+        groups.setdefault(_month(article), []).append(i)
+    return {month: binary_metrics([articles[i].signal for i in idx],
+                                  [p_signal[i] for i in idx], threshold)
+            for month, idx in sorted(groups.items())}
+
+
+@dataclass
+class Evaluation:
+    """One model on one set of articles."""
+
+    model: str
+    split: str
+    metrics: dict[str, Any]
+    by_month: dict[str, dict[str, Any]]
+    p_signal: list[float] = field(repr=False)
+    labels: list[int] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "split": self.split, "metrics": self.metrics,
+                "by_month": self.by_month}
+
+
+def sample_articles(articles: Sequence[Article], limit: int | None, seed: int = 0) -> list[Article]:
+    """The labelled articles of a split, or a seeded random ``limit`` of them."""
+    labelled = [a for a in articles if a.signal is not None]
+    if limit is None or limit >= len(labelled):
+        return labelled
+    return random.Random(seed).sample(labelled, limit)
+
+
+class InProcessScorer:
+    """The serving classifier on the in-process backend, loaded once for many evaluations."""
+
+    def __init__(self, base_model: Path, registry: Path, max_prompt_tokens: int,
+                 batch_size: int = 8):
+        from transformers import AutoTokenizer
+
+        from pipeline.prompt import label_token_ids
+        from serve.backends import InProcessBackend
+        from serve.classifier import SignalClassifier
+        from train.registry import AdapterRegistry
+
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        backend = InProcessBackend(base_model, label_token_ids(tokenizer), batch_size=batch_size)
+        self.classifier = SignalClassifier(backend, tokenizer, AdapterRegistry(registry),
+                                           max_prompt_tokens, threshold=0.5, max_loaded=64)
+
+    def p_signal(self, articles: Sequence[Article], adapter: str | None,
+                 chunk: int = 32) -> list[float]:
+        from tqdm import tqdm
+
+        name = None if adapter in (None, BASE) else adapter
+        out: list[float] = []
+        with tqdm(total=len(articles), desc=f"scoring with {adapter or BASE}", unit="article") as bar:
+            for start in range(0, len(articles), chunk):
+                batch = list(articles[start:start + chunk])
+                out.extend(c.p_signal for c in asyncio.run(self.classifier.classify(batch, name)))
+                bar.update(len(batch))
+        return out
+
+    def evaluate(self, articles: Sequence[Article], adapter: str | None, split: str,
+                 threshold: float = 0.5) -> Evaluation:
+        p = self.p_signal(articles, adapter)
+        labels = [a.signal for a in articles]
+        return Evaluation(model=adapter or BASE, split=split,
+                          metrics=binary_metrics(labels, p, threshold),
+                          by_month=per_month(articles, p, threshold), p_signal=p, labels=labels)
+
+
+def tfidf_baseline(train: Sequence[Article], test: Sequence[Article], split: str,
+                   threshold: float = 0.5) -> Evaluation:
+    """TF-IDF (uni+bigram, sublinear tf) + logistic regression, trained on ``train``."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    def text(a: Article) -> str:
+        return f"{a.title}\n{a.text}"
+
+    labelled = [a for a in train if a.signal is not None]
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                          LogisticRegression(max_iter=2000))
+    model.fit([text(a) for a in labelled], [a.signal for a in labelled])
+    p = model.predict_proba([text(a) for a in test])[:, 1].tolist()
+    labels = [a.signal for a in test]
+    return Evaluation(model="tfidf-logreg", split=split,
+                      metrics=binary_metrics(labels, p, threshold),
+                      by_month=per_month(test, p, threshold), p_signal=p, labels=labels)

@@ -27,7 +27,7 @@ def test_prompt_uses_chat_template_and_instruction(tokenizer):
 
 def test_training_rows_and_served_prompts_are_the_same_tokens(tokenizer):
     """SFT rows = served prompt + [label, EOS], with loss only on the answer."""
-    from train.lora import sft_records
+    from pipeline.views import sft_token_rows as sft_records
 
     articles = [ARTICLE, Article(id=8, title="Quarterly dividend", text="Qtly div 10 cts.",
                                  signal=0)]

@@ -1,6 +1,6 @@
 import pytest
 
-from train.config import ConfigError, load_config
+from train.config import ConfigError, LoraPlusTrainConfig, QLoraTrainConfig, load_config
 
 
 def _ok(base_model_dir, reuters_dataset):
@@ -15,16 +15,47 @@ def test_yaml_and_overrides(tmp_path, base_model_dir, reuters_dataset):
     assert config.alpha == 32 and config.dropout == 0.1  # the original work's defaults
 
 
+def test_method_picks_the_config_class(base_model_dir, reuters_dataset):
+    ok = _ok(base_model_dir, reuters_dataset)
+    plus = load_config(None, ok + ["method=loraplus"])
+    assert isinstance(plus, LoraPlusTrainConfig) and plus.loraplus_lr_ratio == 16
+    qlora = load_config(None, ok + ["method=qlora"])
+    assert isinstance(qlora, QLoraTrainConfig) and qlora.load_in_4bit is True
+    dpo = load_config(None, ok + ["method=dpo"])
+    assert dpo.beta == 0.1 and dpo.learning_rate == 5e-5
+
+
+def test_every_shipped_config_validates(base_model_dir, reuters_dataset):
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml"))
+    methods = set()
+    for path in configs:
+        if path.name == "experiment.yaml":
+            continue
+        methods.add(load_config(path, _ok(base_model_dir, reuters_dataset)).method)
+    assert methods == {"lora", "loraplus", "qlora", "dpo", "rlhf"}
+
+
 @pytest.mark.parametrize("override, field", [
     ("method=ppo", "method"),
     ("rank=0", "rank"),
     ("dropout=1.5", "dropout"),
     ("no_such_field=1", "no_such_field"),
     ("target_modules=[lm_head]", "target_modules"),
+    ("loraplus_lr_ratio=16", "loraplus_lr_ratio"),  # not a field of plain lora
 ])
 def test_bad_fields_are_named(base_model_dir, reuters_dataset, override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(None, _ok(base_model_dir, reuters_dataset) + [override])
+
+
+def test_rlhf_needs_an_sft_start_and_whole_groups(base_model_dir, reuters_dataset):
+    ok = _ok(base_model_dir, reuters_dataset) + ["method=rlhf"]
+    with pytest.raises(ConfigError, match="init_adapter"):
+        load_config(None, ok)
+    with pytest.raises(ConfigError, match="batch_size: 6 must be a multiple of num_generations"):
+        load_config(None, ok + ["init_adapter=x", "batch_size=6", "num_generations=4"])
 
 
 def test_missing_inputs_are_named(tmp_path, base_model_dir, reuters_dataset):
@@ -36,3 +67,22 @@ def test_missing_inputs_are_named(tmp_path, base_model_dir, reuters_dataset):
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="field=value"):
         load_config(None, ["rank"])
+
+
+def test_bad_config_fails_before_any_work(tmp_path, base_model_dir, reuters_dataset):
+    """`signals train` answers a bad config with exit 2 and the field, and writes nothing."""
+    import subprocess
+    import sys
+
+    registry = tmp_path / "registry"
+    for override, field in [("method=ppo", "method"), ("rank=0", "rank"),
+                            (f"dataset={tmp_path / 'none'}", "dataset"),
+                            (f"base_model={tmp_path / 'no-model'}", "base_model")]:
+        args = [f"base_model={base_model_dir}", f"dataset={reuters_dataset}",
+                f"registry={registry}", override]
+        done = subprocess.run(
+            [sys.executable, "-m", "serve.cli", "train", *sum((["--set", a] for a in args), [])],
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert field in done.stderr and "Traceback" not in done.stderr
+    assert not registry.exists()

@@ -43,7 +43,7 @@ def test_loss_is_on_the_answer_tokens_only(base_model_dir, reuters_dataset, toke
     from trl import SFTConfig, SFTTrainer
 
     from pipeline.dataset import load_split
-    from train.lora import sft_records
+    from pipeline.views import sft_token_rows as sft_records
 
     articles = load_split(reuters_dataset, "train")[:3]
     rows = sft_records(articles, tokenizer, 128)

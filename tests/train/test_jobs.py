@@ -1,0 +1,87 @@
+"""Training as Ray jobs: Ray Train resumes an interrupted run from its checkpoint, and
+`signals train` submitted with `ray job submit` to a running cluster trains
+data-parallel on two workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import free_port
+from train.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_interrupted_ray_train_run_resumes_from_its_checkpoint(tiny_overrides, tmp_path):
+    """The worker is killed at step 3; Ray restarts it from the step-2 checkpoint, and the
+    run ends exactly where an uninterrupted run ends."""
+    from train.jobs import run_training
+
+    overrides = tiny_overrides + ["max_examples=16", "max_steps=4", "save_steps=2"]
+    config = load_config(None, overrides)
+    resumed = run_training(config, workers=1, fail_once_at_step=3,
+                           storage_path=tmp_path / "ray_results")
+    assert (tmp_path / "ray_results" / resumed.name / "scratch" / "failed-rank0").read_text() == "3"
+    assert resumed.manifest["resumed_from_step"] == 2
+    assert resumed.manifest["metrics"]["steps"] == 4
+
+    straight = run_training(config, local=True)
+    assert straight.manifest["resumed_from_step"] is None
+    assert resumed.manifest["metrics"]["loss_curve"] == pytest.approx(
+        straight.manifest["metrics"]["loss_curve"], abs=1e-4)
+
+
+def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from train.registry import AdapterRegistry
+
+    import shutil
+    import tempfile
+
+    dashboard = free_port()
+    # Ray's unix socket paths must stay under 107 bytes: pytest's tmp_path is too deep.
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={ray_tmp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client = JobSubmissionClient(address)
+                break
+            except Exception:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(2)
+        overrides = tiny_overrides + ["max_examples=16", "max_steps=2"]
+        entrypoint = " ".join([sys.executable, "-m", "serve.cli", "train", "--workers", "2",
+                               *sum((["--set", o] for o in overrides), [])])
+        job = client.submit_job(entrypoint=entrypoint, runtime_env={
+            "env_vars": {"SIGNALS_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1",
+                         "RAY_AUTH_MODE": "disabled"}})
+        deadline = time.monotonic() + 600
+        while (status := client.get_job_status(job)) not in {
+                JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+            time.sleep(3)
+        logs = client.get_job_logs(job)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    finally:
+        head.terminate()  # `ray start --block` takes its own processes down with it
+        head.wait(90)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    registry = AdapterRegistry(tmp_path / "registry")
+    [version] = registry.list()
+    assert version.manifest["metrics"]["world_size"] == 2
+    assert f"adapter {version.name} written" in logs

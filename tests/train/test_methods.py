@@ -1,0 +1,140 @@
+"""Every method runs real optimiser steps (tiny random llama, real tokenizer, real
+Reuters articles), publishes a complete adapter, and that adapter loads in the
+in-process backend and changes its answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.config import load_config
+
+
+def _weights(version) -> dict[str, torch.Tensor]:
+    return load_file(version.path / "adapter_model.safetensors")
+
+
+def _changed(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys()
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_model_dir, reuters_dataset, tmp_path_factory):
+    from train.lora import train_lora
+
+    registry = tmp_path_factory.mktemp("methods-registry")
+    config = load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={registry}",
+        "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
+        "max_prompt_tokens=160", "bf16=false"])
+    return train_lora(config)
+
+
+def test_lora_manifest(sft_adapter, tiny_model_dir):
+    m = sft_adapter.manifest
+    assert m["method"] == "lora" and m["metrics"]["steps"] == 2
+    assert len(m["metrics"]["loss_curve"]) == 2 and m["tokens_seen"] > 0
+    assert m["base_model"] == str(tiny_model_dir.resolve())
+    assert m["dataset"]["window"] == ["1987-02-26", "1987-03-31"]
+    assert m["hyperparameters"]["learning_rate"] == 1e-3 and m["wall_time_s"] > 0
+    assert any(v.abs().sum() > 0 for k, v in _weights(sft_adapter).items() if "lora_B" in k)
+
+
+def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_dataset, tmp_path):
+    """The optimiser's groups carry lr x 16 for every B matrix, and B moves further."""
+    from peft import get_peft_model
+
+    from train.common import load_base_model, lora_config
+    from train.loraplus import loraplus_optimizer, train_loraplus
+
+    config = load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
+        f"registry={tmp_path}", "method=loraplus", "learning_rate=1e-3", "bf16=false"])
+    model = get_peft_model(load_base_model(config), lora_config(config))
+    optimizer = loraplus_optimizer(model, config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    b = {n: lr for n, lr in lr_of.items() if "lora_B" in n}
+    a = {n: lr for n, lr in lr_of.items() if "lora_A" in n}
+    assert b and a and len(b) == len(a)
+    assert all(lr == pytest.approx(16e-3) for lr in b.values())
+    assert all(lr == pytest.approx(1e-3) for lr in a.values())
+
+    version = train_loraplus(load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",
+        "method=loraplus", "max_examples=8", "sampling=balanced", "max_steps=2",
+        "batch_size=4", "max_prompt_tokens=160", "bf16=false"]))
+    assert version.manifest["method"] == "loraplus"
+    assert version.manifest["hyperparameters"]["loraplus_lr_ratio"] == 16
+
+
+def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
+    from train.dpo import train_dpo
+
+    version = train_dpo(load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
+        f"registry={sft_adapter.path.parent}", "method=dpo", f"init_adapter={sft_adapter.name}",
+        "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
+        "max_prompt_tokens=160", "bf16=false", "learning_rate=1e-2"]))
+    m = version.manifest
+    assert m["method"] == "dpo" and m["init_adapter"] == sft_adapter.name
+    assert m["metrics"]["steps"] == 2 and len(m["metrics"]["reward_accuracy_curve"]) == 2
+    # Only the trained adapter is saved (not TRL's frozen "ref" copy), and it moved.
+    weights = _weights(version)
+    assert not any(".ref." in k for k in weights)
+    assert _changed(weights, _weights(sft_adapter))
+
+
+def test_rlhf_reward_model_then_rloo(sft_adapter, tiny_model_dir, reuters_dataset):
+    from train.rlhf import train_rlhf
+
+    version = train_rlhf(load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
+        f"registry={sft_adapter.path.parent}", "method=rlhf", f"init_adapter={sft_adapter.name}",
+        "max_examples=8", "sampling=balanced", "max_steps=2", "reward_steps=2",
+        "num_generations=2", "batch_size=4", "max_prompt_tokens=160", "bf16=false",
+        "learning_rate=1e-2"]))
+    m = version.manifest
+    assert m["method"] == "rlhf" and m["algorithm"] == "rloo"
+    assert m["metrics"]["steps"] == 2 and len(m["metrics"]["reward_curve"]) == 2
+    assert m["metrics"]["reward_model"]["steps"] == 2
+    assert (version.path / "reward_model" / "adapter_config.json").is_file()
+    assert _changed(_weights(version), _weights(sft_adapter))
+
+
+def test_qlora_trains_on_a_4bit_base(tiny_model_dir, reuters_dataset, tmp_path):
+    import bitsandbytes as bnb
+    from peft import get_peft_model
+
+    from train.common import load_base_model, lora_config
+    from train.lora import train_lora
+
+    config = load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",
+        "method=qlora", "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
+        "max_prompt_tokens=160", "bf16=false", "learning_rate=1e-2"])
+    model = get_peft_model(load_base_model(config), lora_config(config))
+    quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantised, "the base's linear layers should be 4-bit"
+    version = train_lora(config)
+    assert version.manifest["hyperparameters"]["load_in_4bit"] is True
+    assert any(v.abs().sum() > 0 for k, v in _weights(version).items() if "lora_B" in k)
+
+
+def test_adapters_load_in_the_in_process_backend(sft_adapter, tiny_model_dir, reuters_dataset):
+    """Every published adapter in the registry answers, and differently from the base."""
+    from pipeline.dataset import load_split
+    from train.evaluate import InProcessScorer
+    from train.registry import AdapterRegistry
+
+    articles = [a for a in load_split(reuters_dataset, "1987-04")[:6]]
+    scorer = InProcessScorer(tiny_model_dir, sft_adapter.path.parent, 160)
+    base = scorer.p_signal(articles, None)
+    versions = AdapterRegistry(sft_adapter.path.parent).list()
+    assert {v.manifest["method"] for v in versions} >= {"lora"}
+    for version in versions:
+        p = scorer.p_signal(articles, version.name)
+        assert all(0.0 < x < 1.0 for x in p)
+        assert p != base, version.name

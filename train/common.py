@@ -1,0 +1,238 @@
+"""What every training method shares: the data slice, the base model, the trainer
+arguments, and publishing the finished adapter to the registry with its manifest.
+
+A method module (``lora``, ``loraplus``, ``dpo``, ``rlhf``) reads top to bottom as
+config -> load -> fit -> save and calls these helpers for the parts that are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.article import Article
+from pipeline.dataset import load_split, read_manifest
+from train.config import TrainConfig
+from train.registry import AdapterNotFound, AdapterRegistry, AdapterVersion
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@dataclass
+class RunContext:
+    """How a method is being run: directly, or as one Ray Train worker.
+
+    Under Ray Train the trainer checkpoints every ``save_steps`` into ``output_dir``
+    (Ray's report callback hands each checkpoint to Ray), resumes from
+    ``resume_from_checkpoint`` after a worker failure, and only rank 0 publishes.
+    """
+
+    callbacks: list[Any] = field(default_factory=list)
+    resume_from_checkpoint: str | None = None
+    resumed_from_step: int | None = None
+    save_steps: int | None = None
+    output_dir: Path | None = None
+    adapter_name: str | None = None
+    """Registry name to publish under (chosen by the job before it starts)."""
+
+    def name_in(self, registry: AdapterRegistry, config: TrainConfig) -> str:
+        return self.adapter_name or registry.new_name(
+            config.method, f"{config.dataset.name}-{config.split}")
+
+
+@dataclass
+class TrainingData:
+    """The slice of a dataset split one run trains on, with its provenance."""
+
+    examples: list[Article]
+    manifest: dict[str, Any]
+    split: str
+
+    @property
+    def signals(self) -> int:
+        return sum(a.signal for a in self.examples)
+
+
+def select_examples(articles: list[Article], config: TrainConfig) -> list[Article]:
+    """The bounded, labelled slice of the split that this run trains on."""
+    labelled = [a for a in articles if a.signal is not None]
+    rng = random.Random(config.seed)
+    if config.max_examples is None or config.max_examples >= len(labelled):
+        chosen = labelled
+    elif config.sampling == "balanced":
+        signals = [a for a in labelled if a.signal == 1]
+        others = [a for a in labelled if a.signal == 0]
+        n_signals = min(config.max_examples // 2, len(signals))
+        chosen = rng.sample(signals, n_signals) + rng.sample(
+            others, min(config.max_examples - n_signals, len(others)))
+    else:
+        chosen = rng.sample(labelled, config.max_examples)
+    chosen = list(chosen)
+    rng.shuffle(chosen)
+    return chosen
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    manifest = read_manifest(config.dataset)
+    if config.split not in manifest.get("splits", {}):
+        raise ValueError(f"split: {config.split!r} is not a split of {config.dataset} "
+                         f"(splits: {', '.join(manifest.get('splits', {}))})")
+    examples = select_examples(load_split(config.dataset, config.split), config)
+    if not examples:
+        raise ValueError(f"split {config.split!r} of {config.dataset} has no labelled articles")
+    data = TrainingData(examples=examples, manifest=manifest, split=config.split)
+    log.info("training on %d examples (%d signals) from %s/%s", len(examples), data.signals,
+             config.dataset.name, config.split)
+    return data
+
+
+def load_tokenizer(base_model: Path):
+    from transformers import AutoTokenizer
+
+    # Left padding: generation (RL) and last-position scoring both need it; it must be
+    # given to the constructor to survive save_pretrained (transformers 5.19).
+    tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(config: TrainConfig, sequence_classification: bool = False):
+    """The base model in float32, or 4-bit NF4 for QLoRA; a 1-output head for rewards."""
+    import torch
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              BitsAndBytesConfig)
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float32)
+    if sequence_classification:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            config.base_model, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # No forward pass may run before LoRA is attached (STACK.md: bitsandbytes repacks
+        # the weights and LoRA then gets no gradients).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def lora_config(config: TrainConfig, task_type: str = "CAUSAL_LM", **extra):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=config.target_modules, task_type=task_type, **extra)
+
+
+def resolve_adapter(reference: str, registry: Path) -> Path:
+    """An adapter given as a registry name/alias or as a directory."""
+    path = Path(reference)
+    if (path / "adapter_config.json").is_file():
+        return path
+    try:
+        return AdapterRegistry(registry).resolve(reference).path
+    except AdapterNotFound:
+        raise ValueError(f"init_adapter: {reference!r} is neither an adapter directory nor "
+                         f"a version or alias in the registry {registry}") from None
+
+
+def peft_model(config: TrainConfig, model):
+    """Attach a fresh LoRA, or the ``init_adapter`` to continue training, to ``model``."""
+    from peft import PeftModel, get_peft_model
+
+    if config.init_adapter:
+        path = resolve_adapter(config.init_adapter, config.registry)
+        log.info("starting from adapter %s", path)
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    return get_peft_model(model, lora_config(config))
+
+
+def trainer_arguments(config: TrainConfig, context: RunContext, staging: Path) -> dict[str, Any]:
+    """Arguments every TRL config takes the same way here."""
+    import torch
+
+    checkpointing = context.save_steps is not None
+    return dict(
+        output_dir=str(context.output_dir or staging / "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=context.save_steps or 500,
+        report_to=[],
+        seed=config.seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=config.bf16,
+        dataloader_num_workers=0,
+        # LoRA touches every forward; DDP's unused-parameter scan is pure overhead.
+        ddp_find_unused_parameters=False,
+    )
+
+
+def loss_curve(log_history: list[dict[str, Any]], key: str = "loss") -> list[float]:
+    return [round(float(e[key]), 6) for e in log_history if key in e]
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, staging: Path,
+                    data: TrainingData, metrics: dict[str, Any], tokens_seen: float,
+                    started: float, context: RunContext,
+                    extra: dict[str, Any] | None = None) -> AdapterVersion:
+    """Write the manifest and move the staged adapter into the registry (atomic)."""
+    shutil.rmtree(staging / "trainer", ignore_errors=True)
+    split_info = data.manifest["splits"][data.split]
+    manifest: dict[str, Any] = {
+        "method": config.method,
+        "base_model": str(config.base_model.resolve()),
+        "base_model_name": config.base_model.name,
+        "dataset": {
+            "name": data.manifest.get("name", config.dataset.name),
+            "path": str(config.dataset.resolve()),
+            "version": data.manifest.get("version") or data.manifest.get("built_at"),
+            "split": data.split,
+            "window": [split_info["date_from"], split_info["date_to"]],
+            "examples": len(data.examples),
+            "signals": data.signals,
+        },
+        "hyperparameters": config.model_dump(mode="json"),
+        "lora": {"rank": config.rank, "alpha": config.alpha,
+                 "target_modules": config.target_modules},
+        "metrics": metrics,
+        "tokens_seen": int(tokens_seen),
+        "wall_time_s": round(time.monotonic() - started, 1),
+        "resumed_from_step": context.resumed_from_step,
+        "git_commit": git_commit(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    version = registry.publish(name, manifest)
+    log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest["wall_time_s"])
+    return version

@@ -1,0 +1,72 @@
+"""DPO for the signal task: prefer the true label's answer over the other one.
+
+Rafailov et al. (2023), "Direct Preference Optimization" (arXiv:2305.18290). Each
+article is a preference pair: prompt = :func:`pipeline.prompt.encode_prompt`'s text,
+chosen = the true label token, rejected = the other (``pipeline.views.preference_rows``).
+TRL's ``DPOTrainer`` trains a LoRA adapter; the reference model is the starting point:
+the base model (adapter disabled), or, with ``init_adapter``, a frozen copy of that SFT
+adapter (TRL loads it as the ``ref`` adapter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.views import preference_rows
+from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
+                          loss_curve, peft_model, publish_adapter, trainer_arguments)
+from train.config import DpoTrainConfig
+from train.registry import AdapterRegistry, AdapterVersion
+
+log = logging.getLogger(__name__)
+
+
+def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> AdapterVersion | None:
+    """Train one DPO adapter as configured; publish it (rank 0) and return its version."""
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    context = context or RunContext()
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+
+    # --- load ---------------------------------------------------------------
+    data = load_training_data(config)
+    tokenizer = load_tokenizer(config.base_model)
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")}
+            for r in preference_rows(data.examples, tokenizer, config.max_prompt_tokens)]
+    model = peft_model(config, load_base_model(config))
+
+    # --- fit ----------------------------------------------------------------
+    registry = AdapterRegistry(config.registry)
+    name = context.name_in(registry, config)
+    staging = registry.staging_dir(name)
+    args = DPOConfig(**trainer_arguments(config, context, staging), beta=config.beta,
+                     max_length=None)  # prompts are already cut by encode_prompt
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, callbacks=context.callbacks)
+    result = trainer.train(resume_from_checkpoint=context.resume_from_checkpoint)
+    if not trainer.is_world_process_zero():
+        return None
+
+    # --- save ---------------------------------------------------------------
+    history = trainer.state.log_history
+    losses = loss_curve(history)
+    # Only the trained adapter: the frozen "ref" copy TRL may add is not part of it.
+    trainer.model.save_pretrained(staging, selected_adapters=["default"])
+    metrics = {
+        "train_loss": round(result.training_loss, 6),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "steps": result.global_step,
+        "loss_curve": losses,
+        "reward_accuracy_curve": loss_curve(history, "rewards/accuracies"),
+        "reward_margin_curve": loss_curve(history, "rewards/margins"),
+    }
+    prompt_tokens = sum(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"])
+                        for r in rows)
+    seen = 2 * prompt_tokens * result.global_step * config.batch_size / len(rows)
+    extra = {"init_adapter": config.init_adapter}
+    return publish_adapter(config, registry, name, staging, data, metrics, seen, started, context, extra)

@@ -1,0 +1,303 @@
+"""``signals experiment``: base vs LoRA vs LoRA+ vs DPO vs RLHF on the same data, and
+what an update on newer data recovers.
+
+1. **Train** on one bounded slice of the training window: LoRA and LoRA+ (same data,
+   same steps, same learning rate; only B's rate differs), then DPO and RLHF, both
+   starting from the LoRA adapter.
+2. **Temporal part**: the LoRA adapter, trained on the early window, is updated on the
+   next window (``update_split``) and evaluated again on the windows after it.
+3. **Evaluate** every model (and the TF-IDF + logistic-regression baseline) on the same
+   seeded sample of each later window, through the serving classifier in-process.
+4. **Report**: ``report.json``, ``report.md`` (comparison table, per-window F1 table,
+   LoRA vs LoRA+ steps-to-target-loss) and PNG plots, in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.dataset import load_split, read_manifest
+from pipeline.settings import Paths
+from train.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+_paths = Paths()
+
+MODELS_IN_ORDER = ("tfidf-logreg", "base", "lora", "loraplus", "dpo", "rlhf", "lora-updated")
+
+
+class ExperimentConfig(BaseModel):
+    """One comparison run. Defaults are CPU-sized (about an hour on 2 cores)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: Path = _paths.models_dir / "SmolLM2-135M-Instruct"
+    """Base model directory."""
+    dataset: Path = _paths.datasets_dir / "reuters-acq"
+    """Dataset with a training window and later windows (``signals data reuters``)."""
+    registry: Path = _paths.registry_dir
+    """Where the experiment's adapters are published (they stay usable afterwards)."""
+    out_dir: Path | None = None
+    """Report directory (default: ``$SIGNALS_DATA_DIR/runs/experiment-<time>``)."""
+
+    train_split: str = "train"
+    """The early window every method trains on."""
+    train_examples: int = Field(default=320, ge=2)
+    """Size of the training slice (the same articles for every method)."""
+    sampling: str = "balanced"
+    """Slice drawing: ``balanced`` (half signals) or ``random``."""
+    max_prompt_tokens: int = Field(default=192, ge=32)
+    """Prompt cap for training and evaluation alike."""
+    batch_size: int = Field(default=8, ge=1)
+    """Examples per optimiser step."""
+    seed: int = 0
+    """Seed of slices, samples and training."""
+
+    sft_steps: int = Field(default=40, ge=1)
+    """Optimiser steps of LoRA and of LoRA+."""
+    learning_rate: float = Field(default=1e-3, gt=0)
+    """LoRA and LoRA+ learning rate (A matrices; LoRA+ gives B ``loraplus_lr_ratio`` x)."""
+    loraplus_lr_ratio: float = Field(default=16.0, ge=1)
+    """LoRA+ B/A learning-rate ratio."""
+    smooth: int = Field(default=5, ge=1)
+    """Moving-average window over the per-step loss before steps-to-target is read."""
+    target_loss: float | None = None
+    """Loss both SFT runs race to; default: where LoRA's smoothed curve ends."""
+
+    dpo_steps: int = Field(default=20, ge=1)
+    """DPO steps (from the LoRA adapter)."""
+    dpo_learning_rate: float = Field(default=5e-5, gt=0)
+    """DPO learning rate."""
+    dpo_beta: float = Field(default=0.1, gt=0)
+    """DPO beta."""
+    reward_steps: int = Field(default=20, ge=1)
+    """Reward-model steps (RLHF)."""
+    rl_steps: int = Field(default=10, ge=1)
+    """RLOO steps (from the LoRA adapter, against the reward model)."""
+    rl_learning_rate: float = Field(default=1e-4, gt=0)
+    """RLOO learning rate."""
+    num_generations: int = Field(default=4, ge=2)
+    """Completions per prompt in RLOO."""
+
+    update_split: str | None = "1987-04"
+    """The next window the LoRA adapter is updated on (None: no temporal part)."""
+    update_examples: int = Field(default=160, ge=2)
+    """Size of the update slice."""
+    update_steps: int = Field(default=20, ge=1)
+    """Optimiser steps of the update."""
+
+    eval_splits: list[str] = ["1987-04", "1987-06"]
+    """Later windows every model is evaluated on."""
+    eval_per_split: int | None = Field(default=200, ge=1)
+    """Seeded sample of each window (None: all of it)."""
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    """P(signal) threshold of the confusion matrices."""
+    methods: list[str] = ["lora", "loraplus", "dpo", "rlhf"]
+    """Which methods to train (lora is needed by dpo, rlhf and the update)."""
+    local: bool = True
+    """Train in this process; false runs every training as a Ray Train job."""
+
+
+def load_experiment_config(path: Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data.update(yaml.safe_load(Path(path).read_text()) or {})
+    for assignment in overrides:
+        key, sep, raw = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"override {assignment!r} is not of the form field=value")
+        data[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError("invalid experiment config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
+    splits = read_manifest(config.dataset)["splits"] if (config.dataset / "manifest.json").is_file() else {}
+    for name in [config.train_split, *config.eval_splits, *filter(None, [config.update_split])]:
+        if splits and name not in splits:
+            raise ConfigError(f"split {name!r} is not in {config.dataset} ({', '.join(splits)})")
+    unknown = set(config.methods) - {"lora", "loraplus", "dpo", "rlhf"}
+    if unknown:
+        raise ConfigError(f"methods: unknown {sorted(unknown)}")
+    if {"dpo", "rlhf"} & set(config.methods) and "lora" not in config.methods:
+        raise ConfigError("methods: dpo and rlhf start from the lora adapter; include lora")
+    return config
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values (the first points average fewer)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def steps_to_target(curve: Sequence[float], target: float, smooth: int) -> int | None:
+    """First step (1-based) whose smoothed loss is at or below ``target``; None if never."""
+    for step, value in enumerate(moving_average(curve, smooth), start=1):
+        if value <= target:
+            return step
+    return None
+
+
+def _train(config: ExperimentConfig, method: str, overrides: list[str]):
+    from train.jobs import run_training
+
+    common = [f"base_model={config.base_model}", f"dataset={config.dataset}",
+              f"registry={config.registry}", f"max_prompt_tokens={config.max_prompt_tokens}",
+              f"batch_size={config.batch_size}", f"seed={config.seed}",
+              f"sampling={config.sampling}", "save_steps=10"]
+    train_config = load_config(None, common + [f"method={method}"] + overrides)
+    started = time.monotonic()
+    version = run_training(train_config, local=config.local)
+    log.info("%s trained in %.0f s: %s", method, time.monotonic() - started, version.name)
+    return version
+
+
+def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    """Train, evaluate and report; returns the report dict (also written to out_dir)."""
+    from train.evaluate import InProcessScorer, sample_articles, tfidf_baseline
+    from train.plots import plot_confusion_matrices, plot_loss_curves, plot_per_window
+
+    started = time.monotonic()
+    out = config.out_dir or _paths.data_dir / "runs" / (
+        "experiment-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    slice_ = [f"split={config.train_split}", f"max_examples={config.train_examples}"]
+
+    # --- train -------------------------------------------------------------------
+    adapters: dict[str, Any] = {}
+    if "lora" in config.methods:
+        adapters["lora"] = _train(config, "lora", slice_ + [
+            f"max_steps={config.sft_steps}", f"learning_rate={config.learning_rate}"])
+    if "loraplus" in config.methods:
+        adapters["loraplus"] = _train(config, "loraplus", slice_ + [
+            f"max_steps={config.sft_steps}", f"learning_rate={config.learning_rate}",
+            f"loraplus_lr_ratio={config.loraplus_lr_ratio}"])
+    if "dpo" in config.methods:
+        adapters["dpo"] = _train(config, "dpo", slice_ + [
+            f"init_adapter={adapters['lora'].name}", f"max_steps={config.dpo_steps}",
+            f"learning_rate={config.dpo_learning_rate}", f"beta={config.dpo_beta}"])
+    if "rlhf" in config.methods:
+        adapters["rlhf"] = _train(config, "rlhf", slice_ + [
+            f"init_adapter={adapters['lora'].name}", f"reward_steps={config.reward_steps}",
+            f"max_steps={config.rl_steps}", f"learning_rate={config.rl_learning_rate}",
+            f"num_generations={config.num_generations}"])
+    if config.update_split and "lora" in adapters:
+        adapters["lora-updated"] = _train(config, "lora", [
+            f"split={config.update_split}", f"max_examples={config.update_examples}",
+            f"init_adapter={adapters['lora'].name}", f"max_steps={config.update_steps}",
+            f"learning_rate={config.learning_rate}"])
+
+    # --- evaluate ----------------------------------------------------------------
+    scorer = InProcessScorer(config.base_model, config.registry, config.max_prompt_tokens)
+    train_articles = load_split(config.dataset, config.train_split)
+    evaluations: dict[str, dict[str, Any]] = {}
+    for split in config.eval_splits:
+        articles = sample_articles(load_split(config.dataset, split), config.eval_per_split,
+                                   config.seed)
+        results = {"tfidf-logreg": tfidf_baseline(train_articles, articles, split,
+                                                  config.threshold)}
+        results["base"] = scorer.evaluate(articles, None, split, config.threshold)
+        for label, version in adapters.items():
+            if label == "lora-updated" and split <= config.update_split:
+                continue  # it has seen this window
+            results[label] = scorer.evaluate(articles, version.name, split, config.threshold)
+        evaluations[split] = {k: v.metrics for k, v in results.items()}
+        plot_confusion_matrices(evaluations[split], f"{config.dataset.name} {split}: "
+                                f"{len(articles)} articles, threshold {config.threshold}",
+                                out / f"confusion-{split}.png")
+
+    # --- LoRA vs LoRA+ -----------------------------------------------------------
+    race: dict[str, Any] = {}
+    if {"lora", "loraplus"} <= adapters.keys():
+        curves = {m: adapters[m].manifest["metrics"]["loss_curve"] for m in ("lora", "loraplus")}
+        target = config.target_loss
+        if target is None:
+            target = round(moving_average(curves["lora"], config.smooth)[-1], 4)
+        steps = {m: steps_to_target(c, target, config.smooth) for m, c in curves.items()}
+        race = {"target_loss": target, "smooth": config.smooth, "steps_to_target": steps,
+                "speedup": (round(steps["lora"] / steps["loraplus"], 2)
+                            if steps["lora"] and steps["loraplus"] else None)}
+        plot_loss_curves(curves, out / "loss-lora-vs-loraplus.png", target, config.smooth)
+
+    per_window = {model: {split: evaluations[split].get(model, {}).get("f1")
+                          for split in config.eval_splits}
+                  for model in MODELS_IN_ORDER
+                  if any(model in evaluations[s] for s in config.eval_splits)}
+    plot_per_window(per_window, "F1", out / "f1-per-window.png")
+
+    report = {
+        "config": config.model_dump(mode="json"),
+        "adapters": {k: {"name": v.name, "method": v.manifest["method"],
+                         "wall_time_s": v.manifest["wall_time_s"],
+                         "window": v.manifest["dataset"]["window"],
+                         "metrics": {mk: mv for mk, mv in v.manifest["metrics"].items()
+                                     if not mk.endswith("curve")}}
+                     for k, v in adapters.items()},
+        "evaluations": evaluations,
+        "f1_per_window": per_window,
+        "lora_vs_loraplus": race,
+        "wall_time_s": round(time.monotonic() - started, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(render_markdown(report))
+    log.info("experiment report in %s", out)
+    report["out_dir"] = str(out)
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The comparison as markdown tables (what bench/RESULTS.md quotes)."""
+    config = report["config"]
+    lines = [f"# Experiment: {Path(config['dataset']).name}, trained on `{config['train_split']}`"
+             f" ({config['train_examples']} {config['sampling']} examples, "
+             f"{config['max_prompt_tokens']}-token prompts)", ""]
+    for split, models in report["evaluations"].items():
+        n = next(iter(models.values()))["n"]
+        lines += [f"## {split}: {n} articles, threshold {config['threshold']}", "",
+                  "| model | TP | FP | FN | TN | accuracy | precision | recall | F1 | ROC-AUC | ECE |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for model in MODELS_IN_ORDER:
+            m = models.get(model)
+            if m:
+                lines.append(f"| {model} | {m['tp']} | {m['fp']} | {m['fn']} | {m['tn']} | "
+                             f"{m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | "
+                             f"{m['f1']:.3f} | {m['roc_auc'] if m['roc_auc'] is not None else '-'} | "
+                             f"{m['ece']:.3f} |")
+        lines.append("")
+    splits = list(report["evaluations"])
+    lines += ["## F1 per window", "", "| model | " + " | ".join(splits) + " |",
+              "|---|" + "---|" * len(splits)]
+    for model, row in report["f1_per_window"].items():
+        lines.append(f"| {model} | " + " | ".join(
+            "-" if row.get(s) is None else f"{row[s]:.3f}" for s in splits) + " |")
+    race = report.get("lora_vs_loraplus")
+    if race:
+        s = race["steps_to_target"]
+        lines += ["", "## LoRA vs LoRA+", "",
+                  f"Steps until the loss (moving average of {race['smooth']}) reaches "
+                  f"{race['target_loss']}: LoRA {s['lora'] or 'never'}, LoRA+ "
+                  f"{s['loraplus'] or 'never'}; speed-up {race['speedup'] or '-'}x."]
+    lines += ["", "## Training runs", "", "| model | adapter | window | wall time (s) | metrics |",
+              "|---|---|---|---|---|"]
+    for label, a in report["adapters"].items():
+        metrics = ", ".join(f"{k}={v}" for k, v in a["metrics"].items() if not isinstance(v, dict))
+        lines.append(f"| {label} | {a['name']} | {a['window'][0]}..{a['window'][1]} | "
+                     f"{a['wall_time_s']} | {metrics} |")
+    return "\n".join(lines) + "\n"
