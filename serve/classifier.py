@@ -87,8 +87,8 @@ class SignalClassifier:
     async def _make_room(self, wait_s: float = 30.0) -> None:
         """Unload least recently used adapters that no request is using (lock held).
 
-        Never goes over ``max_loaded`` (the vLLM server has exactly one spare slot that
-        must stay empty): when every loaded adapter is busy, waits for one to finish.
+        Never goes over ``max_loaded`` (vLLM's ``--max-loras`` slots): when every loaded
+        adapter is busy, waits for one to finish.
         """
         deadline = asyncio.get_running_loop().time() + wait_s
         while len(self.loaded) >= self.max_loaded:

