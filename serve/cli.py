@@ -2,6 +2,7 @@
 
     signals model prepare      materialise the default base model (SmolLM2-135M-Instruct)
     signals data reuters       build the Reuters-21578 dataset with its temporal split
+    signals data build|stats|show|import   the data pipeline (pipeline/build.py)
     signals train              train an adapter (lora/loraplus/qlora/dpo/rlhf) as a Ray job
     signals eval               evaluate base/adapters on a split (+ TF-IDF baseline)
     signals experiment         the whole method comparison, with the temporal update
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=cmd_model_prepare)
 
     data = commands.add_parser("data", help="datasets")
-    data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
+    data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     reuters = data_cmds.add_parser(
         "reuters", help="import Reuters-21578 (acq = signal) with the temporal split")
     reuters.add_argument("--reuters-dir", type=Path,
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: $SIGNALS_DATA_DIR/datasets/reuters-acq)")
     reuters.add_argument("--force", action="store_true", help="rebuild even if up to date")
     reuters.set_defaults(func=cmd_data_reuters)
+    from pipeline.data_cli import add_data_commands
+
+    add_data_commands(data_cmds)  # build, stats, show, import (pipeline/data_cli.py)
 
     train = commands.add_parser(
         "train", help="train an adapter (lora, loraplus, qlora, dpo, rlhf) as a Ray job",

@@ -1,0 +1,184 @@
+"""``signals data …`` commands of the pipeline (registered by ``serve/cli.py``).
+
+    signals data build --config pipeline/configs/example.yaml [--force] [--views]
+    signals data stats DATASET_DIR [--out DIR]
+    signals data import INPUT [--kind K] [--source NAME] --out FILE.jsonl
+    signals data show DATASET_DIR
+
+Each command returns an exit status; errors the user can fix (a bad config field, a
+missing file) raise ``ValueError``/``FileNotFoundError``, which ``signals`` turns into a
+one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+IMPORT_KINDS = ("rss", "eml", "mbox", "jsonl", "csv")
+_SUFFIX_KINDS = {".eml": "eml", ".mbox": "mbox", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                 ".csv": "csv", ".xml": "rss", ".rss": "rss", ".atom": "rss", ".rdf": "rss"}
+
+
+def _resolve_dataset(name_or_dir: str) -> Path:
+    """A dataset directory given as a path, or as a name under the datasets dir."""
+    from pipeline.settings import Paths
+
+    path = Path(name_or_dir)
+    if (path / "manifest.json").is_file():
+        return path
+    named = Paths().datasets_dir / name_or_dir
+    if (named / "manifest.json").is_file():
+        return named
+    also = f" (nor at {named})" if named != path else ""
+    raise FileNotFoundError(f"no dataset at {path}{also}: missing manifest.json")
+
+
+def _print_splits(manifest: dict[str, Any]) -> None:
+    print(f"{'split':<10}{'articles':>10}{'labelled':>10}{'signals':>9}{'rate':>8}  dates")
+    for name, split in manifest["splits"].items():
+        rate = split.get("signal_rate")
+        print(f"{name:<10}{split['count']:>10}{split['labelled']:>10}{split['signals']:>9}"
+              f"{'–' if rate is None else f'{rate:.3f}':>8}  {split['date_from']} .. "
+              f"{split['date_to']}")
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from pipeline.build import build_dataset, load_pipeline_config
+
+    config = load_pipeline_config(args.config)
+    if args.views:
+        config.views.enabled = True
+    if args.datasets_dir:
+        config.datasets_dir = args.datasets_dir
+    manifest = build_dataset(config, force=args.force)
+    counts = manifest["counts"]
+    print(f"dataset {config.output_dir()} (version {manifest['version']})")
+    for name, source in manifest["sources"].items():
+        print(f"  source {name} ({source['kind']}): {source['articles']} articles, "
+              f"{source['skipped']} skipped, {len(source['failed_inputs'])} inputs failed")
+    print(f"  read {counts['read']}, dropped {counts['dedupe']['exact']} exact + "
+          f"{counts['dedupe']['near']} near duplicates, {counts['empty_skipped']} empty, "
+          f"{counts['undated_skipped']} undated; written {counts['written']}")
+    ran = [name for name, stage in manifest["stages"].items() if stage["ran"]]
+    print(f"  stages run: {', '.join(ran) or 'none'}")
+    _print_splits(manifest)
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from pipeline.stats import write_stats_report
+
+    directory = _resolve_dataset(args.dataset)
+    paths = write_stats_report(directory, args.out)
+    print(paths["markdown"].read_text(encoding="utf-8"), end="")
+    print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from pipeline.dataset import read_manifest
+
+    directory = _resolve_dataset(args.dataset)
+    manifest = read_manifest(directory)
+    print(f"dataset {directory} (version {manifest.get('version', '–')}, created "
+          f"{manifest.get('created_at')})")
+    print(f"label rule: {manifest.get('label_rule')}")
+    stages = manifest.get("stages")
+    if stages:
+        print("stages: " + ", ".join(f"{n}={'ran' if s['ran'] else 'skipped'}"
+                                     for n, s in stages.items()))
+    _print_splits(manifest)
+    if "views" in manifest:
+        print("views: " + ", ".join(sorted(
+            entry["file"] for split in manifest["views"]["splits"].values()
+            for entry in split.values())))
+    return 0
+
+
+def detect_kind(target: str) -> str:
+    """The reader for ``target``: a URL is a feed, a file goes by its suffix."""
+    if target.startswith(("http://", "https://")):
+        return "rss"
+    kind = _SUFFIX_KINDS.get(Path(target).suffix.lower())
+    if kind is None:
+        raise ValueError(f"cannot tell what {target} is from its name; pass --kind "
+                         f"({', '.join(IMPORT_KINDS)})")
+    return kind
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from pipeline import sources as readers
+    from pipeline.dataset import write_jsonl
+
+    kind = args.kind or detect_kind(args.input)
+    is_url = args.input.startswith(("http://", "https://"))
+    source = args.source or (urlsplit(args.input).hostname if is_url else Path(args.input).stem)
+    if kind == "rss":
+        if is_url:
+            try:
+                result = readers.read_feed(args.input, source, timeout_s=args.timeout)
+            except readers.FeedError as exc:
+                raise RuntimeError(str(exc)) from exc
+        else:
+            result = readers.read_feed(Path(args.input).read_bytes(), source)
+    else:
+        if not Path(args.input).is_file():
+            raise FileNotFoundError(f"no such file: {args.input}")
+        reader = {"eml": readers.read_eml, "mbox": readers.read_mbox,
+                  "jsonl": readers.read_jsonl, "csv": readers.read_csv}[kind]
+        result = reader(args.input, source)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = args.out.with_name(f".{args.out.name}.tmp")
+    write_jsonl(staging, result.articles)
+    staging.replace(args.out)
+    print(f"{args.input} ({kind}): {len(result.articles)} articles written to {args.out}, "
+          f"{result.skipped} items skipped, {len(result.problems)} problems")
+    for problem in result.problems:
+        print(f"  - {problem}")
+    return 0
+
+
+def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
+    """Add ``build``, ``stats``, ``import`` and ``show`` to the ``signals data`` parser."""
+    build = data_commands.add_parser(
+        "build", help="build a dataset from a pipeline config (sources → dedupe → stages → "
+        "temporal splits + views)")
+    build.add_argument("--config", type=Path, required=True,
+                       help="YAML pipeline config (fields of pipeline.build.PipelineConfig)")
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.add_argument("--views", action="store_true",
+                       help="also write the SFT/DPO/reward views (needs the base model)")
+    build.add_argument("--datasets-dir", type=Path,
+                       help="where datasets go (default: config, else $SIGNALS_DATA_DIR/datasets)")
+    build.set_defaults(func=cmd_data_build)
+
+    stats = data_commands.add_parser(
+        "stats", help="per-split counts, signal rate by month, label agreement (JSON, "
+        "markdown, PNG)")
+    stats.add_argument("dataset", help="dataset directory, or a name under the datasets dir")
+    stats.add_argument("--out", type=Path, help="report directory (default: the dataset's)")
+    stats.set_defaults(func=cmd_data_stats)
+
+    show = data_commands.add_parser("show", help="print a dataset's manifest summary")
+    show.add_argument("dataset", help="dataset directory, or a name under the datasets dir")
+    show.set_defaults(func=cmd_data_show)
+
+    importer = data_commands.add_parser(
+        "import", help="one-off: a feed URL/file, .eml, mbox, JSONL or CSV into a JSONL of "
+        "articles, with counts and skipped items")
+    importer.add_argument("input", help="feed URL or file path")
+    importer.add_argument("--kind", choices=IMPORT_KINDS,
+                          help="reader to use (default: from the URL or file suffix)")
+    importer.add_argument("--source", help="source name set on the articles "
+                          "(default: the file name, or the feed's host name)")
+    importer.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    importer.add_argument("--timeout", type=float, default=10.0,
+                          help="feed timeout in seconds (default 10)")
+    importer.set_defaults(func=cmd_data_import)
+
