@@ -26,11 +26,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(app):
-    """Run an ASGI app with uvicorn on a free loopback port; yield its base URL."""
+def serve_app(app, port: int | None = None):
+    """Run an ASGI app with uvicorn on a loopback port (a free one by default); yield its
+    base URL."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -44,6 +45,35 @@ def serve_app(app):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def serve_routes(routes: dict[str, tuple[int, str, bytes]]):
+    """A real HTTP server on a free loopback port answering ``path -> (status,
+    content type, body)`` (404 otherwise); yield its base URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            status, content_type, body = routes.get(self.path, (404, "text/plain", b"not here"))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture(scope="session")

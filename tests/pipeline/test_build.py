@@ -7,10 +7,8 @@ import hashlib
 import json
 import logging
 import shutil
-import threading
 from collections.abc import Iterator
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from pipeline.build import (
 )
 from pipeline.dataset import load_split, read_manifest
 from pipeline.prompt import encode_prompt
+from tests.conftest import serve_routes
 # The IMAP reader's fixtures (a real pymap server on loopback), shared rather than copied.
 from tests.pipeline.test_imap import PASSWORD as IMAP_PASSWORD
 from tests.pipeline.test_imap import imap_server, newsletters_mailbox  # noqa: F401
@@ -54,27 +53,8 @@ def feed_server() -> Iterator[str]:
         "/error": (500, "text/plain", b"feed generator crashed"),
     }
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            status, content_type, body = routes.get(self.path, (404, "text/plain", b"no"))
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_routes(routes) as url:
+        yield url
 
 
 def config_for(feed_server: str, tmp_path: Path, **overrides) -> PipelineConfig:

@@ -3,29 +3,24 @@ and a real loopback feed server."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.data_cli import add_data_commands, detect_kind
+from pipeline.data_cli import detect_kind
+from serve.cli import build_parser
+from tests.conftest import serve_routes
 from pipeline.dataset import read_jsonl, read_manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run_cli(argv: list[str]) -> int:
-    """Parse like ``signals data …`` does once the commands are registered."""
-    parser = argparse.ArgumentParser(prog="signals")
-    commands = parser.add_subparsers(dest="command", required=True)
-    data = commands.add_parser("data")
-    add_data_commands(data.add_subparsers(dest="data_command", required=True))
-    args = parser.parse_args(argv)
+    """``signals …`` exactly as the console script parses it; exceptions propagate."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -33,28 +28,8 @@ def run_cli(argv: list[str]) -> int:
 def feed_url() -> Iterator[str]:
     body = (FIXTURES / "build_wire.xml").read_bytes()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            status = 200 if self.path == "/wire.xml" else 404
-            payload = body if status == 200 else b"not here"
-            self.send_response(status)
-            self.send_header("Content-Type", "application/rss+xml")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_routes({"/wire.xml": (200, "application/rss+xml", body)}) as url:
+        yield url
 
 
 def test_build_then_rebuild_then_stats_and_show(feed_url, tmp_path, capsys):

@@ -3,7 +3,6 @@ a chosen or free port, scraping /metrics, waiting for conditions."""
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ from serve.app import create_app
 from serve.backends import InProcessBackend
 from serve.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_app
 
 
 class ClassifyRequestCounter:
@@ -36,24 +35,9 @@ class ClassifyRequestCounter:
             self.in_flight -= 1
 
 
-@contextmanager
 def serve_on_port(app, port: int):
-    """Run an ASGI app with uvicorn on ``port``; yield its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    """Run an ASGI app with uvicorn on ``port`` (a restart must reuse the port)."""
+    return serve_app(app, port)
 
 
 def make_classifier(base_model_dir: Path, registry_dir: Path, tokenizer,
