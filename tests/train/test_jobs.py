@@ -67,9 +67,17 @@ def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, t
         overrides = tiny_overrides + ["max_examples=16", "max_steps=2"]
         entrypoint = " ".join([sys.executable, "-m", "serve.cli", "train", "--workers", "2",
                                *sum((["--set", o] for o in overrides), [])])
-        job = client.submit_job(entrypoint=entrypoint, runtime_env={
-            "env_vars": {"SIGNALS_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1",
-                         "RAY_AUTH_MODE": "disabled"}})
+        runtime_env = {"env_vars": {"SIGNALS_DATA_DIR": str(tmp_path / "data"),
+                                    "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}}
+        deadline = time.monotonic() + 120
+        while True:
+            try:  # the dashboard answers before its job agent is up ("No available agent")
+                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+                break
+            except RuntimeError as error:
+                if "No available agent" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         deadline = time.monotonic() + 600
         while (status := client.get_job_status(job)) not in {
                 JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
