@@ -11,10 +11,33 @@ import os
 
 import httpx
 import openai
+from pydantic import BaseModel, ConfigDict, Field
 
 NO_KEY = "EMPTY"
 """What is sent as the key to an endpoint that needs none: the openai client refuses
 to start without one, and a vLLM server started without ``--api-key`` ignores it."""
+
+
+class EndpointConfig(BaseModel):
+    """How to reach an OpenAI-compatible endpoint; the teacher and topic configs extend it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        default="gpt-4o-mini",
+        description="Model name at the endpoint (a vLLM server's --served-model-name).")
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key; the key never "
+        "appears in a config. None: the endpoint needs no key (a local vLLM).")
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout, seconds.")
+    max_retries: int = Field(
+        default=2, ge=0, description="Retries of a failed request (the openai client's "
+        "exponential back-off on connection errors, timeouts, 429 and 5xx).")
+    max_text_chars: int = Field(
+        default=6000, ge=200,
+        description="Article text beyond this many characters is not sent (cost and "
+        "context length; the lead carries the news).")
 
 
 def api_key_from_env(env_name: str | None) -> str:

@@ -36,12 +36,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipeline.article import Article
 from pipeline.dedupe import content_hash
 from pipeline.labels import LabelVote
-from pipeline.openai_endpoint import openai_client
+from pipeline.openai_endpoint import EndpointConfig, openai_client
 
 # The messages must be the classifier's: prompt.signal_messages builds both.
 from pipeline.prompt import NOT_SIGNAL_TOKEN, SIGNAL_INSTRUCTION, SIGNAL_TOKEN, signal_messages
@@ -69,32 +69,18 @@ def parse_teacher_answer(answer: str) -> int | None:
     return 1 if found.pop() == SIGNAL_TOKEN else 0
 
 
-class TeacherConfig(BaseModel):
-    """The teacher endpoint and how it is asked."""
-
-    model_config = ConfigDict(extra="forbid")
+class TeacherConfig(EndpointConfig):
+    """The teacher endpoint (model, key, timeout, retries: :class:`EndpointConfig`) and
+    how it is asked."""
 
     base_url: str = Field(
         default="https://api.openai.com/v1",
         description="OpenAI-compatible endpoint, e.g. 'http://127.0.0.1:8100/v1' for a "
         "local vLLM.")
-    model: str = Field(default="gpt-4o-mini", description="Model name at the endpoint.")
-    api_key_env: str | None = Field(
-        default="OPENAI_API_KEY",
-        description="Name of the environment variable holding the API key (the key never "
-        "appears in a config). None: the endpoint needs no key (a local vLLM).")
-    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout, seconds.")
-    max_retries: int = Field(
-        default=2, ge=0, description="Retries of a failed request (the openai client's "
-        "exponential back-off on connection errors, timeouts, 429 and 5xx).")
     max_tokens: int = Field(
         default=3, ge=1, le=32,
         description="Longest answer. The instruction asks for one digit; a little room "
         "lets an answer like '1.' through.")
-    max_text_chars: int = Field(
-        default=6000, ge=200,
-        description="Article text beyond this many characters is not sent (cost and "
-        "context length; the lead carries the news).")
     cache_path: Path = Field(
         default_factory=lambda: Paths().data_dir / "cache" / "teacher.sqlite",
         description="SQLite file of cached answers (created on first use).")

@@ -38,10 +38,10 @@ from typing import Protocol
 
 import openai
 from keybert import KeyBERT
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipeline.article import Article
-from pipeline.openai_endpoint import openai_client
+from pipeline.openai_endpoint import EndpointConfig, openai_client
 from pipeline.relevance import default_embedding_model, embedding_text, load_embedding_model
 
 log = logging.getLogger(__name__)
@@ -66,32 +66,17 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022+]|\d{1,2}[.)]|[a-z][.)])\s+(.*)$")
 _WRAPPING = " \t\"'`*_.,;:"
 
 
-class TopicConfig(BaseModel):
-    """Which topic extractor runs and how."""
-
-    model_config = ConfigDict(extra="forbid")
+class TopicConfig(EndpointConfig):
+    """Which topic extractor runs and how (the LLM endpoint's fields: :class:`EndpointConfig`)."""
 
     base_url: str | None = Field(
         default=None,
         description="OpenAI-compatible endpoint of the LLM extractor, e.g. "
         "'https://api.openai.com/v1' or 'http://127.0.0.1:8100/v1' (a local vLLM). None: "
         "use the offline keyphrase extractor.")
-    model: str = Field(
-        default="gpt-4o-mini",
-        description="Model name at the endpoint (a vLLM server's --served-model-name).")
-    api_key_env: str | None = Field(
-        default="OPENAI_API_KEY",
-        description="Name of the environment variable holding the API key; the key never "
-        "appears in a config. None: the endpoint needs no key (a local vLLM).")
-    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout.")
-    max_retries: int = Field(
-        default=2, ge=0, description="Retries of a failed request (the openai client's "
-        "exponential back-off on connection errors, 429 and 5xx).")
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout, seconds.")
     max_tokens: int = Field(
         default=160, ge=16, description="Longest answer; ten short topics fit in ~100.")
-    max_text_chars: int = Field(
-        default=6000, ge=200,
-        description="Article text beyond this many characters is not sent (cost, context).")
     max_topics: int = Field(default=MAX_TOPICS, ge=1, le=MAX_TOPICS,
                             description="Topics kept per article.")
     embedding_model: str = Field(
