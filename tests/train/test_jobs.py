@@ -30,6 +30,9 @@ def test_interrupted_ray_train_run_resumes_from_its_checkpoint(tiny_overrides, t
     assert resumed.manifest["resumed_from_step"] == 2
     assert resumed.manifest["metrics"]["steps"] == 4
 
+    import ray
+
+    ray.shutdown()  # the local Ray run_training started; later tests start their own
     straight = run_training(config, local=True)
     assert straight.manifest["resumed_from_step"] is None
     assert resumed.manifest["metrics"]["loss_curve"] == pytest.approx(
@@ -51,6 +54,11 @@ def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, t
     head = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
          f"--port={free_port()}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+         # Fixed defaults (e.g. the job agent's 52365) would collide with any other Ray on
+         # this machine, such as the local one an earlier test started in this process.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={ray_tmp}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
