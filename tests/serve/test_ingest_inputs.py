@@ -10,6 +10,7 @@ import asyncio
 import imaplib
 import subprocess
 import sys
+import time
 from email.message import EmailMessage
 
 import httpx
@@ -105,6 +106,11 @@ def test_bad_feeds_and_files_are_logged_counted_and_survived(tmp_path, unreachab
             # polled again and again, the same entries are recognised, not stored again
             wait_for(lambda: sample(scrape(url), "signals_ingest_duplicates_total",
                                     source="truncated", kind="repeat"), 10, "a re-poll")
+            # store-derived gauges come from a snapshot cached for 2 s: wait it out, then
+            # the count must be exactly 3 and stay there
+            wait_for(lambda: sample(scrape(url), "signals_ingest_stored_items") == 3, 10,
+                     "three stored items")
+            time.sleep(2.5)
             assert sample(scrape(url), "signals_ingest_stored_items") == 3
             assert sorted(p.name for p in (drop / "processed").iterdir()) == [
                 "digest.eml", "records.jsonl"]
@@ -139,7 +145,8 @@ def test_push_dedupes_against_everything_seen(tmp_path, unreachable_api):
         for kind in ("repeat", "exact", "near"):
             assert sample(samples, "signals_ingest_duplicates_total", source="push",
                           kind=kind) == 1
-        assert sample(samples, "signals_ingest_stored_items") == 2
+        wait_for(lambda: sample(scrape(url), "signals_ingest_stored_items") == 2, 10,
+                 "two stored items (the store gauges' snapshot is cached for 2 s)")
         # feedback naming a copy by its source id reaches the stored item
         answer = httpx.post(f"{url}/v1/feedback", json={"external_id": "a3", "label": 1})
         assert answer.status_code == 200 and answer.json()["item_id"] == item_id
