@@ -97,6 +97,20 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     return data
 
 
+def preference_pairs(data: TrainingData, tokenizer, max_prompt_tokens: int) -> list[dict[str, str]]:
+    """``{prompt, chosen, rejected}`` rows (TRL's preference format) of the training slice."""
+    from pipeline.views import preference_rows
+
+    return [{k: r[k] for k in ("prompt", "chosen", "rejected")}
+            for r in preference_rows(data.examples, tokenizer, max_prompt_tokens)]
+
+
+def mean_prompt_tokens(rows: list[dict[str, str]], tokenizer) -> float:
+    """Average prompt length in tokens (for the manifest's tokens_seen)."""
+    return sum(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"])
+               for r in rows) / len(rows)
+
+
 def load_tokenizer(base_model: Path):
     from transformers import AutoTokenizer
 

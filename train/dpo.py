@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.views import preference_rows
 from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
-                          loss_curve, peft_model, publish_adapter, trainer_arguments)
+                          loss_curve, mean_prompt_tokens, peft_model, preference_pairs,
+                          publish_adapter, trainer_arguments)
 from train.config import DpoTrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
 
@@ -35,8 +35,7 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
     # --- load ---------------------------------------------------------------
     data = load_training_data(config)
     tokenizer = load_tokenizer(config.base_model)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")}
-            for r in preference_rows(data.examples, tokenizer, config.max_prompt_tokens)]
+    rows = preference_pairs(data, tokenizer, config.max_prompt_tokens)
     model = peft_model(config, load_base_model(config))
 
     # --- fit ----------------------------------------------------------------
@@ -65,8 +64,6 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
         "reward_accuracy_curve": loss_curve(history, "rewards/accuracies"),
         "reward_margin_curve": loss_curve(history, "rewards/margins"),
     }
-    prompt_tokens = sum(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"])
-                        for r in rows)
-    seen = 2 * prompt_tokens * result.global_step * config.batch_size / len(rows)
+    seen = 2 * mean_prompt_tokens(rows, tokenizer) * result.global_step * config.batch_size
     extra = {"init_adapter": config.init_adapter}
     return publish_adapter(config, registry, name, staging, data, metrics, seen, started, context, extra)

@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.views import preference_rows
 from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
-                          lora_config, loss_curve, peft_model, publish_adapter,
-                          trainer_arguments)
+                          lora_config, loss_curve, mean_prompt_tokens, peft_model,
+                          preference_pairs, publish_adapter, trainer_arguments)
 from train.config import RlhfTrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
 
@@ -69,8 +68,7 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
     # --- load ---------------------------------------------------------------
     data = load_training_data(config)
     tokenizer = load_tokenizer(config.base_model)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")}
-            for r in preference_rows(data.examples, tokenizer, config.max_prompt_tokens)]
+    rows = preference_pairs(data, tokenizer, config.max_prompt_tokens)
     registry = AdapterRegistry(config.registry)
     name = context.name_in(registry, config)
     staging = registry.staging_dir(name)
@@ -115,9 +113,7 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
             "accuracy_curve": loss_curve(reward_history, "accuracy"),
         },
     }
-    prompt_tokens = sum(len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"])
-                        for r in rows)
-    seen = prompt_tokens / len(rows) * (
+    seen = mean_prompt_tokens(rows, tokenizer) * (
         2 * config.reward_steps * config.batch_size + result.global_step * config.batch_size)
     extra = {"init_adapter": config.init_adapter, "algorithm": config.algorithm,
              "reward_model_path": "reward_model"}
