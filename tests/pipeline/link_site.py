@@ -53,6 +53,15 @@ def article_html(title: str, lead: str = LEAD, *, published: str = "2024-03-05",
 </main><footer><p>{FOOTER}</p></footer></body></html>"""
 
 
+def story_title(number: str | int) -> str:
+    return f"Company {number} wins a large contract"
+
+
+def story_lead(number: str | int) -> str:
+    return (f"Company {number} won a multi-year supply contract worth {number}00 million "
+            "dollars from a national rail operator, it said on Monday.")
+
+
 ROBOTS = "User-agent: *\nDisallow: /private/\n"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n"
 LATIN1_TEXT = ("Caf\u00e9 chain L\u00e9on & Fr\u00e8res raises \u20ac40 million to open "
@@ -190,6 +199,10 @@ def _handler(site: LinkSite) -> type[BaseHTTPRequestHandler]:
                 html = article_html(ISO_TEXT, ISO_TEXT + ".", charset_meta="iso-8859-1",
                                     lang="de")
                 self._page(html.encode("iso-8859-1"), "latin1-meta", "text/html")
+            elif path.startswith("/story/"):  # generic stories for newsletters
+                number = path.rsplit("/", 1)[1]
+                self._page(article_html(story_title(number), story_lead(number)),
+                           f"story-{number}")
             elif path == "/cookie-wall":
                 self._page("<html><body><p>Please accept cookies.</p></body></html>", "wall")
             else:
