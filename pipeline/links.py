@@ -46,6 +46,7 @@ it is ``ok``:
 ``connection_error``   connection refused/reset, DNS failure (after retries)
 ``extraction_failed``  HTML fetched but no article text of ``min_page_chars`` found
 ``deadline``           the caller's deadline passed first
+``error``              an unexpected error in the stage (logged with its traceback)
 =====================  =================================================================
 """
 
@@ -74,6 +75,7 @@ import tenacity
 import trafilatura
 from hishel.httpx import CacheTransport
 from protego import Protego
+from trafilatura.settings import set_date_params
 from pydantic import BaseModel, Field, field_validator
 
 from pipeline.article import Article
@@ -85,11 +87,15 @@ TextOrigin = Literal["teaser", "page", "both"]
 FetchStatus = Literal[
     "ok", "not_needed", "no_link", "invalid_url", "robots_disallowed", "http_error",
     "rate_limited", "timeout", "too_large", "unsupported_type", "too_many_redirects",
-    "connection_error", "extraction_failed", "deadline",
+    "connection_error", "extraction_failed", "deadline", "error",
 ]
 EXTRACTOR = f"trafilatura {trafilatura.__version__}"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+PASSING_FAILURES = frozenset({"timeout", "connection_error", "rate_limited"})
+"""Outcomes that may differ on the next try (with 5xx answers): not remembered."""
+MEMO_LIMIT = 10_000
+"""Most links (and extractions, and robots.txt files) an enricher remembers."""
 ERROR_BODY_BYTES = 65_536
 """Most bytes read of a redirect's or an error's body."""
 
@@ -155,6 +161,12 @@ class LinkSettings(BaseModel):
         default=Path("data/http-cache.sqlite"),
         description="SQLite file of the HTTP cache (RFC 9111, validators honoured); None "
         "turns caching off.")
+    extensive_date_search: bool = Field(
+        default=False,
+        description="Let htmldate also search the page's free text for dates (through "
+        "dateparser over every locale). Off: dates come from markup only (meta tags, "
+        "JSON-LD, <time>, the URL). On, one Reuters page took 13.7 s on first use and "
+        "pages with date-like text cost tens of ms more each (bench/bench_links.py).")
     min_page_chars: int = Field(
         default=200, ge=0,
         description="Extracted text shorter than this is not an article (a cookie wall, "
@@ -463,6 +475,11 @@ class LinkEnricher:
                                           canonical_url=canonical_url(link) if link else None))
                 if link:
                     self.counters.count_outcome(host_of(link), "deadline")
+            elif task.exception() is not None:
+                error = task.exception()
+                log.error("link stage failed on item %r", article.id, exc_info=error)
+                results.append(self._kept(article, "error", f"unexpected {type(error).__name__}: "
+                                          f"{error}", requested_url=article.link))
             else:
                 results.append(task.result())
         _mark_duplicates(results)
@@ -526,10 +543,20 @@ class LinkEnricher:
 
     async def _shared(self, memo: dict[str, asyncio.Task[Any]], key: str, start: Any) -> Any:
         """Run ``start()`` once per key; later callers await the same task. Shielded, so a
-        caller cancelled by its deadline does not cancel the work others wait for."""
+        caller cancelled by its deadline does not cancel the work others wait for.
+
+        A long-lived enricher (the ingestion service's) must neither keep every page in
+        memory nor never retry a link that failed for a passing reason: a result that is
+        worth retrying is forgotten when it completes, and past ``MEMO_LIMIT`` entries
+        the oldest finished ones are dropped (the HTTP cache still saves their download).
+        """
         task = memo.get(key)
         if task is None:
             task = memo[key] = asyncio.ensure_future(start())
+            task.add_done_callback(lambda done: _forget_if_passing(memo, key, done))
+            for old_key in list(memo)[:max(0, len(memo) - MEMO_LIMIT)]:
+                if memo[old_key].done():
+                    del memo[old_key]
         return await asyncio.shield(task)
 
     # ---------------------------------------------------------------- one link
@@ -665,7 +692,10 @@ class LinkEnricher:
     async def _robots_allow(self, url: str) -> bool:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}".lower()
-        robots = await self._shared(self._robots, origin, lambda: self._load_robots(origin))
+        # RFC 9309 section 2.4: a robots.txt should not be used for more than 24 hours.
+        day = int(time.time() // 86_400)
+        robots = await self._shared(self._robots, f"{origin} {day}",
+                                    lambda: self._load_robots(origin))
         return True if robots is None else robots.can_fetch(url, self.settings.user_agent)
 
     async def _load_robots(self, origin: str) -> Protego | None:
@@ -703,11 +733,13 @@ class LinkEnricher:
 
     async def _extract(self, answer: _Answer) -> _Extraction | None:
         return await self._in_thread(extract_article, answer.body, answer.url, answer.charset,
-                                     answer.content_language)
+                                     answer.content_language,
+                                     self.settings.extensive_date_search)
 
 
 def extract_article(body: bytes, url: str, charset: str | None = None,
-                    content_language: str | None = None) -> _Extraction | None:
+                    content_language: str | None = None,
+                    extensive_date_search: bool = False) -> _Extraction | None:
     """The main text, title, date, language and canonical URL of an HTML page.
 
     ``charset`` (from the Content-Type header) decodes the body when given; otherwise
@@ -724,8 +756,10 @@ def extract_article(body: bytes, url: str, charset: str | None = None,
     if tree is None:
         return None
     language = (tree.get("lang") or content_language or "").split(",")[0].strip() or None
+    date_params = set_date_params(extensive_date_search)
     document = trafilatura.bare_extraction(tree, url=url, with_metadata=True,
-                                           include_comments=False, include_tables=False)
+                                           include_comments=False, include_tables=False,
+                                           date_extraction_params=date_params)
     if document is None:
         return _Extraction("", None, None, language, None)
     text = (document.text or "").strip()
@@ -741,6 +775,19 @@ def extract_article(body: bytes, url: str, charset: str | None = None,
     declared = document.url if document.url and document.url != url else None
     return _Extraction(text, title, page_date, language,
                        canonical_url(declared) if declared else None)
+
+
+def _forget_if_passing(memo: dict[str, asyncio.Task[Any]], key: str,
+                       task: asyncio.Task[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        passing = True
+    else:
+        result = task.result()
+        passing = isinstance(result, _Page) and (
+            result.status in PASSING_FAILURES
+            or (result.status == "http_error" and (result.http_status or 0) >= 500))
+    if passing and memo.get(key) is task:
+        del memo[key]
 
 
 def _merge_text(teaser: str, page: str) -> tuple[str, TextOrigin]:

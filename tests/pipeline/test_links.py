@@ -340,3 +340,37 @@ def test_canonical_url_removes_tracking_and_fragment_only():
         "https://example.com/a?id=3"
     assert canonical_url("ftp://example.com/file") is None
     assert canonical_url("not a url") is None
+
+
+def test_long_lived_enricher_retries_passing_failures_but_not_successes(tmp_path):
+    """The ingestion service keeps one enricher: a timed-out link is tried again on the
+    next batch, a fetched page is not."""
+    with serve_link_site(LinkSite(slow_s=1.0)) as site:
+        articles = [Article(id="slow", text=TEASER, link=site.url("/slow")),
+                    Article(id="ok", text=TEASER, link=site.url("/news/widget"))]
+
+        async def two_batches():
+            async with LinkEnricher(fast_settings(tmp_path)) as enricher:
+                return [await enricher.enrich(articles) for _ in range(2)]
+
+        batches = asyncio.run(two_batches())
+        requests = dict(site.requests)
+    for slow, ok in batches:
+        assert (slow.provenance.fetch_status, ok.provenance.fetch_status) == ("timeout", "ok")
+    assert requests["/slow"] == 2 and requests["/news/widget"] == 1
+
+
+def test_an_unexpected_error_costs_only_its_item(tmp_path, monkeypatch):
+    import pipeline.links as links
+
+    def broken_extractor(*args, **kwargs):
+        raise RuntimeError("extractor bug")
+
+    with serve_link_site() as site:
+        monkeypatch.setattr(links, "extract_article", broken_extractor)
+        articles = [Article(id="page", text=TEASER, link=site.url("/news/widget")),
+                    Article(id="robots", text=TEASER, link=site.url("/private/x"))]
+        page, robots = enrich_articles(articles, fast_settings(tmp_path))
+    assert page.provenance.fetch_status == "error" and page.article.text == TEASER
+    assert "RuntimeError: extractor bug" in page.provenance.detail
+    assert robots.provenance.fetch_status == "robots_disallowed"
