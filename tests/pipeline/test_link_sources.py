@@ -167,3 +167,30 @@ def test_article_records_are_not_mistaken_for_link_lists(tmp_path):
     path.write_text(json.dumps({"id": 1, "title": "t", "text": "x", "link": "https://a.b/c"})
                     + "\n")
     assert not is_link_list(path)
+
+
+def test_signals_data_import_reads_a_link_list_and_newsletter_links(tmp_path, capsys):
+    """The issue's new user: ``signals data import links.csv`` used to skip every row
+    with ``invalid id: Field required``."""
+    from pipeline.dataset import read_jsonl
+    from serve.cli import build_parser
+
+    def run_cli(argv: list[str]) -> int:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+
+    links = tmp_path / "links.csv"
+    links.write_text("url,date\nhttps://www.bbc.co.uk/news/a,2023-05-01\n"
+                     "https://www.theguardian.com/b,2023-05-02\n", encoding="utf-8")
+    out = tmp_path / "links.jsonl"
+    assert run_cli(["data", "import", str(links), "--out", str(out)]) == 0
+    assert "(links): 2 articles written" in capsys.readouterr().out
+    assert [a.link for a in read_jsonl(out)] == ["https://www.bbc.co.uk/news/a",
+                                                 "https://www.theguardian.com/b"]
+
+    letter = tmp_path / "letter.eml"
+    letter.write_bytes(newsletter("http://news.example"))
+    out = tmp_path / "stories.jsonl"
+    assert run_cli(["data", "import", str(letter), "--kind", "newsletter-links",
+                    "--out", str(out)]) == 0
+    assert len(read_jsonl(out)) == 10
