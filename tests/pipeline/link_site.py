@@ -74,9 +74,15 @@ ISO_TEXT = "Br\u00e4u AG und M\u00fcller S\u00f6hne fusionieren f\u00fcr 2 Mrd. 
 class LinkSite:
     """The site's routes and counters; ``url(path)`` gives a full URL."""
 
-    def __init__(self, slow_s: float = 3.0, huge_bytes: int = 400_000) -> None:
+    def __init__(self, slow_s: float = 3.0, huge_bytes: int = 400_000,
+                 robots: str = ROBOTS, story_delay_s: float = 0.0) -> None:
         self.slow_s = slow_s
         self.huge_bytes = huge_bytes
+        self.robots = robots
+        self.story_delay_s = story_delay_s
+        """How long a /story/N page takes to answer (to see concurrency)."""
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.base = ""
         self.requests: Counter[str] = Counter()
         self.bodies: Counter[str] = Counter()
@@ -133,14 +139,20 @@ def _handler(site: LinkSite) -> type[BaseHTTPRequestHandler]:
             site.count(site.requests, self.path)
             site.times.setdefault(self.path, []).append(time.monotonic())
             path = self.path.split("?")[0]
+            with site._lock:
+                site.in_flight += 1
+                site.max_in_flight = max(site.max_in_flight, site.in_flight)
             try:
                 self._route(path)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout, size cap): expected
+            finally:
+                with site._lock:
+                    site.in_flight -= 1
 
         def _route(self, path: str) -> None:
             if path == "/robots.txt":
-                self._send(200, ROBOTS.encode(), "text/plain",
+                self._send(200, site.robots.encode(), "text/plain",
                            {"Cache-Control": "max-age=3600"})
             elif path == "/news/acme-deal":
                 self._page(article_html("Acme to buy Widget Motors for $3.2bn",
@@ -189,6 +201,15 @@ def _handler(site: LinkSite) -> type[BaseHTTPRequestHandler]:
                 for _ in range(site.huge_bytes // 10_000 + 1):
                     self.wfile.write(b"<p>" + b"y" * 10_000 + b"</p>")
                 self.close_connection = True
+            elif path == "/drip":  # a byte every 0.2 s: never silent long enough to time out
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                for _ in range(50):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                self.close_connection = True
             elif path == "/report.pdf":
                 self._send(200, PDF, "application/pdf")
             elif path == "/latin1":  # charset in the Content-Type header only
@@ -201,6 +222,7 @@ def _handler(site: LinkSite) -> type[BaseHTTPRequestHandler]:
                 self._page(html.encode("iso-8859-1"), "latin1-meta", "text/html")
             elif path.startswith("/story/"):  # generic stories for newsletters
                 number = path.rsplit("/", 1)[1]
+                time.sleep(site.story_delay_s)
                 self._page(article_html(story_title(number), story_lead(number)),
                            f"story-{number}")
             elif path == "/cookie-wall":

@@ -374,3 +374,39 @@ def test_an_unexpected_error_costs_only_its_item(tmp_path, monkeypatch):
     assert page.provenance.fetch_status == "error" and page.article.text == TEASER
     assert "RuntimeError: extractor bug" in page.provenance.detail
     assert robots.provenance.fetch_status == "robots_disallowed"
+
+
+def test_slow_drip_is_cut_off_at_the_page_timeout(tmp_path):
+    """A site that sends a byte every 0.2 s never trips the 0.5 s read timeout; the
+    whole-page limit still ends it (the body streams through the cache, not buffered)."""
+    with serve_link_site() as site:
+        started = time.monotonic()
+        [result] = enrich_articles([Article(id=1, text=TEASER, link=site.url("/drip"))],
+                                   fast_settings(tmp_path, page_timeout_s=1.5))
+        seconds = time.monotonic() - started
+    assert result.provenance.fetch_status == "timeout"
+    assert result.provenance.detail == "page not complete after 1.5 s"
+    assert seconds < 3.0  # the drip would last 10 s
+
+
+def test_per_host_interval_concurrency_and_crawl_delay(tmp_path):
+    stories = [f"/story/{n}" for n in range(1, 5)]
+
+    def run(site: LinkSite, **overrides) -> list[float]:
+        items = [Article(id=p, text=TEASER, link=site.url(p)) for p in stories]
+        results = enrich_articles(items, fast_settings(tmp_path / str(len(overrides)),
+                                                       **overrides))
+        assert all(r.provenance.fetch_status == "ok" for r in results)
+        return sorted(site.times[p][0] for p in stories)
+
+    with serve_link_site(LinkSite(story_delay_s=0.3)) as site:
+        starts = run(site, per_host_concurrency=2, per_host_interval_s=0.0)
+        assert site.max_in_flight == 2  # never more than the cap, and the cap is used
+    with serve_link_site() as site:
+        starts = run(site, per_host_interval_s=0.4, max_concurrency=8)
+        # Spacing is enforced when a request is handed to a worker thread; its arrival
+        # at the server can lag by scheduling on a busy machine, hence the margin.
+        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.3
+    with serve_link_site(LinkSite(robots="User-agent: *\nCrawl-delay: 1\n")) as site:
+        starts = run(site, per_host_interval_s=0.0)
+        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.9
