@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Sequence
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import courlan
 import hishel
@@ -275,15 +275,20 @@ class LinkCounters:
 
 def canonical_url(url: str) -> str | None:
     """The normalised form used to recognise one page behind several links: lower-case
-    scheme and host, default port, fragment and tracking parameters (``utm_*``, ...)
-    removed, query sorted. None when ``url`` is not a fetchable http(s) URL."""
+    scheme and host, default port, fragment and tracking parameters (``utm_*``,
+    ``fbclid``, ``ref``, session ids: courlan's list) removed, query sorted. None when
+    ``url`` is not a fetchable http(s) URL."""
     url = url.strip()
     if not url.lower().startswith(("http://", "https://")):
         return None
     try:
-        return courlan.normalize_url(url, strict=True)
+        # Not strict: courlan's strict mode keeps only an allow-list of query parameters
+        # and would turn "article.php?story=123" into another page.
+        normalised = courlan.normalize_url(url, strict=False)
     except ValueError:
         return None
+    # A fragment never reaches the server: it names a place in the same page.
+    return urldefrag(normalised).url
 
 
 def host_of(url: str) -> str:

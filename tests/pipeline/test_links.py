@@ -338,6 +338,9 @@ def test_retry_after_accepts_seconds_and_http_dates():
 def test_canonical_url_removes_tracking_and_fragment_only():
     assert canonical_url("HTTPS://Example.COM:443/a?utm_source=x&id=3#top") == \
         "https://example.com/a?id=3"
+    # Parameters that choose the page stay: courlan's strict mode would drop them.
+    assert canonical_url("https://a.example/article.php?story=123&p=2&fbclid=x") == \
+        "https://a.example/article.php?p=2&story=123"
     assert canonical_url("ftp://example.com/file") is None
     assert canonical_url("not a url") is None
 
@@ -405,8 +408,9 @@ def test_per_host_interval_concurrency_and_crawl_delay(tmp_path):
     with serve_link_site() as site:
         starts = run(site, per_host_interval_s=0.4, max_concurrency=8)
         # Spacing is enforced when a request is handed to a worker thread; its arrival
-        # at the server can lag by scheduling on a busy machine, hence the margin.
-        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.3
+        # at the server can lag by scheduling on a busy machine (load 16 on 2 cores
+        # here), hence the margin; without the limit the gaps are a few ms.
+        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.25
     with serve_link_site(LinkSite(robots="User-agent: *\nCrawl-delay: 1\n")) as site:
         starts = run(site, per_host_interval_s=0.0)
-        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.9
+        assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.75
