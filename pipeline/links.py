@@ -28,6 +28,17 @@ Within one :meth:`LinkEnricher.enrich` call (and across calls on the same enrich
 every URL is requested at most once: fetches are shared by normalised URL, and so are
 extractions by final URL. Across runs the HTTP cache prevents downloading a page again.
 
+How callers use it:
+
+* a batch job (``pipeline/build.py``): ``enrich_articles(articles, settings,
+  deadline_s)`` after reading the sources and before deduplication (so dedupe sees
+  the article text, and ``drop_link_duplicates`` or ``provenance.canonical_url``
+  merges one article reached through two newsletters);
+* a service (ingestion): one ``LinkEnricher`` opened at start-up and closed at
+  shut-down, ``await enricher.enrich(new_items, deadline_s=...)`` per batch before
+  classification; ``provenance`` is stored beside each item and
+  ``enricher.counters`` exported (e.g. as Prometheus counters per host and status).
+
 Outcomes (``LinkProvenance.fetch_status``), each keeping the item's own text unless
 it is ``ok``:
 
@@ -96,6 +107,8 @@ PASSING_FAILURES = frozenset({"timeout", "connection_error", "rate_limited"})
 """Outcomes that may differ on the next try (with 5xx answers): not remembered."""
 MEMO_LIMIT = 10_000
 """Most links (and extractions, and robots.txt files) an enricher remembers."""
+ROBOTS_BYTES = 512_000
+"""Most of a robots.txt read (RFC 9309 asks parsers to take at least 500 KiB)."""
 ERROR_BODY_BYTES = 65_536
 """Most bytes read of a redirect's or an error's body."""
 
@@ -657,7 +670,7 @@ class LinkEnricher:
                     outcome: FetchStatus = "rate_limited" if status == 429 else "http_error"
                     return _Retryable(outcome, f"HTTP {status} {response.reason_phrase}",
                                       status, retry_after)
-                if status >= 400 or not 200 <= status < 300:
+                if not 200 <= status < 300:
                     return _StopFetch("http_error", f"HTTP {status} {response.reason_phrase}",
                                       status)
                 media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -726,13 +739,19 @@ class LinkEnricher:
     def _robots_request(self, url: str) -> str | int:
         """robots.txt text, or the status that stood for it (599: unreachable)."""
         try:
-            response = self._client.get(url, follow_redirects=True)
+            with self._client.stream("GET", url, follow_redirects=True) as response:
+                if response.status_code != 200:
+                    _read_capped(response, ERROR_BODY_BYTES)  # complete, so cacheable
+                    return response.status_code
+                # RFC 9309: at least 500 KiB must be parsed; a longer file is cut there.
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) >= ROBOTS_BYTES:
+                        break
+                return bytes(body[:ROBOTS_BYTES]).decode("utf-8", errors="replace")
         except httpx.HTTPError:
             return 599
-        if response.status_code != 200:
-            return response.status_code
-        # RFC 9309: at least 500 KiB must be parsed; more may be ignored.
-        return response.content[:512_000].decode("utf-8", errors="replace")
 
     # ---------------------------------------------------------------- extraction
 
