@@ -91,6 +91,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipeline.article import Article
 from pipeline.dedupe import normalise_text
+from pipeline.settings import Paths
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,9 @@ class LinkSettings(BaseModel):
         description="A ``Retry-After`` longer than this is not waited for: the link is "
         "``rate_limited`` at once.")
     cache_path: Path | None = Field(
-        default=Path("data/http-cache.sqlite"),
+        default_factory=lambda: Paths().data_dir / "http-cache.sqlite",
         description="SQLite file of the HTTP cache (RFC 9111, validators honoured); None "
-        "turns caching off.")
+        "turns caching off. Default: ``$SIGNALS_DATA_DIR/http-cache.sqlite``.")
     extensive_date_search: bool = Field(
         default=False,
         description="Let htmldate also search the page's free text for dates (through "
