@@ -3,6 +3,7 @@
     signals data build --config pipeline/configs/example.yaml [--force] [--views]
     signals data stats DATASET_DIR [--out DIR]
     signals data import INPUT [--kind K] [--source NAME] --out FILE.jsonl
+        (K: rss, eml, mbox, jsonl, csv, links, newsletter-links)
     signals data show DATASET_DIR
 
 Each command returns an exit status; errors the user can fix (a bad config field, a
@@ -20,7 +21,10 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
-IMPORT_KINDS = ("rss", "eml", "mbox", "jsonl", "csv")
+IMPORT_KINDS = ("rss", "eml", "mbox", "jsonl", "csv", "links", "newsletter-links")
+"""``links``: a CSV/JSONL list of article URLs (chosen by itself for a ``.csv``/``.jsonl``
+file with a url column and no id); ``newsletter-links``: one item per story an ``.eml``
+newsletter links to."""
 _SUFFIX_KINDS = {".eml": "eml", ".mbox": "mbox", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".csv": "csv", ".xml": "rss", ".rss": "rss", ".atom": "rss", ".rdf": "rss"}
 
@@ -117,6 +121,11 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from pipeline.dataset import write_jsonl
 
     kind = args.kind or detect_kind(args.input)
+    if args.kind is None and kind in ("csv", "jsonl") and Path(args.input).is_file():
+        from pipeline.link_sources import is_link_list
+
+        if is_link_list(args.input):  # url,date[,label] rows, not article records
+            kind = "links"
     is_url = args.input.startswith(("http://", "https://"))
     source = args.source or (urlsplit(args.input).hostname if is_url else Path(args.input).stem)
     if kind == "rss":
@@ -130,8 +139,12 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     else:
         if not Path(args.input).is_file():
             raise FileNotFoundError(f"no such file: {args.input}")
+        from pipeline import link_sources
+
         reader = {"eml": readers.read_eml, "mbox": readers.read_mbox,
-                  "jsonl": readers.read_jsonl, "csv": readers.read_csv}[kind]
+                  "jsonl": readers.read_jsonl, "csv": readers.read_csv,
+                  "links": link_sources.read_link_list,
+                  "newsletter-links": link_sources.read_newsletter_links}[kind]
         result = reader(args.input, source)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = args.out.with_name(f".{args.out.name}.tmp")
@@ -174,7 +187,9 @@ def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
         "articles, with counts and skipped items")
     importer.add_argument("input", help="feed URL or file path")
     importer.add_argument("--kind", choices=IMPORT_KINDS,
-                          help="reader to use (default: from the URL or file suffix)")
+                          help="reader to use (default: from the URL or file suffix; a CSV/"
+                          "JSONL with a url column and no id is a link list: 'links'); "
+                          "'newsletter-links': one item per story an .eml links to")
     importer.add_argument("--source", help="source name set on the articles "
                           "(default: the file name, or the feed's host name)")
     importer.add_argument("--out", type=Path, required=True, help="JSONL file to write")
