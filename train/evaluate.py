@@ -21,26 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.article import Article
+from train.calibration import expected_calibration_error
 
 log = logging.getLogger(__name__)
 
 BASE = "base"
 """How evaluations name the un-tuned base model."""
-
-
-def expected_calibration_error(labels: Sequence[int], p_signal: Sequence[float],
-                               bins: int = 10) -> float:
-    """ECE: the bin-weighted gap between mean P(signal) and the signal rate (equal-width bins)."""
-    import numpy as np
-
-    y, p = np.asarray(labels, dtype=float), np.asarray(p_signal, dtype=float)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            gap += inside.mean() * abs(p[inside].mean() - y[inside].mean())
-    return float(gap)
 
 
 def binary_metrics(labels: Sequence[int], p_signal: Sequence[float],
