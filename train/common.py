@@ -226,6 +226,39 @@ def trainer_arguments(config: TrainConfig, context: RunContext, staging: Path) -
     )
 
 
+def show_loss_progress(trainer, description: str) -> None:
+    """Replace the trainer's console output (a bare step bar plus one printed dict per
+    logged step) with one progress bar over the optimiser steps that shows the loss."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class LossProgressBar(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step,
+                                desc=description, unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LossProgressBar())
+
+
 def loss_curve(log_history: list[dict[str, Any]], key: str = "loss") -> list[float]:
     return [round(float(e[key]), 6) for e in log_history if key in e]
 

@@ -166,3 +166,12 @@ def test_adapters_load_in_the_in_process_backend(sft_adapter, tiny_model_dir, re
         p = scorer.p_signal(articles, version.name)
         assert all(0.0 < x < 1.0 for x in p)
         assert p != base, version.name
+
+
+def test_training_shows_one_progress_bar_with_the_loss(tiny_overrides, capfd):
+    from train.lora import train_lora
+
+    train_lora(load_config(None, tiny_overrides + ["validation_days=null"]))
+    err = capfd.readouterr().err
+    assert "lora training" in err and "loss=" in err and "2/2" in err
+    assert "{'loss'" not in err and "'loss':" not in err  # no raw trainer dicts
