@@ -7,7 +7,7 @@ wrong cut. Each adapter version therefore carries a :class:`Calibration`, fitted
 labelled validation window that follows its training data in time and was never
 trained on:
 
-- Platt scaling (Platt 1999) on the logit ``z = logit(p_raw)``:
+- Platt scaling (Platt 1999, with his smoothed targets) on the logit ``z = logit(p_raw)``:
   ``p = sigmoid(slope * z + intercept)``; temperature scaling (Guo et al. 2017,
   arXiv:1706.04599) is the same with ``intercept = 0`` (``slope = 1 / T``).
 - the threshold on the calibrated P that maximises F1 on that window;
@@ -157,7 +157,10 @@ def fit_logit_scaling(labels: Sequence[int], p_raw: Sequence[float],
                       method: Literal["platt", "temperature"] = "platt") -> tuple[float, float]:
     """``(slope, intercept)`` minimising the log-loss of ``sigmoid(slope*logit(p)+intercept)``.
 
-    Unregularised maximum likelihood (L-BFGS with the exact gradient); temperature
+    Maximum likelihood (L-BFGS with the exact gradient) against Platt's smoothed
+    targets, ``(N+ + 1)/(N+ + 2)`` for signals and ``1/(N- + 2)`` for the others: on a
+    small window whose scores separate the classes perfectly, plain 0/1 targets send
+    the slope to infinity; with thousands of articles the two agree. Temperature
     scaling keeps the intercept at 0.
     """
     import numpy as np
@@ -172,15 +175,17 @@ def fit_logit_scaling(labels: Sequence[int], p_raw: Sequence[float],
     if y.min() == y.max():
         raise ValueError("the calibration window needs both signals and non-signals "
                          f"(all {len(y)} labels are {int(y[0])})")
+    positives, negatives = y.sum(), len(y) - y.sum()
+    target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     z = np.log(np.clip(np.asarray(p_raw, dtype=float), _EPS, 1 - _EPS))
     z = z - np.log(np.clip(1 - np.asarray(p_raw, dtype=float), _EPS, 1 - _EPS))
 
     def loss(params):
         a, b = (params[0], params[1]) if method == "platt" else (params[0], 0.0)
         s = a * z + b
-        # log(1 + e^s) - y*s, stable for large |s|
-        value = np.mean(np.logaddexp(0.0, s) - y * s)
-        residual = 1.0 / (1.0 + np.exp(-s)) - y
+        # cross-entropy log(1 + e^s) - t*s, stable for large |s|
+        value = np.mean(np.logaddexp(0.0, s) - target * s)
+        residual = 1.0 / (1.0 + np.exp(-s)) - target
         grad = [np.mean(residual * z)] + ([np.mean(residual)] if method == "platt" else [])
         return value, np.asarray(grad)
 

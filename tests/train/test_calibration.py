@@ -84,6 +84,15 @@ def test_fit_calibration_records_window_threshold_and_improves_log_loss():
     assert again == calibration
 
 
+def test_perfectly_separated_small_window_gives_finite_parameters():
+    labels = [1, 1, 1, 0, 0, 0, 0, 0]
+    p_raw = [0.9, 0.8, 0.7, 0.4, 0.3, 0.2, 0.1, 0.05]
+    a, b = fit_logit_scaling(labels, p_raw)
+    assert 0 < a < 20 and abs(b) < 20
+    threshold, f1 = f1_optimal_threshold(labels, p_raw)
+    assert f1 == 1.0 and 0.4 < threshold < 0.7
+
+
 def test_window_without_both_classes_is_a_clear_error():
     with pytest.raises(ValueError, match="both signals and non-signals"):
         fit_logit_scaling([0, 0, 0], [0.1, 0.5, 0.9])
