@@ -99,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = {}
     if args.baseline:
         results["tfidf-logreg"] = tfidf_baseline(load_split(dataset, args.train_split), articles,
-                                                 args.split, args.threshold or 0.5)
+                                                 args.split,
+                                                 0.5 if args.threshold is None else args.threshold)
     scorer = InProcessScorer(base_model, registry, args.max_prompt_tokens)
     for model in args.model:
         results[model] = scorer.evaluate(articles, model, args.split, args.threshold)
@@ -144,7 +145,8 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
         m = version.manifest
         calibration = version.calibration
         cut = f"{calibration.threshold:.3f}" if calibration else "uncalibrated"
-        print(f"{version.name}  method={m.get('method')}  window={m.get('dataset', {}).get('window')}"
+        window = m.get("dataset", {}).get("window")
+        print(f"{version.name}  method={m.get('method')}  window={window}"
               f"  steps={m.get('metrics', {}).get('steps')}  threshold={cut}"
               f"  created={m.get('created_at')}")
     return 0

@@ -237,7 +237,8 @@ def window_metrics(labels: Sequence[int], p: Sequence[float], threshold: float) 
     log_loss = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
     return WindowMetrics(threshold=round(threshold, 6), precision=round(precision, 4),
                          recall=round(recall, 4), f1=round(f1, 4),
-                         log_loss=round(log_loss, 4), ece=round(expected_calibration_error(y, q), 4))
+                         log_loss=round(log_loss, 4),
+                         ece=round(expected_calibration_error(y, q), 4))
 
 
 def expected_calibration_error(labels: Sequence[int], p_signal: Sequence[float],

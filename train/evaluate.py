@@ -154,7 +154,7 @@ class InProcessScorer:
             if calibration is None:
                 raise ValueError(f"{adapter or BASE} has no calibration to prior-shift")
             p = [calibration.apply(c.p_raw, serving_base_rate) for c in results]
-        applied = results[0].threshold if results else (threshold or 0.5)
+        applied = results[0].threshold if results else (0.5 if threshold is None else threshold)
         labels = [a.signal for a in articles]
         metrics = {**binary_metrics(labels, p, applied), "calibrated": bool(
             results and results[0].calibrated), "serving_base_rate": serving_base_rate}

@@ -212,16 +212,18 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     for split in config.eval_splits:
         articles = sample_articles(load_split(config.dataset, split), config.eval_per_split,
                                    config.seed)
+        baseline_threshold = 0.5 if config.threshold is None else config.threshold
         results = {"tfidf-logreg": tfidf_baseline(train_articles, articles, split,
-                                                  config.threshold or 0.5)}
+                                                  baseline_threshold)}
         results["base"] = scorer.evaluate(articles, None, split, config.threshold)
         for label, version in adapters.items():
             if label == "lora-updated" and split <= config.update_split:
                 continue  # it has seen this window
             results[label] = scorer.evaluate(articles, version.name, split, config.threshold)
         evaluations[split] = {k: v.metrics for k, v in results.items()}
+        cut = "per model" if config.threshold is None else config.threshold
         plot_confusion_matrices(evaluations[split], f"{config.dataset.name} {split}: "
-                                f"{len(articles)} articles, threshold {config.threshold or 'per model'}",
+                                f"{len(articles)} articles, threshold {cut}",
                                 out / f"confusion-{split}.png")
 
     # --- LoRA vs LoRA+ -----------------------------------------------------------
@@ -272,7 +274,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{config['max_prompt_tokens']}-token prompts)", ""]
     for split, models in report["evaluations"].items():
         n = next(iter(models.values()))["n"]
-        lines += [f"## {split}: {n} articles, threshold {config['threshold'] or 'per model'}",
+        cut = "per model" if config["threshold"] is None else config["threshold"]
+        lines += [f"## {split}: {n} articles, threshold {cut}",
                   "", "| model | threshold | TP | FP | FN | TN | accuracy | precision | recall "
                   "| F1 | best F1 | ROC-AUC | ECE |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

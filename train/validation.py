@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 def published_day(article: Article) -> date:
     published = article.date_published
     if published is None:
-        raise ValueError(f"article {article.id!r} has no date_published; cannot place it in a window")
+        raise ValueError(f"article {article.id!r} has no date_published; "
+                         "cannot place it in a window")
     return published.date() if isinstance(published, datetime) else published
 
 
