@@ -70,7 +70,8 @@ class ClassifyRequest(BaseModel):
         "'candidate'); omitted or 'base' = the base model.")
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0,
-        description="P(signal) at or above which the label is 1; default: the server's.")
+        description="P(signal) at or above which the label is 1; default: the adapter "
+        "version's own threshold, else the server's.")
 
     @model_validator(mode="after")
     def _exactly_one_form(self) -> ClassifyRequest:
@@ -100,10 +101,18 @@ class AliasRequest(BaseModel):
 class ArticleResult(BaseModel):
     id: str | int
     label: int = Field(description="1 investment signal, 0 not.")
-    p_signal: float = Field(description="Softmax over the two label tokens' logits.")
+    p_signal: float = Field(description=(
+        "P(signal): the softmax over the two label tokens' logits, passed through the "
+        "adapter version's calibration when it has one (see 'calibrated')."))
     adapter: str = Field(description="Adapter version used ('base' for the un-tuned model).")
     requested: str = Field(description="The adapter or alias the request named.")
-    threshold: float
+    threshold: float = Field(description=(
+        "Threshold applied to p_signal: the request's, else the adapter version's own "
+        "(F1-optimal on its validation window), else the server's."))
+    calibrated: bool = Field(description=(
+        "True when p_signal is calibrated by the adapter version; false for the base "
+        "model and for versions without a calibration (served at the server threshold)."))
+    p_raw: float = Field(description="The uncalibrated two-token softmax.")
     truncated: bool = Field(description="True when the text was cut to fit the model.")
 
 

@@ -38,7 +38,12 @@ class Classification:
     requested: str
     """What the request named: a version, an alias such as 'production', or 'base'."""
     threshold: float
+    """The threshold applied: the request's, else the adapter's own, else the server's."""
     truncated: bool
+    calibrated: bool = False
+    """True when ``p_signal`` went through the adapter version's calibration."""
+    p_raw: float | None = None
+    """The uncalibrated two-token softmax (equal to ``p_signal`` when not calibrated)."""
 
 
 class SignalClassifier:
@@ -151,7 +156,6 @@ class SignalClassifier:
     async def classify_mixed(self, items: Sequence[tuple[Article, str | None]],
                              threshold: float | None = None) -> list[Classification]:
         """Classify articles that each name their own adapter, in one backend batch."""
-        threshold = self.threshold if threshold is None else threshold
         versions = {}
         for _, adapter in items:
             if adapter not in versions:
@@ -184,13 +188,30 @@ class SignalClassifier:
                 for name in names:
                     await self.ensure_loaded(name)
                 probabilities = await self.backend.signal_probabilities(token_ids, targets)
-        return [
-            Classification(id=article.id, label=int(p >= threshold), p_signal=p,
-                           adapter=target or BASE_NAME, requested=requested or BASE_NAME,
-                           threshold=threshold, truncated=prompt.truncated)
-            for (article, requested), p, prompt, target
-            in zip(items, probabilities, prompts, targets)
-        ]
+        results = []
+        for (article, requested), p_raw, prompt in zip(items, probabilities, prompts):
+            version = versions[requested]
+            p, cut, calibrated = self.decision(version, p_raw, threshold)
+            results.append(Classification(
+                id=article.id, label=int(p >= cut), p_signal=p,
+                adapter=version.name if version else BASE_NAME,
+                requested=requested or BASE_NAME, threshold=cut, truncated=prompt.truncated,
+                calibrated=calibrated, p_raw=p_raw))
+        return results
+
+    def decision(self, version: AdapterVersion | None, p_raw: float,
+                 threshold: float | None = None) -> tuple[float, float, bool]:
+        """``(p_signal, threshold, calibrated)`` for one raw P under ``version``.
+
+        A calibrated version answers with its calibrated P and, unless the request set
+        one, its own F1-optimal threshold; the base model and versions without a
+        calibration (older ones) answer with the raw P at the server's threshold.
+        """
+        calibration = version.calibration if version is not None else None
+        if calibration is None:
+            return p_raw, self.threshold if threshold is None else threshold, False
+        return (calibration.apply(p_raw),
+                calibration.threshold if threshold is None else threshold, True)
 
 
 def build_classifier(backend: Backend, base_model: Path, registry: Path,

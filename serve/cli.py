@@ -6,7 +6,7 @@
     signals train              train an adapter (lora/loraplus/qlora/dpo/rlhf) as a Ray job
     signals eval               evaluate base/adapters on a split (+ TF-IDF baseline)
     signals experiment         the whole method comparison, with the temporal update
-    signals adapters list|show|promote   the adapter registry and its aliases
+    signals adapters list|show|promote|calibrate   the adapter registry and its aliases
     signals serve              vLLM + the classification API
     signals demo               all of the above end to end, then classify April articles
     signals ingest run|replay|feedback-import|export   the ingestion service (port 8200)
@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from datetime import date
 from pathlib import Path
 
 from pipeline.settings import Paths
@@ -98,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = {}
     if args.baseline:
         results["tfidf-logreg"] = tfidf_baseline(load_split(dataset, args.train_split), articles,
-                                                 args.split, args.threshold)
+                                                 args.split,
+                                                 0.5 if args.threshold is None else args.threshold)
     scorer = InProcessScorer(base_model, registry, args.max_prompt_tokens)
     for model in args.model:
         results[model] = scorer.evaluate(articles, model, args.split, args.threshold)
@@ -106,15 +108,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(
         {name: e.to_dict() for name, e in results.items()}, indent=2))
+    thresholds = ", ".join(f"{n} {e.metrics['threshold']:.3f}" for n, e in results.items())
     plot_confusion_matrices({n: e.metrics for n, e in results.items()},
                             f"{dataset.name} {args.split}: {len(articles)} articles, "
-                            f"threshold {args.threshold}", out / "confusion.png")
-    print(f"{'model':<44}{'TP':>5}{'FP':>5}{'FN':>5}{'TN':>5}{'P':>7}{'R':>7}{'F1':>7}"
-          f"{'AUC':>7}{'ECE':>7}")
+                            f"thresholds: {thresholds}", out / "confusion.png")
+    print(f"{'model':<44}{'thr':>6}{'TP':>5}{'FP':>5}{'FN':>5}{'TN':>5}{'P':>7}{'R':>7}{'F1':>7}"
+          f"{'bestF1':>7}{'AUC':>7}{'ECE':>7}")
     for name, e in results.items():
         m = e.metrics
-        print(f"{name:<44}{m['tp']:>5}{m['fp']:>5}{m['fn']:>5}{m['tn']:>5}{m['precision']:>7.3f}"
-              f"{m['recall']:>7.3f}{m['f1']:>7.3f}{(m['roc_auc'] or 0):>7.3f}{m['ece']:>7.3f}")
+        print(f"{name:<44}{m['threshold']:>6.3f}{m['tp']:>5}{m['fp']:>5}{m['fn']:>5}{m['tn']:>5}"
+              f"{m['precision']:>7.3f}{m['recall']:>7.3f}{m['f1']:>7.3f}{(m['best_f1'] or 0):>7.3f}"
+              f"{(m['roc_auc'] or 0):>7.3f}{m['ece']:>7.3f}")
+    print("thr: the threshold applied (an adapter's own when calibrated, else --threshold "
+          "or 0.5); bestF1: the best any threshold reaches on these articles (not tunable)")
     print(f"per-month metrics and the plot: {out}")
     return 0
 
@@ -137,8 +143,12 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
         print(f"no adapters in {registry.root}")
     for version in versions:
         m = version.manifest
-        print(f"{version.name}  method={m.get('method')}  window={m.get('dataset', {}).get('window')}"
-              f"  steps={m.get('metrics', {}).get('steps')}  created={m.get('created_at')}")
+        calibration = version.calibration
+        cut = f"{calibration.threshold:.3f}" if calibration else "uncalibrated"
+        window = m.get("dataset", {}).get("window")
+        print(f"{version.name}  method={m.get('method')}  window={window}"
+              f"  steps={m.get('metrics', {}).get('steps')}  threshold={cut}"
+              f"  created={m.get('created_at')}")
     return 0
 
 
@@ -147,6 +157,27 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
 
     version = AdapterRegistry(args.registry or Paths().registry_dir).resolve(args.name)
     print(json.dumps(version.manifest, indent=2))
+    return 0
+
+
+def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
+    from train.registry import AdapterRegistry
+    from train.validation import load_window, recalibrate
+
+    paths = Paths()
+    registry = AdapterRegistry(args.registry or paths.registry_dir)
+    window = load_window(args.dataset or paths.datasets_dir / "reuters-acq", args.split,
+                         args.date_from, args.date_to, args.limit, args.seed)
+    version = recalibrate(registry, args.name, window, args.base_model, args.method)
+    c = version.calibration
+    print(f"{version.name}: recalibrated from {version.manifest['recalibrated_from']} on "
+          f"{c.fitted_on.dataset}/{c.fitted_on.split} {c.fitted_on.date_from}.."
+          f"{c.fitted_on.date_to} ({c.fitted_on.n} articles, base rate "
+          f"{c.fitted_on.base_rate:.3f})")
+    print(f"  {c.method}: slope {c.slope:.4f}, intercept {c.intercept:.4f}; threshold "
+          f"{c.threshold:.4f}; on the window F1 {c.before.f1:.3f} -> {c.after.f1:.3f}, "
+          f"ECE {c.before.ece:.3f} -> {c.after.ece:.3f}")
+    print(f"  promote it with: signals adapters promote {version.name}")
     return 0
 
 
@@ -236,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", required=True, help="split to evaluate on, e.g. 1987-04")
     evaluate.add_argument("--limit", type=int, help="seeded random sample of the split")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    evaluate.add_argument("--threshold", type=float, default=0.5,
-                          help="P(signal) threshold (default 0.5)")
+    evaluate.add_argument("--threshold", type=float,
+                          help="P(signal) threshold for every model (default: a calibrated "
+                          "adapter's own threshold, 0.5 for the others)")
     evaluate.add_argument("--max-prompt-tokens", type=int, default=512,
                           help="prompt cap (adapters use the smaller of this and their own)")
     evaluate.add_argument("--baseline", action="store_true",
@@ -274,6 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help="alias to set (default: production)")
     promote.add_argument("--registry", type=Path, help="registry directory")
     promote.set_defaults(func=cmd_adapters_promote)
+    calibrate = adapter_cmds.add_parser(
+        "calibrate", help="re-fit an adapter's calibration and threshold on a newer labelled "
+        "window, without retraining; publishes a new version (the old one is unchanged)")
+    calibrate.add_argument("name", help="version name or alias to recalibrate")
+    calibrate.add_argument("--split", required=True, help="labelled split, e.g. 1987-04")
+    calibrate.add_argument("--dataset", type=Path, help="dataset directory "
+                           "(default: $SIGNALS_DATA_DIR/datasets/reuters-acq)")
+    calibrate.add_argument("--from", dest="date_from", type=date.fromisoformat,
+                           metavar="YYYY-MM-DD", help="first publication day of the window")
+    calibrate.add_argument("--to", dest="date_to", type=date.fromisoformat,
+                           metavar="YYYY-MM-DD", help="last publication day of the window")
+    calibrate.add_argument("--limit", type=int, help="seeded random sample of the window")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    calibrate.add_argument("--method", choices=["platt", "temperature"],
+                           help="default: the version's current method, else platt")
+    calibrate.add_argument("--base-model", type=Path,
+                           help="base model directory (default: the manifest's)")
+    calibrate.add_argument("--registry", type=Path, help="registry directory")
+    calibrate.set_defaults(func=cmd_adapters_calibrate)
 
     serve = commands.add_parser(
         "serve", help="start vLLM (unless --vllm-url) and the classification API",

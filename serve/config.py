@@ -64,7 +64,7 @@ class ServeConfig(BaseSettings):
 
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     """P(signal) at or above which an article is labelled a signal, unless a request
-    names its own."""
+    names its own; adapter versions with a calibration use their own threshold instead."""
 
     max_prompt_tokens: int = Field(default=DEFAULT_MAX_PROMPT_TOKENS, ge=32)
     """Prompt length cap; longer texts are cut and the response says ``truncated``."""

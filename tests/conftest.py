@@ -126,7 +126,8 @@ def trained_adapter(base_model_dir, reuters_dataset, registry_dir):
     config = load_config(None, [
         f"base_model={base_model_dir}", f"dataset={reuters_dataset}",
         f"registry={registry_dir}", "max_examples=16", "sampling=balanced",
-        "max_steps=4", "batch_size=4", "max_prompt_tokens=192", "learning_rate=2e-3"])
+        "max_steps=4", "batch_size=4", "max_prompt_tokens=192", "learning_rate=2e-3",
+        "validation_max_examples=48"])
     return train_lora(config)
 
 

@@ -14,14 +14,17 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from pipeline.article import Article
 from pipeline.dataset import load_split, read_manifest
 from train.config import TrainConfig
+from train.calibration import CALIBRATION_KEY
 from train.registry import AdapterNotFound, AdapterRegistry, AdapterVersion
+from train.validation import (WindowArticles, calibrate_on_window, sample_window,
+                              split_off_validation)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +56,16 @@ class RunContext:
 
 @dataclass
 class TrainingData:
-    """The slice of a dataset split one run trains on, with its provenance."""
+    """The slice of a dataset split one run trains on, with its provenance, and the
+    validation window carved from the split's end (never trained on)."""
 
     examples: list[Article]
     manifest: dict[str, Any]
     split: str
+    window: tuple[str, str]
+    """First and last publication day the training slice was drawn from."""
+    validation: WindowArticles | None = None
+    """Where the calibration is fitted after training; None without a window."""
 
     @property
     def signals(self) -> int:
@@ -84,16 +92,31 @@ def select_examples(articles: list[Article], config: TrainConfig) -> list[Articl
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
+    """The training slice and, with ``validation_days``, the validation window carved
+    from the end of the split before the slice is drawn."""
     manifest = read_manifest(config.dataset)
     if config.split not in manifest.get("splits", {}):
         raise ValueError(f"split: {config.split!r} is not a split of {config.dataset} "
                          f"(splits: {', '.join(manifest.get('splits', {}))})")
-    examples = select_examples(load_split(config.dataset, config.split), config)
+    articles = load_split(config.dataset, config.split)
+    split_info = manifest["splits"][config.split]
+    window = (split_info["date_from"], split_info["date_to"])
+    validation = None
+    if config.validation_days is not None:
+        articles, held_out, first, last = split_off_validation(articles, config.validation_days)
+        window = (window[0], (first - timedelta(days=1)).isoformat())
+        validation = WindowArticles(
+            sample_window(held_out, config.validation_max_examples, config.seed),
+            manifest.get("name", config.dataset.name), config.dataset, config.split, first, last)
+    examples = select_examples(articles, config)
     if not examples:
         raise ValueError(f"split {config.split!r} of {config.dataset} has no labelled articles")
-    data = TrainingData(examples=examples, manifest=manifest, split=config.split)
-    log.info("training on %d examples (%d signals) from %s/%s", len(examples), data.signals,
-             config.dataset.name, config.split)
+    data = TrainingData(examples=examples, manifest=manifest, split=config.split,
+                        window=window, validation=validation)
+    log.info("training on %d examples (%d signals) from %s/%s %s..%s%s", len(examples),
+             data.signals, config.dataset.name, config.split, *window,
+             f"; validation window {validation.date_from}..{validation.date_to} "
+             f"({len(validation.articles)} articles)" if validation else "")
     return data
 
 
@@ -203,6 +226,39 @@ def trainer_arguments(config: TrainConfig, context: RunContext, staging: Path) -
     )
 
 
+def show_loss_progress(trainer, description: str) -> None:
+    """Replace the trainer's console output (a bare step bar plus one printed dict per
+    logged step) with one progress bar over the optimiser steps that shows the loss."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class LossProgressBar(TrainerCallback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step,
+                                desc=description, unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LossProgressBar())
+
+
 def loss_curve(log_history: list[dict[str, Any]], key: str = "loss") -> list[float]:
     return [round(float(e[key]), 6) for e in log_history if key in e]
 
@@ -220,9 +276,13 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
                     data: TrainingData, metrics: dict[str, Any], tokens_seen: float,
                     started: float, context: RunContext,
                     extra: dict[str, Any] | None = None) -> AdapterVersion:
-    """Write the manifest and move the staged adapter into the registry (atomic)."""
+    """Fit the calibration on the validation window (when there is one), write the
+    manifest and move the staged adapter into the registry (atomic)."""
     shutil.rmtree(staging / "trainer", ignore_errors=True)
-    split_info = data.manifest["splits"][data.split]
+    calibration = None
+    if data.validation is not None:
+        calibration = calibrate_on_window(config.base_model, staging, data.validation,
+                                          config.max_prompt_tokens, config.calibration_method)
     manifest: dict[str, Any] = {
         "method": config.method,
         "base_model": str(config.base_model.resolve()),
@@ -232,7 +292,7 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
             "path": str(config.dataset.resolve()),
             "version": data.manifest.get("version") or data.manifest.get("built_at"),
             "split": data.split,
-            "window": [split_info["date_from"], split_info["date_to"]],
+            "window": list(data.window),
             "examples": len(data.examples),
             "signals": data.signals,
         },
@@ -247,6 +307,8 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+    if calibration is not None:
+        manifest[CALIBRATION_KEY] = calibration.model_dump(mode="json")
     version = registry.publish(name, manifest)
     log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest["wall_time_s"])
     return version

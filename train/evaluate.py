@@ -2,8 +2,11 @@
 
 P(signal) comes from the product's own classifier (:class:`serve.classifier.SignalClassifier`
 on the in-process transformers + peft backend), so an evaluation measures exactly what
-serving would answer. Reported, with the threshold explicit: the confusion matrix,
-accuracy, precision, recall, F1, ROC-AUC and the expected calibration error; and a
+serving would answer: the calibrated P(signal) of a calibrated adapter version, cut
+at its own threshold (chosen on its validation window) unless one is given. Reported,
+with the threshold explicit: the confusion matrix, accuracy, precision, recall, F1,
+ROC-AUC, the expected calibration error, and ``best_f1`` (the best F1 any threshold
+reaches on the evaluated articles: a bound to read F1 against, never tuned on); and a
 per-month table, because a model's quality is expected to decay with the time since
 its training window. The honest reference is :func:`tfidf_baseline`: TF-IDF +
 logistic regression, what a practitioner would try first.
@@ -18,29 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.article import Article
+from train.calibration import expected_calibration_error, f1_optimal_threshold
+
+if TYPE_CHECKING:
+    from serve.classifier import Classification
 
 log = logging.getLogger(__name__)
 
 BASE = "base"
 """How evaluations name the un-tuned base model."""
-
-
-def expected_calibration_error(labels: Sequence[int], p_signal: Sequence[float],
-                               bins: int = 10) -> float:
-    """ECE: the bin-weighted gap between mean P(signal) and the signal rate (equal-width bins)."""
-    import numpy as np
-
-    y, p = np.asarray(labels, dtype=float), np.asarray(p_signal, dtype=float)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            gap += inside.mean() * abs(p[inside].mean() - y[inside].mean())
-    return float(gap)
 
 
 def binary_metrics(labels: Sequence[int], p_signal: Sequence[float],
@@ -61,6 +53,9 @@ def binary_metrics(labels: Sequence[int], p_signal: Sequence[float],
         "precision": round(float(precision), 4), "recall": round(float(recall), 4),
         "f1": round(float(f1), 4), "roc_auc": None if auc is None else round(float(auc), 4),
         "ece": round(expected_calibration_error(labels, p_signal), 4),
+        # The best F1 any threshold reaches on these very articles: an upper bound for
+        # reading the one above, never a threshold to serve (that is chosen on validation).
+        "best_f1": None if not any(labels) else round(f1_optimal_threshold(labels, p_signal)[1], 4),
     }
 
 
@@ -124,26 +119,47 @@ class InProcessScorer:
         self.classifier = SignalClassifier(backend, tokenizer, AdapterRegistry(registry),
                                            max_prompt_tokens, threshold=0.5, max_loaded=64)
 
-    def p_signal(self, articles: Sequence[Article], adapter: str | None,
-                 chunk: int = 32) -> list[float]:
+    def classify(self, articles: Sequence[Article], adapter: str | None,
+                 threshold: float | None = None, chunk: int = 32) -> list[Classification]:
+        """What the API answers for ``articles``: calibrated P and the applied threshold."""
         from tqdm import tqdm
 
         name = None if adapter in (None, BASE) else adapter
-        out: list[float] = []
+        out: list[Classification] = []
         with tqdm(total=len(articles), desc=f"scoring with {adapter or BASE}", unit="article") as bar:
             for start in range(0, len(articles), chunk):
                 batch = list(articles[start:start + chunk])
-                out.extend(c.p_signal for c in asyncio.run(self.classifier.classify(batch, name)))
+                out.extend(asyncio.run(self.classifier.classify(batch, name, threshold)))
                 bar.update(len(batch))
         return out
 
+    def p_signal(self, articles: Sequence[Article], adapter: str | None,
+                 chunk: int = 32) -> list[float]:
+        return [c.p_signal for c in self.classify(articles, adapter, chunk=chunk)]
+
     def evaluate(self, articles: Sequence[Article], adapter: str | None, split: str,
-                 threshold: float = 0.5) -> Evaluation:
-        p = self.p_signal(articles, adapter)
+                 threshold: float | None = None,
+                 serving_base_rate: float | None = None) -> Evaluation:
+        """Metrics at the threshold serving applies: ``threshold`` if given, else the
+        adapter version's own (calibrated versions), else 0.5.
+
+        ``serving_base_rate``: prior-shift the calibrated P to this known signal rate
+        of the evaluated window (only when asked; never silently).
+        """
+        results = self.classify(articles, adapter, threshold)
+        p = [c.p_signal for c in results]
+        if serving_base_rate is not None:
+            calibration = self.classifier.resolve(adapter).calibration if adapter not in (
+                None, BASE) else None
+            if calibration is None:
+                raise ValueError(f"{adapter or BASE} has no calibration to prior-shift")
+            p = [calibration.apply(c.p_raw, serving_base_rate) for c in results]
+        applied = results[0].threshold if results else (0.5 if threshold is None else threshold)
         labels = [a.signal for a in articles]
-        return Evaluation(model=adapter or BASE, split=split,
-                          metrics=binary_metrics(labels, p, threshold),
-                          by_month=per_month(articles, p, threshold), p_signal=p, labels=labels)
+        metrics = {**binary_metrics(labels, p, applied), "calibrated": bool(
+            results and results[0].calibrated), "serving_base_rate": serving_base_rate}
+        return Evaluation(model=adapter or BASE, split=split, metrics=metrics,
+                          by_month=per_month(articles, p, applied), p_signal=p, labels=labels)
 
 
 def tfidf_baseline(train: Sequence[Article], test: Sequence[Article], split: str,

@@ -100,8 +100,9 @@ class ExperimentConfig(BaseModel):
     """Later windows every model is evaluated on."""
     eval_per_split: int | None = Field(default=200, ge=1)
     """Seeded sample of each window (None: all of it)."""
-    threshold: float = Field(default=0.5, ge=0, le=1)
-    """P(signal) threshold of the confusion matrices."""
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    """P(signal) threshold for every model; None: each calibrated adapter's own
+    (chosen on its validation window), 0.5 for the base, TF-IDF and uncalibrated ones."""
     methods: list[str] = ["lora", "loraplus", "dpo", "rlhf"]
     """Which methods to train (lora is needed by dpo, rlhf and the update)."""
     local: bool = True
@@ -211,16 +212,18 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     for split in config.eval_splits:
         articles = sample_articles(load_split(config.dataset, split), config.eval_per_split,
                                    config.seed)
+        baseline_threshold = 0.5 if config.threshold is None else config.threshold
         results = {"tfidf-logreg": tfidf_baseline(train_articles, articles, split,
-                                                  config.threshold)}
+                                                  baseline_threshold)}
         results["base"] = scorer.evaluate(articles, None, split, config.threshold)
         for label, version in adapters.items():
             if label == "lora-updated" and split <= config.update_split:
                 continue  # it has seen this window
             results[label] = scorer.evaluate(articles, version.name, split, config.threshold)
         evaluations[split] = {k: v.metrics for k, v in results.items()}
+        cut = "per model" if config.threshold is None else config.threshold
         plot_confusion_matrices(evaluations[split], f"{config.dataset.name} {split}: "
-                                f"{len(articles)} articles, threshold {config.threshold}",
+                                f"{len(articles)} articles, threshold {cut}",
                                 out / f"confusion-{split}.png")
 
     # --- LoRA vs LoRA+ -----------------------------------------------------------
@@ -247,6 +250,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         "adapters": {k: {"name": v.name, "method": v.manifest["method"],
                          "wall_time_s": v.manifest["wall_time_s"],
                          "window": v.manifest["dataset"]["window"],
+                         "calibration": v.manifest.get("calibration"),
                          "metrics": {mk: mv for mk, mv in v.manifest["metrics"].items()
                                      if not mk.endswith("curve")}}
                      for k, v in adapters.items()},
@@ -270,15 +274,19 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{config['max_prompt_tokens']}-token prompts)", ""]
     for split, models in report["evaluations"].items():
         n = next(iter(models.values()))["n"]
-        lines += [f"## {split}: {n} articles, threshold {config['threshold']}", "",
-                  "| model | TP | FP | FN | TN | accuracy | precision | recall | F1 | ROC-AUC | ECE |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        cut = "per model" if config["threshold"] is None else config["threshold"]
+        lines += [f"## {split}: {n} articles, threshold {cut}",
+                  "", "| model | threshold | TP | FP | FN | TN | accuracy | precision | recall "
+                  "| F1 | best F1 | ROC-AUC | ECE |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for model in MODELS_IN_ORDER:
             m = models.get(model)
             if m:
-                lines.append(f"| {model} | {m['tp']} | {m['fp']} | {m['fn']} | {m['tn']} | "
+                lines.append(f"| {model} | {m['threshold']:.3f} | {m['tp']} | {m['fp']} | "
+                             f"{m['fn']} | {m['tn']} | "
                              f"{m['accuracy']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                             f"{m['f1']:.3f} | {m['roc_auc'] if m['roc_auc'] is not None else '-'} | "
+                             f"{m['f1']:.3f} | {m.get('best_f1') or '-'} | "
+                             f"{m['roc_auc'] if m['roc_auc'] is not None else '-'} | "
                              f"{m['ece']:.3f} |")
         lines.append("")
     splits = list(report["evaluations"])

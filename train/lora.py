@@ -17,7 +17,8 @@ from typing import Any
 
 from pipeline.views import sft_token_rows
 from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
-                          loss_curve, peft_model, publish_adapter, trainer_arguments)
+                          loss_curve, peft_model, publish_adapter, show_loss_progress,
+                          trainer_arguments)
 from train.config import TrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
 
@@ -57,6 +58,7 @@ def train_lora(config: TrainConfig, context: RunContext | None = None,
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, optimizers=optimizers,
                          callbacks=context.callbacks)
+    show_loss_progress(trainer, f"{config.method} training")
     result = trainer.train(resume_from_checkpoint=context.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None

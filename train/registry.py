@@ -21,8 +21,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
+
+from train.calibration import CALIBRATION_KEY, Calibration
 
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
@@ -42,11 +47,29 @@ class InvalidAdapterName(ValueError):
     """A name that could escape the registry directory or is otherwise malformed."""
 
 
+class InvalidManifest(ValueError):
+    """A manifest field that is present but does not have the documented shape."""
+
+
 @dataclass(frozen=True)
 class AdapterVersion:
     name: str
     path: Path
     manifest: dict[str, Any]
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """The version's calibration and threshold; None for versions made without one
+        (older ones, or trained without a validation window): they serve uncalibrated."""
+        raw = self.manifest.get(CALIBRATION_KEY)
+        if raw is None:
+            return None
+        try:
+            return Calibration.model_validate(raw)
+        except ValidationError as error:
+            raise InvalidManifest(
+                f"adapter {self.name}: manifest field {CALIBRATION_KEY!r} is malformed: "
+                f"{error.errors()[0]['loc']}: {error.errors()[0]['msg']}") from None
 
 
 def validate_name(name: str) -> str:

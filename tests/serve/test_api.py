@@ -283,3 +283,73 @@ def test_watcher_loads_new_versions_and_follows_aliases(base_model_dir, registry
             time.sleep(0.2)
         metrics = httpx.get(f"{url}/metrics").text
         assert 'signals_adapter_loads_total{trigger="watcher"}' in metrics
+
+
+# --- calibration: one adapter, one behaviour ---------------------------------------
+
+
+def _uncalibrated_copy(registry_dir, source):
+    """The same adapter weights published as an older version would be: no calibration."""
+    import shutil
+
+    from train.registry import AdapterRegistry
+
+    registry = AdapterRegistry(registry_dir)
+    name = registry.new_name("lora", "old-manifest")
+    staging = registry.staging_dir(name)
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(source.path / file, staging)
+    manifest = {k: v for k, v in source.manifest.items() if k not in ("name", "calibration")}
+    return registry.publish(name, manifest)
+
+
+@pytest.fixture(scope="module")
+def april_articles(reuters_dataset):
+    from pipeline.dataset import load_split
+
+    april = load_split(reuters_dataset, "1987-04")
+    return [a for a in april if a.signal == 1][:4] + [a for a in april if a.signal == 0][:4]
+
+
+def test_served_calibrated_p_and_threshold_equal_evaluation(
+        api, trained_adapter, april_articles, base_model_dir, registry_dir):
+    from train.evaluate import InProcessScorer
+
+    calibration = trained_adapter.calibration
+    assert calibration is not None, "training fits a calibration on the validation window"
+    served = httpx.post(f"{api}/v1/classify", timeout=120, json={
+        "articles": [a.to_record() for a in april_articles],
+        "adapter": trained_adapter.name}).json()["results"]
+    evaluation = InProcessScorer(base_model_dir, registry_dir, 512).evaluate(
+        april_articles, trained_adapter.name, "1987-04")
+    assert evaluation.metrics["threshold"] == calibration.threshold
+    assert evaluation.metrics["calibrated"] is True
+    for result, p in zip(served, evaluation.p_signal):
+        assert result["calibrated"] is True
+        assert result["threshold"] == calibration.threshold
+        assert result["p_signal"] == pytest.approx(p, abs=1e-5)
+        assert result["p_signal"] == pytest.approx(calibration.apply(result["p_raw"]), abs=1e-9)
+        assert result["label"] == int(result["p_signal"] >= calibration.threshold)
+    # a request's threshold still wins over the adapter's own
+    overridden = httpx.post(f"{api}/v1/classify", timeout=120, json={
+        "articles": [a.to_record() for a in april_articles[:2]],
+        "adapter": trained_adapter.name, "threshold": 0.99}).json()["results"]
+    assert all(r["threshold"] == 0.99 and r["calibrated"] for r in overridden)
+
+
+def test_adapter_without_calibration_serves_uncalibrated_at_the_server_threshold(
+        api, trained_adapter, april_articles, registry_dir):
+    old = _uncalibrated_copy(registry_dir, trained_adapter)
+    assert old.calibration is None
+    body = {"articles": [a.to_record() for a in april_articles]}
+    raw = httpx.post(f"{api}/v1/classify", timeout=120,
+                     json={**body, "adapter": old.name}).json()["results"]
+    calibrated = httpx.post(f"{api}/v1/classify", timeout=120,
+                            json={**body, "adapter": trained_adapter.name}).json()["results"]
+    for r, c in zip(raw, calibrated):
+        assert r["calibrated"] is False and r["threshold"] == 0.5
+        assert r["p_signal"] == r["p_raw"]
+        # same weights: the calibrated version's raw P is the old version's answer
+        assert c["p_raw"] == pytest.approx(r["p_signal"], abs=1e-5)
+    base = httpx.post(f"{api}/v1/classify", json=body).json()["results"]
+    assert all(r["calibrated"] is False and r["threshold"] == 0.5 for r in base)

@@ -209,3 +209,28 @@ def test_supervisor_restarts_a_killed_vllm_and_adapters_come_back(
             assert await classify() == pytest.approx(before, abs=1e-5)
 
         asyncio.run(scenario())
+
+
+def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
+        vllm_api, trained_adapter, articles, base_model_dir, registry_dir):
+    """One adapter, one behaviour: vLLM's answer is what `signals eval` computes."""
+    from train.evaluate import InProcessScorer
+
+    calibration = trained_adapter.calibration
+    assert calibration is not None
+    response = httpx.post(f"{vllm_api}/v1/classify", timeout=300, json={
+        "articles": [a.to_record() for a in articles], "adapter": trained_adapter.name})
+    assert response.status_code == 200, response.text
+    served = response.json()["results"]
+    scorer = InProcessScorer(base_model_dir, registry_dir, 512)
+    evaluation = scorer.evaluate(articles, trained_adapter.name, "1987-04")
+    local = scorer.classify(articles, trained_adapter.name)
+    assert evaluation.metrics["threshold"] == calibration.threshold
+    for result, mine, p in zip(served, local, evaluation.p_signal):
+        assert result["calibrated"] is True and result["threshold"] == calibration.threshold
+        # the same calibration of the same raw P (vLLM bf16 vs transformers fp32: ~3e-3)
+        assert result["p_raw"] == pytest.approx(mine.p_raw, abs=1e-2)
+        assert result["p_signal"] == pytest.approx(calibration.apply(result["p_raw"]), abs=1e-9)
+        assert p == pytest.approx(calibration.apply(mine.p_raw), abs=1e-9)
+        if abs(p - calibration.threshold) > 0.05:  # far from the cut: the same decision
+            assert result["label"] == int(p >= calibration.threshold)

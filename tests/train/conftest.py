@@ -31,4 +31,5 @@ def tiny_overrides(tiny_model_dir, reuters_dataset, tmp_path) -> list[str]:
     """Config overrides for a few-second run on the tiny model."""
     return [f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
             f"registry={tmp_path / 'registry'}", "max_examples=8", "sampling=balanced",
-            "max_steps=2", "batch_size=4", "max_prompt_tokens=160", "bf16=false"]
+            "max_steps=2", "batch_size=4", "max_prompt_tokens=160", "bf16=false",
+            "validation_max_examples=16"]

@@ -20,7 +20,7 @@ def test_adapter_version_layout_and_manifest(trained_adapter, registry_dir, base
     assert manifest["method"] == "lora"
     assert manifest["base_model"] == str(base_model_dir.resolve())
     assert manifest["dataset"]["split"] == "train"
-    assert manifest["dataset"]["window"] == ["1987-02-26", "1987-03-31"]
+    assert manifest["dataset"]["window"] == ["1987-02-26", "1987-03-26"]
     assert manifest["dataset"]["examples"] == 16 and manifest["dataset"]["signals"] == 8
     assert manifest["hyperparameters"]["rank"] == 16
     assert manifest["metrics"]["steps"] == 4 and len(manifest["metrics"]["loss_curve"]) == 4

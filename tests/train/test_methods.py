@@ -28,7 +28,7 @@ def sft_adapter(tiny_model_dir, reuters_dataset, tmp_path_factory):
     config = load_config(None, [
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={registry}",
         "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
-        "max_prompt_tokens=160", "bf16=false"])
+        "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16"])
     return train_lora(config)
 
 
@@ -37,9 +37,37 @@ def test_lora_manifest(sft_adapter, tiny_model_dir):
     assert m["method"] == "lora" and m["metrics"]["steps"] == 2
     assert len(m["metrics"]["loss_curve"]) == 2 and m["tokens_seen"] > 0
     assert m["base_model"] == str(tiny_model_dir.resolve())
-    assert m["dataset"]["window"] == ["1987-02-26", "1987-03-31"]
+    assert m["dataset"]["window"] == ["1987-02-26", "1987-03-26"]
     assert m["hyperparameters"]["learning_rate"] == 1e-3 and m["wall_time_s"] > 0
     assert any(v.abs().sum() > 0 for k, v in _weights(sft_adapter).items() if "lora_B" in k)
+    # calibrated on the held-out last 5 days of March, after training
+    calibration = sft_adapter.calibration
+    window = calibration.fitted_on
+    assert (str(window.date_from), str(window.date_to)) == ("1987-03-27", "1987-03-31")
+    assert window.n == 16 and window.split == "train"
+    assert window.base_rate == pytest.approx(window.signals / 16)
+    assert 0.0 <= calibration.threshold <= 1.0 and calibration.method == "platt"
+
+
+def test_validation_window_is_never_trained_on(tiny_model_dir, reuters_dataset, tmp_path):
+    from datetime import date
+
+    from train.common import load_training_data
+    from train.validation import published_day
+
+    config = load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",
+        "validation_days=5"])
+    data = load_training_data(config)
+    assert data.window == ("1987-02-26", "1987-03-26")
+    assert max(published_day(a) for a in data.examples) == date(1987, 3, 26)
+    held_out = data.validation.articles
+    assert len(held_out) == 1047 and sum(a.signal for a in held_out) == 189
+    assert min(published_day(a) for a in held_out) >= date(1987, 3, 27)
+    assert not {a.id for a in held_out} & {a.id for a in data.examples}
+    assert len(data.examples) == 8269 - 1047
+    no_window = load_training_data(config.model_copy(update={"validation_days": None}))
+    assert no_window.validation is None and len(no_window.examples) == 8269
 
 
 def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_dataset, tmp_path):
@@ -51,7 +79,7 @@ def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_datas
 
     config = load_config(None, [
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
-        f"registry={tmp_path}", "method=loraplus", "learning_rate=1e-3", "bf16=false"])
+        f"registry={tmp_path}", "method=loraplus", "learning_rate=1e-3", "bf16=false", "validation_max_examples=16"])
     model = get_peft_model(load_base_model(config), lora_config(config))
     optimizer = loraplus_optimizer(model, config)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -65,7 +93,7 @@ def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_datas
     version = train_loraplus(load_config(None, [
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",
         "method=loraplus", "max_examples=8", "sampling=balanced", "max_steps=2",
-        "batch_size=4", "max_prompt_tokens=160", "bf16=false"]))
+        "batch_size=4", "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16"]))
     assert version.manifest["method"] == "loraplus"
     assert version.manifest["hyperparameters"]["loraplus_lr_ratio"] == 16
 
@@ -77,7 +105,7 @@ def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
         f"registry={sft_adapter.path.parent}", "method=dpo", f"init_adapter={sft_adapter.name}",
         "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
-        "max_prompt_tokens=160", "bf16=false", "learning_rate=1e-2"]))
+        "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16", "learning_rate=1e-2"]))
     m = version.manifest
     assert m["method"] == "dpo" and m["init_adapter"] == sft_adapter.name
     assert m["metrics"]["steps"] == 2 and len(m["metrics"]["reward_accuracy_curve"]) == 2
@@ -94,7 +122,7 @@ def test_rlhf_reward_model_then_rloo(sft_adapter, tiny_model_dir, reuters_datase
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
         f"registry={sft_adapter.path.parent}", "method=rlhf", f"init_adapter={sft_adapter.name}",
         "max_examples=8", "sampling=balanced", "max_steps=2", "reward_steps=2",
-        "num_generations=2", "batch_size=4", "max_prompt_tokens=160", "bf16=false",
+        "num_generations=2", "batch_size=4", "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16",
         "learning_rate=1e-2"]))
     m = version.manifest
     assert m["method"] == "rlhf" and m["algorithm"] == "rloo"
@@ -114,7 +142,7 @@ def test_qlora_trains_on_a_4bit_base(tiny_model_dir, reuters_dataset, tmp_path):
     config = load_config(None, [
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",
         "method=qlora", "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
-        "max_prompt_tokens=160", "bf16=false", "learning_rate=1e-2"])
+        "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16", "learning_rate=1e-2"])
     model = get_peft_model(load_base_model(config), lora_config(config))
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantised, "the base's linear layers should be 4-bit"
@@ -138,3 +166,12 @@ def test_adapters_load_in_the_in_process_backend(sft_adapter, tiny_model_dir, re
         p = scorer.p_signal(articles, version.name)
         assert all(0.0 < x < 1.0 for x in p)
         assert p != base, version.name
+
+
+def test_training_shows_one_progress_bar_with_the_loss(tiny_overrides, capfd):
+    from train.lora import train_lora
+
+    train_lora(load_config(None, tiny_overrides + ["validation_days=null"]))
+    err = capfd.readouterr().err
+    assert "lora training" in err and "loss=" in err and "2/2" in err
+    assert "{'loss'" not in err and "'loss':" not in err  # no raw trainer dicts

@@ -22,7 +22,8 @@ def method_adapters(base_model_dir, reuters_dataset, registry_dir, trained_adapt
 
     common = [f"base_model={base_model_dir}", f"dataset={reuters_dataset}",
               f"registry={registry_dir}", "max_examples=4", "sampling=balanced",
-              "batch_size=2", "max_prompt_tokens=160", "max_steps=1"]
+              "batch_size=2", "max_prompt_tokens=160", "max_steps=1",
+              "validation_max_examples=16"]
     runs = {
         "loraplus": [],
         "qlora": [],

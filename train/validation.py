@@ -1,0 +1,180 @@
+"""The validation window and fitting an adapter's calibration on a labelled window.
+
+The validation window is the last ``validation_days`` calendar days of the training
+split: carved off before the training slice is drawn, so it follows the training data
+in time and is never trained on. After training, the staged adapter's raw P(signal)
+on that window — computed by the serving backend (transformers + peft in process) from
+the same prompts the API renders — gives the :class:`~train.calibration.Calibration`
+that goes into the manifest.
+
+:func:`recalibrate` does the same for an existing registry version on a newer labelled
+window, without retraining, and publishes the result as a new version (same adapter
+weights, copied) whose manifest names the version it came from; the old one is never
+edited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.article import Article
+from pipeline.dataset import load_split, read_manifest
+from train.calibration import CALIBRATION_KEY, Calibration, CalibrationWindow, fit_calibration
+from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
+
+log = logging.getLogger(__name__)
+
+
+def published_day(article: Article) -> date:
+    published = article.date_published
+    if published is None:
+        raise ValueError(f"article {article.id!r} has no date_published; "
+                         "cannot place it in a window")
+    return published.date() if isinstance(published, datetime) else published
+
+
+@dataclass
+class WindowArticles:
+    """Labelled articles of one window of a dataset split, with where they came from."""
+
+    articles: list[Article]
+    dataset: str
+    dataset_path: Path
+    split: str
+    date_from: date
+    date_to: date
+
+    def describe(self) -> CalibrationWindow:
+        signals = sum(a.signal for a in self.articles)
+        return CalibrationWindow(
+            dataset=self.dataset, dataset_path=str(self.dataset_path), split=self.split,
+            date_from=self.date_from, date_to=self.date_to, n=len(self.articles),
+            signals=signals, base_rate=round(signals / len(self.articles), 6))
+
+
+def split_off_validation(articles: Sequence[Article], days: int
+                         ) -> tuple[list[Article], list[Article], date, date]:
+    """``(before, window, window_from, window_to)``: the last ``days`` calendar days of
+    ``articles`` (by publication day, ending on the last day present) and the rest."""
+    if not articles:
+        raise ValueError("no articles to carve a validation window from")
+    last = max(published_day(a) for a in articles)
+    first = last - timedelta(days=days - 1)
+    before = [a for a in articles if published_day(a) < first]
+    window = [a for a in articles if published_day(a) >= first]
+    if not before:
+        raise ValueError(f"validation_days={days} leaves nothing to train on: the split "
+                         f"spans only {first:%Y-%m-%d}..{last:%Y-%m-%d}")
+    return before, window, first, last
+
+
+def sample_window(articles: Sequence[Article], limit: int | None, seed: int) -> list[Article]:
+    """The labelled articles of a window, or a seeded random ``limit`` of them (a random
+    sample keeps the window's signal rate, which the calibration is fitted to)."""
+    labelled = [a for a in articles if a.signal is not None]
+    if limit is not None and limit < len(labelled):
+        labelled = random.Random(seed).sample(labelled, limit)
+    return labelled
+
+
+def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article],
+                 max_prompt_tokens: int, batch_size: int = 8) -> list[float]:
+    """Uncalibrated P(signal) of ``articles`` under an adapter directory, computed the
+    way the API's in-process backend computes it (same prompt, same two-token softmax)."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from pipeline.prompt import encode_prompt, label_token_ids
+    from serve.backends import InProcessBackend
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    backend = InProcessBackend(base_model, label_token_ids(tokenizer), batch_size=batch_size)
+    name = "calibrating"
+    asyncio.run(backend.load_adapter(name, Path(adapter_dir)))
+    out: list[float] = []
+    chunk = 32
+    with tqdm(total=len(articles), desc="scoring the validation window", unit="article") as bar:
+        for start in range(0, len(articles), chunk):
+            batch = articles[start:start + chunk]
+            ids = [encode_prompt(a, tokenizer, max_prompt_tokens).token_ids for a in batch]
+            out.extend(asyncio.run(backend.signal_probabilities(ids, [name] * len(ids))))
+            bar.update(len(batch))
+    return out
+
+
+def trained_prompt_cap(version: AdapterVersion, server_cap: int | None = None) -> int:
+    """The prompt cap an adapter is served with: its training cap, within the server's."""
+    trained = version.manifest.get("hyperparameters", {}).get("max_prompt_tokens")
+    caps = [c for c in (trained, server_cap) if c]
+    if not caps:
+        raise ValueError(f"adapter {version.name} records no max_prompt_tokens; pass one")
+    return min(caps)
+
+
+def calibrate_on_window(base_model: Path, adapter_dir: Path, window: WindowArticles,
+                        max_prompt_tokens: int,
+                        method: Literal["platt", "temperature"] = "platt") -> Calibration:
+    """Score the window with the adapter and fit its calibration and threshold there."""
+    if not window.articles:
+        raise ValueError(f"the window {window.date_from}..{window.date_to} of "
+                         f"{window.dataset}/{window.split} has no labelled articles")
+    p_raw = raw_p_signal(base_model, adapter_dir, window.articles, max_prompt_tokens)
+    calibration = fit_calibration([a.signal for a in window.articles], p_raw,
+                                  window.describe(), method)
+    log.info("calibration on %d articles (%s..%s, base rate %.3f): %s a=%.3f b=%.3f, "
+             "threshold %.3f, F1 %.3f -> %.3f, ECE %.3f -> %.3f", window.describe().n,
+             window.date_from, window.date_to, calibration.fitted_on.base_rate,
+             calibration.method, calibration.slope, calibration.intercept,
+             calibration.threshold, calibration.before.f1, calibration.after.f1,
+             calibration.before.ece, calibration.after.ece)
+    return calibration
+
+
+def load_window(dataset: Path, split: str, date_from: date | None = None,
+                date_to: date | None = None, limit: int | None = None,
+                seed: int = 0) -> WindowArticles:
+    """The labelled articles of ``split`` published in ``[date_from, date_to]``."""
+    dataset = Path(dataset)
+    manifest = read_manifest(dataset)
+    articles = [a for a in load_split(dataset, split)
+                if (date_from is None or published_day(a) >= date_from)
+                and (date_to is None or published_day(a) <= date_to)]
+    chosen = sample_window(articles, limit, seed)
+    if not chosen:
+        raise ValueError(f"no labelled articles in {dataset.name}/{split} between "
+                         f"{date_from or 'its start'} and {date_to or 'its end'}")
+    days = [published_day(a) for a in articles]
+    return WindowArticles(chosen, manifest.get("name", dataset.name), dataset.resolve(), split,
+                          date_from or min(days), date_to or max(days))
+
+
+def recalibrate(registry: AdapterRegistry, name_or_alias: str, window: WindowArticles,
+                base_model: Path | None = None,
+                method: Literal["platt", "temperature"] | None = None) -> AdapterVersion:
+    """Fit ``name_or_alias``'s calibration on ``window``; publish it as a new version."""
+    source = registry.resolve(name_or_alias)
+    base_model = Path(base_model or source.manifest["base_model"])
+    previous = source.calibration
+    method = method or (previous.method if previous else "platt")
+    calibration = calibrate_on_window(base_model, source.path, window,
+                                      trained_prompt_cap(source), method)
+    name = registry.new_name(source.manifest.get("method", "adapter"),
+                             f"recal-{window.dataset}-{window.split}")
+    staging = registry.staging_dir(name)
+    for file in ADAPTER_FILES:
+        shutil.copy2(source.path / file, staging / file)
+    manifest: dict[str, Any] = {k: v for k, v in source.manifest.items() if k != "name"}
+    manifest.update({
+        CALIBRATION_KEY: calibration.model_dump(mode="json"),
+        "recalibrated_from": source.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    return registry.publish(name, manifest)
