@@ -39,8 +39,8 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.article import Article
-from serve.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from serve.classifier import SignalClassifier
+from train.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
+from train.classifier import SignalClassifier
 from train.registry import AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Offline evaluation: the base model or an adapter on a dataset split.
 
-P(signal) comes from the product's own classifier (:class:`serve.classifier.SignalClassifier`
+P(signal) comes from the product's own classifier (:class:`train.classifier.SignalClassifier`
 on the in-process transformers + peft backend), so an evaluation measures exactly what
 serving would answer. Reported, with the threshold explicit: the confusion matrix,
 accuracy, precision, recall, F1, ROC-AUC and the expected calibration error; and a
@@ -115,8 +115,8 @@ class InProcessScorer:
         from transformers import AutoTokenizer
 
         from pipeline.prompt import label_token_ids
-        from serve.backends import InProcessBackend
-        from serve.classifier import SignalClassifier
+        from train.backends import InProcessBackend
+        from train.classifier import SignalClassifier
         from train.registry import AdapterRegistry
 
         tokenizer = AutoTokenizer.from_pretrained(base_model)

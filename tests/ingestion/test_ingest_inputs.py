@@ -18,10 +18,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from serve.ingest import create_ingest_app
-from serve.ingest_config import FeedSourceConfig, ImapSourceConfig, IngestConfig
+from ingestion.service import create_ingest_app
+from ingestion.config import FeedSourceConfig, ImapSourceConfig, IngestConfig
 from tests.conftest import free_port, serve_app
-from tests.serve.test_ingest_support import sample, scrape, wait_for
+from tests.ingestion.test_ingest_support import sample, scrape, wait_for
 
 RSS = b"""<?xml version="1.0" encoding="utf-8"?>
 <rss version="2.0"><channel><title>Good</title><link>http://example.com/</link>

@@ -21,7 +21,7 @@ Routes owned by :func:`create_ingest_app`:
 * ``GET  /health``, ``GET /metrics``
 
 Failures answer with the classification API's one error shape
-(``serve.app.error_response``). The store (``serve/store.py``) makes classification
+(``serve.app.error_response``). The store (``ingestion/store.py``) makes classification
 exactly-once across crashes; a classification API outage leaves items pending and the
 loop retries with exponential back-off.
 """
@@ -58,10 +58,10 @@ from pipeline.labels import LabelVote
 from pipeline.sources import FeedError, ReadResult, read_csv, read_eml, read_feed, read_jsonl
 from pipeline.sources import read_mbox
 from serve.app import error_response
-from serve.drift import DriftMonitor
-from serve.ingest_config import FeedSourceConfig, ImapSourceConfig, IngestConfig
-from serve.online_metrics import OnlineQualityCollector, online_quality, window_name
-from serve.store import NewPrediction, Role, Store, StoredItem
+from ingestion.drift import DriftMonitor
+from ingestion.config import FeedSourceConfig, ImapSourceConfig, IngestConfig
+from ingestion.online_metrics import OnlineQualityCollector, online_quality, window_name
+from ingestion.store import NewPrediction, Role, Store, StoredItem
 
 log = logging.getLogger(__name__)
 

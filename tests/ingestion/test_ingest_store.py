@@ -21,10 +21,10 @@ from pipeline.article import Article
 from pipeline.dataset import load_split
 from pipeline.dedupe import content_hash
 from pipeline.labels import LabelVote
-from serve.ingest import IngestionService
-from serve.ingest_cli import main as ingest_main
-from serve.ingest_config import DriftConfig, IngestConfig, load_ingest_config
-from serve.store import NewPrediction, Store
+from ingestion.service import IngestionService
+from ingestion.cli import main as ingest_main
+from ingestion.config import DriftConfig, IngestConfig, load_ingest_config
+from ingestion.store import NewPrediction, Store
 from tests.conftest import free_port
 
 

@@ -54,7 +54,7 @@ class ImapSourceConfig(ImapConfig):
 
 
 class DriftConfig(BaseModel):
-    """When online quality counts as drifting, and what happens then (``serve/drift.py``)."""
+    """When online quality counts as drifting, and what happens then (``ingestion/drift.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 

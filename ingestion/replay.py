@@ -32,7 +32,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from pipeline.article import Article
-from serve.store import published_datetime, utcnow
+from ingestion.store import published_datetime, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.app import create_app
-from serve.backends import InProcessBackend
-from serve.classifier import build_classifier
+from train.backends import InProcessBackend
+from train.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
 
