@@ -45,7 +45,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ingestion.service import run_ingest_server
+    from ingestion.api import run_ingest_server
 
     return run_ingest_server(_config(args))
 
@@ -90,7 +90,8 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
     """Bulk feedback straight into the store (the service need not run)."""
     from pydantic import ValidationError
 
-    from ingestion.service import FeedbackEntry, IngestionService
+    from ingestion.feedback import FeedbackEntry
+    from ingestion.service import IngestionService
 
     config = _config(args)
     service = IngestionService(config)
@@ -109,7 +110,7 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
                 log.warning("%s entry %d: invalid (%s); skipped", args.file, number,
                             error.errors()[0]["msg"])
             else:
-                outcome = service.record_feedback(entry)["outcome"]
+                outcome = service.feedback.record(entry)["outcome"]
         counts[outcome] = counts.get(outcome, 0) + 1
     print(json.dumps(counts, sort_keys=True))
     return 0

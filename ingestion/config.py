@@ -11,25 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.build import FeedSource
+from pipeline.dedupe import DEFAULT_NUM_PERM
 from pipeline.imap import ImapConfig
 from pipeline.settings import Paths
 
 _paths = Paths()
 
 
-class FeedSourceConfig(BaseModel):
-    """An RSS/Atom feed polled over HTTP."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    """Source name stored with every item (and the ``source`` label of metrics)."""
-
-    url: str = Field(min_length=1)
-    """Feed URL (http or https)."""
+class FeedSourceConfig(FeedSource):
+    """An RSS/Atom feed polled over HTTP: the pipeline's own feed settings
+    (``pipeline.build.FeedSource``: ``name``, ``url``, ``timeout_s``) and a schedule.
+    Without its own ``timeout_s`` a feed gets the service's ``feed_timeout_s``."""
 
     interval_s: float = Field(default=300.0, gt=0)
     """Seconds between polls."""
@@ -155,13 +151,14 @@ class IngestConfig(BaseSettings):
     """Seconds between scans of ``drop_dir``."""
 
     feed_timeout_s: float = Field(default=10.0, gt=0)
-    """Time allowed to one feed fetch before it counts as a timeout."""
+    """Time allowed to one feed fetch before it counts as a timeout, for every feed that
+    does not set its own ``timeout_s``."""
 
     dedupe_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
     """Estimated Jaccard similarity of word 5-shingles at or above which an item is a
     near copy of one already stored (see ``pipeline/dedupe.py``)."""
 
-    dedupe_num_perm: int = Field(default=128, ge=16, le=1024)
+    dedupe_num_perm: int = Field(default=DEFAULT_NUM_PERM, ge=16, le=1024)
     """MinHash signature length; stored per item so the index survives restarts."""
 
     metric_windows_days: list[float] = [1.0, 7.0, 30.0]
@@ -186,6 +183,13 @@ class IngestConfig(BaseSettings):
         if not value or any(w <= 0 for w in value):
             raise ValueError("metric_windows_days needs at least one window, all > 0 days")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _feed_timeouts(self) -> IngestConfig:
+        for feed in self.feeds:
+            if "timeout_s" not in feed.model_fields_set:
+                feed.timeout_s = self.feed_timeout_s
+        return self
 
 
 def load_ingest_config(path: Path | None = None, **overrides: Any) -> IngestConfig:

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from pipeline.dataset import load_split
 from pipeline.dedupe import deduplicate
-from ingestion.service import create_ingest_app
+from ingestion.api import create_ingest_app
 from ingestion.config import DriftConfig, FeedSourceConfig, IngestConfig
 from ingestion.replay import Replay, create_replay_app
 from ingestion.store import Store, item_aliases, items, predictions

@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from ingestion.service import create_ingest_app
+from ingestion.api import create_ingest_app
 from ingestion.config import FeedSourceConfig, ImapSourceConfig, IngestConfig
 from tests.conftest import free_port, serve_app
 from tests.ingestion.test_ingest_support import sample, scrape, wait_for

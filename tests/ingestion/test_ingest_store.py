@@ -181,11 +181,11 @@ def test_label_source_runs_later_on_stored_items(db_url):
                          detail={"rule": "acquire"})
 
     cutoff = datetime(1987, 6, 1, tzinfo=timezone.utc)
-    assert service.apply_label_source("keyword", takeover_rule, cutoff) == {
+    assert service.feedback.apply_label_source("keyword", takeover_rule, cutoff) == {
         "voted": 3, "abstained": 0}
-    assert service.apply_label_source("keyword", takeover_rule, cutoff) == {
+    assert service.feedback.apply_label_source("keyword", takeover_rule, cutoff) == {
         "voted": 0, "abstained": 0}  # each item is judged once by a source
-    assert service.apply_label_source("keyword", takeover_rule, None) == {
+    assert service.feedback.apply_label_source("keyword", takeover_rule, None) == {
         "voted": 0, "abstained": 2}
     labels = {i: store.get_item(i)["label"] for i in ids}
     assert labels == {ids[0]: 0, ids[1]: 1, ids[2]: 1, ids[3]: None, ids[4]: None}

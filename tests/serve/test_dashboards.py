@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingestion.service import create_ingest_app
+from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
 from tests.conftest import serve_app
 from tests.ingestion.test_ingest_support import classification_api, make_classifier, wait_for
