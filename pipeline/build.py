@@ -58,6 +58,7 @@ from pipeline import sources as readers
 from pipeline.article import Article
 from pipeline.dedupe import DedupeResult, content_hash, deduplicate
 from pipeline.settings import Paths
+from pipeline.stage import STAGES, StageOutput, StageRunner
 
 log = logging.getLogger(__name__)
 
@@ -511,19 +512,6 @@ def carry_labels_from_duplicates(result: DedupeResult) -> tuple[list[Article], d
 # --------------------------------------------------------------------------- stages
 
 
-@dataclass
-class StageOutput:
-    """What a stage hands on: the articles (possibly fewer) and its counts."""
-
-    articles: list[Article]
-    counts: dict[str, Any]
-    description: str = ""
-    """Human-readable account of the rule applied (the label stage's combination rule)."""
-
-
-StageRunner = Callable[[list[Article], dict[str, Any]], StageOutput]
-
-
 def _relevance_stage(articles: list[Article], settings: dict[str, Any]) -> StageOutput:
     """Keep the articles that resemble the reference articles (:mod:`pipeline.relevance`).
 
@@ -664,10 +652,6 @@ def run_cached_stage(name: str, runner: StageRunner, articles: list[Article],
         encoding="utf-8")
     staging.replace(path)  # atomic: a crashed run never leaves half a cache entry
     return output, False
-
-
-STAGES = ("relevance", "topics", "trends", "teacher", "labels")
-"""Optional stages, in the order they run."""
 
 
 def run_stages(config: PipelineConfig, articles: list[Article]) -> tuple[list[Article], dict]:

@@ -76,6 +76,7 @@ from tqdm import tqdm
 
 from pipeline.article import Article, TopicGrowth
 from pipeline.settings import Paths
+from pipeline.stage import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -625,8 +626,6 @@ def add_growth_with_ray(articles: Sequence[Article], config: TrendConfig, *, sha
 
 def run_stage(articles: list[Article], settings: dict):
     """The trends stage of :mod:`pipeline.build` (``trends:`` section = a TrendConfig)."""
-    from pipeline.build import StageOutput
-
     config = TrendConfig.model_validate(settings)
     if config.ray_shards:
         import ray
