@@ -7,12 +7,13 @@ file given to ``signals ingest run --config``, the defaults below.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 from pipeline.build import FeedSource
 from pipeline.dedupe import DEFAULT_NUM_PERM
@@ -177,6 +178,17 @@ class IngestConfig(BaseSettings):
     drift: DriftConfig = DriftConfig()
     """Drift rules and retraining (off unless ``drift.ray_address`` is set)."""
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        """Highest first: arguments (flags), ``SIGNALS_INGEST_*`` variables, the YAML
+        file being loaded (:func:`load_ingest_config`), the defaults."""
+        sources = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
     @field_validator("metric_windows_days")
     @classmethod
     def _windows_positive(cls, value: list[float]) -> list[float]:
@@ -192,15 +204,23 @@ class IngestConfig(BaseSettings):
         return self
 
 
+_config_file: ContextVar[Path | None] = ContextVar("ingest_config_file", default=None)
+"""The YAML file :func:`load_ingest_config` is reading (a settings source of its own)."""
+
+
 def load_ingest_config(path: Path | None = None, **overrides: Any) -> IngestConfig:
-    """The config from ``path`` (YAML), then environment variables, then ``overrides``."""
-    file_values: dict[str, Any] = {}
+    """The config from ``path`` (YAML), then environment variables, then ``overrides``
+    (command-line flags; None means not given). Precedence is pydantic-settings' own
+    source order, see :meth:`IngestConfig.settings_customise_sources`."""
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ingestion config {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        file_values = loaded
-    from_env = IngestConfig()  # defaults + environment; fields_set = those the env gave
-    env_values = {name: getattr(from_env, name) for name in from_env.model_fields_set}
-    return IngestConfig(**{**file_values, **env_values,
-                           **{k: v for k, v in overrides.items() if v is not None}})
+    token = _config_file.set(path)
+    try:
+        return IngestConfig(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)
