@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import model_validator
 
 from pipeline import dataset as dataset_files
 from pipeline import sources as readers
@@ -217,11 +218,56 @@ class PipelineConfig(_Strict):
     strict: bool = Field(default=False, description="Fail the build when a source cannot "
                          "be read, instead of skipping it with a log line.")
 
+    @model_validator(mode="after")
+    def _stage_settings_are_valid(self) -> PipelineConfig:
+        # Checked now, not when the stage is reached after minutes of reading sources.
+        for name in STAGES:
+            settings = getattr(self, name)
+            if settings is not None:
+                check_stage_settings(name, settings)
+        for source in self.sources:
+            if isinstance(source, ImapSource):
+                from pipeline.imap import ImapConfig
+
+                ImapConfig.model_validate({**source.imap, "source": source.name})
+        return self
+
     def output_dir(self) -> Path:
         return (self.datasets_dir or Paths().datasets_dir) / self.name
 
     def stage_work_dir(self) -> Path:
         return self.work_dir or Paths().data_dir / "work" / "pipeline"
+
+
+STAGE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
+    "relevance": ("RelevanceConfig", frozenset({"references"})),
+    "topics": ("TopicConfig", frozenset({"keep_existing"})),
+    "trends": ("TrendConfig", frozenset()),
+    "teacher": ("TeacherConfig", frozenset()),
+    "labels": ("LabelConfig", frozenset()),
+}
+"""Per stage: its settings model in ``pipeline.<stage>``, and the keys the build's
+adapter reads itself (not fields of that model)."""
+
+
+def check_stage_settings(name: str, settings: dict[str, Any]) -> None:
+    """Validate a stage's section with the stage's own settings model; a stage whose
+    module cannot be imported is skipped later with a log line, as when it runs."""
+    if name == "relevance" and "references" not in settings:
+        raise ValueError("relevance: the stage needs `references`, a JSONL file of records "
+                         "of articles worth screening")
+    model_name, adapter_keys = STAGE_SETTINGS[name]
+    try:
+        module = importlib.import_module(f"pipeline.{name}")
+    except ImportError:
+        return
+    model = getattr(module, model_name)
+    try:
+        model.model_validate({k: v for k, v in settings.items() if k not in adapter_keys})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}"
+                             for e in error.errors())
+        raise ValueError(f"{name}: {problems}") from None
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
