@@ -29,7 +29,8 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
@@ -265,13 +266,16 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         except AdapterLoadError as error:
             raise ApiError(502, "adapter_load_failed", str(error)) from error
 
-    def require_admin(request: Request) -> None:
+    bearer = HTTPBearer(auto_error=False, scheme_name="admin token",
+                        description="SIGNALS_SERVE_ADMIN_TOKEN of the server")
+
+    def require_admin(
+            credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
         if admin_token is None:
             raise ApiError(403, "admin_disabled", "admin routes are disabled: start the "
                            "server with an admin token (SIGNALS_SERVE_ADMIN_TOKEN)")
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token, admin_token):
+        if credentials is None or not secrets.compare_digest(
+                credentials.credentials.encode(), admin_token.encode()):
             raise ApiError(401, "unauthorized",
                            "admin routes need 'Authorization: Bearer <admin token>'")
 
@@ -303,25 +307,22 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
             "loaded": list(classifier.loaded),
         }
 
-    @app.post("/v1/adapters/{name}/load")
-    async def load_adapter(name: str, request: Request) -> dict:
+    @app.post("/v1/adapters/{name}/load", dependencies=[Depends(require_admin)])
+    async def load_adapter(name: str) -> dict:
         """Hot-load a registry adapter (name or alias) into the backend; no restart."""
-        require_admin(request)
         await call_backend(load(name, "admin"))
         return {"name": classifier.resolve(name).name, "loaded": True}
 
-    @app.post("/v1/adapters/{name}/unload")
-    async def unload_adapter(name: str, request: Request) -> dict:
+    @app.post("/v1/adapters/{name}/unload", dependencies=[Depends(require_admin)])
+    async def unload_adapter(name: str) -> dict:
         """Unload an adapter from the backend (it stays in the registry)."""
-        require_admin(request)
         version_name = await call_backend(classifier.unload(name))
         metrics.adapters_loaded.set(len(classifier.loaded))
         return {"name": version_name, "loaded": False}
 
-    @app.post("/v1/aliases/{alias}")
-    async def set_alias(alias: str, body: AliasRequest, request: Request) -> dict:
+    @app.post("/v1/aliases/{alias}", dependencies=[Depends(require_admin)])
+    async def set_alias(alias: str, body: AliasRequest) -> dict:
         """Point ``alias`` (e.g. production) at a version and load it: a promotion."""
-        require_admin(request)
         await call_backend(load(body.adapter, "alias"))
         try:
             registry.set_alias(alias, classifier.resolve(body.adapter).name)
