@@ -118,7 +118,8 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ingestion.config import load_ingest_config
-    from ingestion.store import Store, export_dataset
+    from ingestion.export import export_dataset
+    from ingestion.store import Store
 
     config = load_ingest_config(args.config, database_url=args.database_url)
     store = Store(config.database_url, config.label_priority)

@@ -34,7 +34,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ingestion.config import DriftConfig
 from ingestion.online_metrics import quality_from_confusion
-from ingestion.store import Store, export_dataset, utcnow
+from ingestion.export import export_dataset
+from ingestion.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
