@@ -15,8 +15,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipeline.settings import Paths  # noqa: E402
-from serve.local_http import free_port, serve_app  # noqa: E402
-from train.variants import publish_variant  # noqa: E402
+# free_port, serve_app and publish_variant are imported by tests from here.
+from serve.local_http import free_port, serve_app  # noqa: E402,F401
+from train.variants import publish_variant  # noqa: E402,F401
 
 
 @contextmanager

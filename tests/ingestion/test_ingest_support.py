@@ -5,14 +5,12 @@ benchmark), scraping /metrics, waiting for conditions."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.classification_api import ClassifyRequestCounter, classification_api  # noqa: F401
-from bench.classification_api import make_classifier  # noqa: F401
+# Re-exported for the tests: one harness shared with bench/bench_ingest.py.
+from bench.classification_api import classification_api, make_classifier  # noqa: F401
 from serve.local_http import serve_app
 
 
