@@ -55,18 +55,21 @@ class Pollers:
             self.metrics.polls.labels(feed.name, "error").inc()
             log.warning("feed %s: %s", feed.name, error)
             return 0
-        self._count_read_problems(feed.name, result)
         if not result.feed_format:
+            self._count_read_problems(feed.name, result)
             self.metrics.source_errors.labels(feed.name, "not_a_feed").inc()
             self.metrics.polls.labels(feed.name, "error").inc()
             log.warning("feed %s (%s): the answer is not an RSS or Atom feed; nothing read",
                         feed.name, feed.url)
             return 0
+        answers = await self.accept(result.articles, feed.name)
+        # Problems are counted once what could be read is stored: a scrape that sees
+        # the error also sees the items the same poll recovered.
+        self._count_read_problems(feed.name, result)
         if result.malformed:
             self.metrics.source_errors.labels(feed.name, "malformed").inc()
             log.warning("feed %s: malformed XML; kept the %d entries a tolerant parse "
                         "recovered", feed.name, len(result.articles))
-        answers = await self.accept(result.articles, feed.name)
         self.metrics.polls.labels(feed.name, "ok").inc()
         self.metrics.last_poll.labels(feed.name).set(time.time())
         return sum(a.status == "accepted" for a in answers)
