@@ -35,12 +35,12 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from pipeline.dataset import load_split  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
-from serve.ingest import create_ingest_app  # noqa: E402
-from serve.ingest_config import FeedSourceConfig, IngestConfig  # noqa: E402
-from serve.replay import Replay, create_replay_app  # noqa: E402
-from serve.store import Store  # noqa: E402
-from tests.conftest import serve_app  # noqa: E402
-from tests.serve.test_ingest_support import classification_api, make_classifier  # noqa: E402
+from ingestion.api import create_ingest_app  # noqa: E402
+from ingestion.config import FeedSourceConfig, IngestConfig  # noqa: E402
+from ingestion.replay import Replay, create_replay_app  # noqa: E402
+from ingestion.store import Store  # noqa: E402
+from serve.local_http import serve_app  # noqa: E402
+from bench.classification_api import classification_api, make_classifier  # noqa: E402
 
 
 def metric_sum(url: str, name: str) -> float:

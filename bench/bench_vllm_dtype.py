@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline.dataset import load_split
 from pipeline.prompt import encode_prompt, label_token_ids
 from pipeline.settings import Paths
-from serve.backends import InProcessBackend, VLLMBackend
+from train.backends import InProcessBackend, VLLMBackend
 from serve.vllm_server import VLLMServer
 from train.registry import AdapterRegistry
 

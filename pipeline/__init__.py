@@ -1,0 +1,11 @@
+"""Everything offline about data: sources -> normalise -> dedupe -> stages -> datasets.
+
+Owns the contract every other package imports: the article record (``article.py``),
+the prompt and label tokens (``prompt.py``: the only place an article becomes a
+prompt), the readers of feeds, e-mail and files (``sources.py``, ``imap.py``), the
+one near-duplicate test (``dedupe.py``), the stage interface (``stage.py``), the
+dataset build (``build.py``) and dataset directories (``dataset.py``).
+
+May import: only ``pipeline`` itself (and third-party libraries). It is the lowest
+layer: ``train``, ``serve`` and ``ingestion`` import it, never the other way.
+"""

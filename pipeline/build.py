@@ -51,13 +51,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import model_validator
 
 from pipeline import dataset as dataset_files
 from pipeline import sources as readers
 from pipeline.article import Article
 from pipeline.dedupe import DedupeResult, content_hash, deduplicate
 from pipeline.settings import Paths
+from pipeline.stage import STAGES, StageOutput, StageRunner
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +218,56 @@ class PipelineConfig(_Strict):
     strict: bool = Field(default=False, description="Fail the build when a source cannot "
                          "be read, instead of skipping it with a log line.")
 
+    @model_validator(mode="after")
+    def _stage_settings_are_valid(self) -> PipelineConfig:
+        # Checked now, not when the stage is reached after minutes of reading sources.
+        for name in STAGES:
+            settings = getattr(self, name)
+            if settings is not None:
+                check_stage_settings(name, settings)
+        for source in self.sources:
+            if isinstance(source, ImapSource):
+                from pipeline.imap import ImapConfig
+
+                ImapConfig.model_validate({**source.imap, "source": source.name})
+        return self
+
     def output_dir(self) -> Path:
         return (self.datasets_dir or Paths().datasets_dir) / self.name
 
     def stage_work_dir(self) -> Path:
         return self.work_dir or Paths().data_dir / "work" / "pipeline"
+
+
+STAGE_SETTINGS: dict[str, tuple[str, frozenset[str]]] = {
+    "relevance": ("RelevanceConfig", frozenset({"references"})),
+    "topics": ("TopicConfig", frozenset({"keep_existing"})),
+    "trends": ("TrendConfig", frozenset()),
+    "teacher": ("TeacherConfig", frozenset()),
+    "labels": ("LabelConfig", frozenset()),
+}
+"""Per stage: its settings model in ``pipeline.<stage>``, and the keys the build's
+adapter reads itself (not fields of that model)."""
+
+
+def check_stage_settings(name: str, settings: dict[str, Any]) -> None:
+    """Validate a stage's section with the stage's own settings model; a stage whose
+    module cannot be imported is skipped later with a log line, as when it runs."""
+    if name == "relevance" and "references" not in settings:
+        raise ValueError("relevance: the stage needs `references`, a JSONL file of records "
+                         "of articles worth screening")
+    model_name, adapter_keys = STAGE_SETTINGS[name]
+    try:
+        module = importlib.import_module(f"pipeline.{name}")
+    except ImportError:
+        return
+    model = getattr(module, model_name)
+    try:
+        model.model_validate({k: v for k, v in settings.items() if k not in adapter_keys})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}"
+                             for e in error.errors())
+        raise ValueError(f"{name}: {problems}") from None
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -511,19 +558,6 @@ def carry_labels_from_duplicates(result: DedupeResult) -> tuple[list[Article], d
 # --------------------------------------------------------------------------- stages
 
 
-@dataclass
-class StageOutput:
-    """What a stage hands on: the articles (possibly fewer) and its counts."""
-
-    articles: list[Article]
-    counts: dict[str, Any]
-    description: str = ""
-    """Human-readable account of the rule applied (the label stage's combination rule)."""
-
-
-StageRunner = Callable[[list[Article], dict[str, Any]], StageOutput]
-
-
 def _relevance_stage(articles: list[Article], settings: dict[str, Any]) -> StageOutput:
     """Keep the articles that resemble the reference articles (:mod:`pipeline.relevance`).
 
@@ -664,10 +698,6 @@ def run_cached_stage(name: str, runner: StageRunner, articles: list[Article],
         encoding="utf-8")
     staging.replace(path)  # atomic: a crashed run never leaves half a cache entry
     return output, False
-
-
-STAGES = ("relevance", "topics", "trends", "teacher", "labels")
-"""Optional stages, in the order they run."""
 
 
 def run_stages(config: PipelineConfig, articles: list[Article]) -> tuple[list[Article], dict]:

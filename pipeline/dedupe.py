@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, time, timezone
 from typing import Literal
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from pipeline.article import Article
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 MINHASH_SEED = 20240603
 """Fixed seed of the MinHash permutations: the same article always gets the same
 signature, so runs are reproducible and signatures could be stored and compared later."""
+DEFAULT_NUM_PERM = 256
+"""MinHash permutations when a caller does not choose: standard error of the similarity
+estimate about 0.025 at J=0.8. The pipeline's dedupe stage and the ingestion service
+both default to it."""
 LSH_WEIGHTS = (0.05, 0.95)
 """``(false positive, false negative)`` weights for datasketch's choice of LSH bands. A
 missed candidate is a copy left in the data, a spurious one costs one signature
@@ -188,10 +193,77 @@ def _lsh_index(threshold: float, num_perm: int) -> MinHashLSH:
         return MinHashLSH(num_perm=num_perm, params=(bands, num_perm // bands))
 
 
+class NearDuplicateIndex:
+    """MinHash signatures of kept articles, queried by LSH and verified on the full
+    signature: the one near-copy test of the product (the pipeline's :func:`deduplicate`
+    and the ingestion service's index over everything it stored).
+
+    Keys are the caller's (input positions, store ids). Signatures are plain
+    ``numpy.uint64`` arrays (:meth:`signature_values`), so a store can keep them and
+    rebuild the index without re-hashing any text (:meth:`add_values`).
+    """
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = DEFAULT_NUM_PERM,
+                 shingle: int = 5):
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold is a Jaccard similarity in (0, 1], got {threshold}")
+        if shingle < 1:
+            raise ValueError(f"shingle must be >= 1 word, got {shingle}")
+        if num_perm < 2:
+            raise ValueError(f"num_perm must be >= 2 (LSH needs two bands), got {num_perm}")
+        self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
+        # Copies of one MinHash share its permutations instead of regenerating them
+        # (what MinHash.bulk does).
+        self._empty = MinHash(num_perm=num_perm, seed=MINHASH_SEED)
+        self.lsh = _lsh_index(threshold, num_perm)
+        self._signatures: dict[int, MinHash] = {}
+
+    def __len__(self) -> int:
+        return len(self._signatures)
+
+    def signature(self, article: Article) -> MinHash | None:
+        """The article's MinHash; None for an article without words (exact hash only)."""
+        shingle_set = shingles(article, self.shingle)
+        if not shingle_set:
+            return None
+        minhash = self._empty.copy()
+        minhash.update_batch(s.encode("utf-8") for s in shingle_set)
+        return minhash
+
+    def nearest(self, minhash: MinHash) -> tuple[int, float] | None:
+        """(key, similarity) of the indexed article ``minhash`` copies, the most similar
+        one at or above ``threshold``; ties go to the smallest key (the earliest kept)."""
+        best = None
+        # LSH candidates are approximate: verify each on the full signature.
+        for key in sorted(self.lsh.query(minhash)):
+            similarity = minhash.jaccard(self._signatures[key])
+            if similarity >= self.threshold and (best is None or similarity > best[1]):
+                best = (key, similarity)
+        return best
+
+    def add(self, key: int, minhash: MinHash) -> None:
+        self.lsh.insert(key, minhash)
+        self._signatures[key] = minhash
+
+    @staticmethod
+    def signature_values(minhash: MinHash) -> bytes:
+        """The signature as bytes, for storage beside the article."""
+        return minhash.hashvalues.astype(np.uint64).tobytes()
+
+    def add_values(self, key: int, raw: bytes) -> bool:
+        """Index a stored signature; False (skipped) when it has another length."""
+        values = np.frombuffer(raw, dtype=np.uint64)
+        if len(values) != self.num_perm:
+            return False
+        self.add(key, MinHash(num_perm=self.num_perm, seed=MINHASH_SEED,
+                              hashvalues=values.copy(), scheme=self._empty.scheme))
+        return True
+
+
 def deduplicate(
     articles: Sequence[Article],
     threshold: float = 0.8,
-    num_perm: int = 256,
+    num_perm: int = DEFAULT_NUM_PERM,
     shingle: int = 5,
 ) -> DedupeResult:
     """Drop exact and near-duplicate articles, keeping the earliest copy of each.
@@ -201,46 +273,28 @@ def deduplicate(
     signature length, at least 2 (more = more precise estimate, slower). An article with
     no words is only ever an exact duplicate.
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold is a Jaccard similarity in (0, 1], got {threshold}")
-    if shingle < 1:
-        raise ValueError(f"shingle must be >= 1 word, got {shingle}")
-    if num_perm < 2:
-        raise ValueError(f"num_perm must be >= 2 (LSH needs two bands), got {num_perm}")
-    # Copies of one MinHash share its permutations instead of regenerating them
-    # (what MinHash.bulk does); hashing each article lazily keeps only kept signatures.
-    empty_minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED)
-    lsh = _lsh_index(threshold, num_perm)
-
+    index = NearDuplicateIndex(threshold, num_perm, shingle)
     kept_by_hash: dict[str, int] = {}
-    kept_minhashes: dict[int, MinHash] = {}
     duplicate_at: dict[int, Duplicate] = {}
 
-    for index in keep_priority(articles):
-        article = articles[index]
+    for position in keep_priority(articles):
+        article = articles[position]
         digest = content_hash(article)
         if digest in kept_by_hash:
             original = kept_by_hash[digest]
-            duplicate_at[index] = Duplicate(
-                article, index, articles[original], original, "exact", 1.0)
+            duplicate_at[position] = Duplicate(
+                article, position, articles[original], original, "exact", 1.0)
             continue
-        shingle_set = shingles(article, shingle)
-        if shingle_set:
-            minhash = empty_minhash.copy()
-            minhash.update_batch(s.encode("utf-8") for s in shingle_set)
-            # LSH candidates are approximate: verify each on the full signature. Sorted,
-            # so a tie goes to the kept article that came first in the input.
-            candidates = sorted(lsh.query(minhash))
-            similarities = [minhash.jaccard(kept_minhashes[kept]) for kept in candidates]
-            if similarities and max(similarities) >= threshold:
-                best = similarities.index(max(similarities))
-                original = candidates[best]
-                duplicate_at[index] = Duplicate(
-                    article, index, articles[original], original, "near", similarities[best])
+        minhash = index.signature(article)
+        if minhash is not None:
+            near = index.nearest(minhash)
+            if near is not None:
+                original, similarity = near
+                duplicate_at[position] = Duplicate(
+                    article, position, articles[original], original, "near", similarity)
                 continue
-            lsh.insert(index, minhash)
-            kept_minhashes[index] = minhash
-        kept_by_hash[digest] = index
+            index.add(position, minhash)
+        kept_by_hash[digest] = position
 
     result = DedupeResult(
         kept=[a for i, a in enumerate(articles) if i not in duplicate_at],
@@ -248,5 +302,5 @@ def deduplicate(
     )
     log.info("dedupe: %d articles, %d kept, %d exact and %d near duplicates dropped "
              "(threshold %.2f, %d bands x %d rows)", len(articles), len(result.kept),
-             result.exact_count, result.near_count, threshold, lsh.b, lsh.r)
+             result.exact_count, result.near_count, threshold, index.lsh.b, index.lsh.r)
     return result

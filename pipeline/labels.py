@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.article import Article, TopicGrowth
+from pipeline.stage import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -452,8 +453,6 @@ def _vote(source: str, article: Article, config: LabelConfig,
 
 def run_stage(articles: list[Article], settings: dict[str, Any]):
     """The label stage of :mod:`pipeline.build` (``labels:`` section = a LabelConfig)."""
-    from pipeline.build import StageOutput
-
     config = LabelConfig.model_validate(settings)
     labelled, report = label_articles(articles, config)
     counts = {"articles": report.articles, "signals": report.signals,

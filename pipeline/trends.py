@@ -72,10 +72,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pytrends import exceptions as pytrends_errors
 from pytrends import request as pytrends_request
 from pytrends.request import TrendReq
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tqdm import tqdm
 
 from pipeline.article import Article, TopicGrowth
 from pipeline.settings import Paths
+from pipeline.stage import StageOutput
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +335,14 @@ class _TrendReqAt(TrendReq):
         return super()._get_data(url, method=method, trim_chars=trim_chars, **kwargs)
 
 
+class _TransientTrendError(Exception):
+    """A failed request worth retrying (HTTP 429/5xx, connection error, timeout)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None):
+        super().__init__(reason)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
 class TrendClient:
     """Interest series and growth numbers for topics, cached, paced and retried.
 
@@ -379,38 +389,56 @@ class TrendClient:
         delay *= 1.0 - self.config.backoff_jitter * self._rng.random()
         return max(delay, retry_after_s or 0.0)
 
+    def _fetch_once(self, topic: str, timeframe: str, attempt: int, start: date,
+                    end: date) -> Series:
+        """One request; :class:`_TransientTrendError` when a retry may succeed."""
+        try:
+            session = self._session()
+            session.build_payload([topic], cat=self.config.category, timeframe=timeframe,
+                                  geo=self.config.geo)
+            frame = session.interest_over_time()
+            if frame.empty:
+                return []
+            return [(stamp.date(), int(value)) for stamp, value in frame[topic].items()]
+        except pytrends_errors.ResponseError as exc:
+            status = exc.response.status_code
+            if status not in RETRYABLE_STATUS:
+                raise TrendFetchError(topic, start, end, attempt, f"HTTP {status}") from exc
+            raise _TransientTrendError(f"HTTP {status}", _retry_after_s(exc.response)) from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _TransientTrendError(f"{type(exc).__name__}: {exc}") from exc
+        except (KeyError, ValueError, TypeError) as exc:
+            # A 200 whose body is not the format pytrends parses: retrying won't help.
+            raise TrendFetchError(topic, start, end, attempt,
+                                  f"unexpected response ({type(exc).__name__}: {exc})") from exc
+
     def _fetch(self, topic: str, start: date, end: date) -> Series:
+        """:meth:`_fetch_once`, retried by tenacity on HTTP 429/5xx and connection
+        errors with this client's back-off (:meth:`backoff_delay`, ``Retry-After``)."""
         timeframe = f"{start.isoformat()} {end.isoformat()}"
-        for attempt in range(self.config.max_retries + 1):
-            retry_after = None
-            try:
-                session = self._session()
-                session.build_payload([topic], cat=self.config.category, timeframe=timeframe,
-                                      geo=self.config.geo)
-                frame = session.interest_over_time()
-                if frame.empty:
-                    return []
-                return [(stamp.date(), int(value)) for stamp, value in frame[topic].items()]
-            except pytrends_errors.ResponseError as exc:
-                status = exc.response.status_code
-                if status not in RETRYABLE_STATUS:
-                    raise TrendFetchError(topic, start, end, attempt + 1, f"HTTP {status}") from exc
-                reason = f"HTTP {status}"
-                retry_after = _retry_after_s(exc.response)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            except (KeyError, ValueError, TypeError) as exc:
-                # A 200 whose body is not the format pytrends parses: retrying won't help.
-                raise TrendFetchError(topic, start, end, attempt + 1,
-                                      f"unexpected response ({type(exc).__name__}: {exc})") from exc
-            if attempt == self.config.max_retries:
-                raise TrendFetchError(topic, start, end, attempt + 1, reason)
-            delay = self.backoff_delay(attempt, retry_after)
-            log.warning("trends %r %s: %s; retry %d/%d in %.1f s", topic, timeframe, reason,
-                        attempt + 1, self.config.max_retries, delay)
+
+        def delay(state: RetryCallState) -> float:
+            return self.backoff_delay(state.attempt_number - 1,
+                                      state.outcome.exception().retry_after_s)
+
+        def before_sleep(state: RetryCallState) -> None:
+            log.warning("trends %r %s: %s; retry %d/%d in %.1f s", topic, timeframe,
+                        state.outcome.exception().reason, state.attempt_number,
+                        self.config.max_retries, state.next_action.sleep)
             self.stats.retries += 1
-            self._on_backoff(delay)
-            self._sleep(delay)
+            self._on_backoff(state.next_action.sleep)
+
+        retrying = Retrying(retry=retry_if_exception_type(_TransientTrendError),
+                            stop=stop_after_attempt(self.config.max_retries + 1), wait=delay,
+                            sleep=self._sleep, before_sleep=before_sleep, reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._fetch_once(topic, timeframe, attempt.retry_state.attempt_number,
+                                            start, end)
+        except _TransientTrendError as exc:
+            raise TrendFetchError(topic, start, end, self.config.max_retries + 1,
+                                  exc.reason) from exc
         raise AssertionError("the last attempt returns or raises")
 
     def interest(self, topic: str, start: date, end: date) -> Series:
@@ -625,8 +653,6 @@ def add_growth_with_ray(articles: Sequence[Article], config: TrendConfig, *, sha
 
 def run_stage(articles: list[Article], settings: dict):
     """The trends stage of :mod:`pipeline.build` (``trends:`` section = a TrendConfig)."""
-    from pipeline.build import StageOutput
-
     config = TrendConfig.model_validate(settings)
     if config.ray_shards:
         import ray

@@ -16,7 +16,7 @@ Admin routes need ``Authorization: Bearer <admin token>``; without a configured 
 they are disabled (403). A background watcher loads new registry versions and
 follows alias changes within ``watch_interval_s``.
 
-Every failure answers with one shape, built by :func:`error_response`::
+Every failure answers with one shape (``serve/errors.py``)::
 
     {"error": {"type": "adapter_not_found", "message": "...", "details": [...]}}
 """
@@ -28,19 +28,18 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 from pydantic import BaseModel, Field, model_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.article import Article
-from serve.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from serve.classifier import SignalClassifier
+from serve.errors import ApiError, ErrorResponse, error_response, install_error_handlers
+from train.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
+from train.classifier import SignalClassifier
 from train.registry import AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)
@@ -120,30 +119,7 @@ class ClassifyResponse(BaseModel):
     results: list[ArticleResult]
 
 
-class ErrorBody(BaseModel):
-    type: str
-    message: str
-    details: list[Any] | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 # --- errors ------------------------------------------------------------------------
-
-def error_response(status: int, kind: str, message: str,
-                   details: list[Any] | None = None) -> JSONResponse:
-    """The one error shape of the API."""
-    body = ErrorResponse(error=ErrorBody(type=kind, message=message, details=details))
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
-
 
 class BodySizeLimit:
     """ASGI middleware: reject bodies over ``max_bytes`` with 413, before parsing them."""
@@ -280,39 +256,7 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
     app.state.classifier = classifier
     app.state.metrics = metrics
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        metrics.errors.labels(exc.kind).inc()
-        return error_response(exc.status, exc.kind, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            metrics.errors.labels("malformed_json").inc()
-            where = errors[0].get("loc", ("body", "?"))[-1]
-            reason = (errors[0].get("ctx") or {}).get("error", "invalid JSON")
-            return error_response(400, "malformed_json",
-                                  f"request body is not valid JSON: {reason} at position {where}")
-        metrics.errors.labels("invalid_request").inc()
-        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg"))}
-                   for e in errors]
-        summary = "; ".join(
-            f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details)
-        return error_response(422, "invalid_request", summary, details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        if isinstance(exc.__cause__, ApiError):  # raised while the body was read
-            return await _api_error(request, exc.__cause__)
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            metrics.errors.labels("bad_encoding").inc()
-            return error_response(400, "bad_encoding",
-                                  f"request body is not valid UTF-8: {exc.__cause__.reason} "
-                                  f"at byte {exc.__cause__.start}")
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        metrics.errors.labels(kind).inc()
-        return error_response(exc.status_code, kind, str(exc.detail))
+    install_error_handlers(app, lambda kind: metrics.errors.labels(kind).inc())
 
     async def call_backend(coro):
         try:
@@ -331,13 +275,16 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         except AdapterLoadError as error:
             raise ApiError(502, "adapter_load_failed", str(error)) from error
 
-    def require_admin(request: Request) -> None:
+    bearer = HTTPBearer(auto_error=False, scheme_name="admin token",
+                        description="SIGNALS_SERVE_ADMIN_TOKEN of the server")
+
+    def require_admin(
+            credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
         if admin_token is None:
             raise ApiError(403, "admin_disabled", "admin routes are disabled: start the "
                            "server with an admin token (SIGNALS_SERVE_ADMIN_TOKEN)")
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token, admin_token):
+        if credentials is None or not secrets.compare_digest(
+                credentials.credentials.encode(), admin_token.encode()):
             raise ApiError(401, "unauthorized",
                            "admin routes need 'Authorization: Bearer <admin token>'")
 
@@ -369,25 +316,22 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
             "loaded": list(classifier.loaded),
         }
 
-    @app.post("/v1/adapters/{name}/load")
-    async def load_adapter(name: str, request: Request) -> dict:
+    @app.post("/v1/adapters/{name}/load", dependencies=[Depends(require_admin)])
+    async def load_adapter(name: str) -> dict:
         """Hot-load a registry adapter (name or alias) into the backend; no restart."""
-        require_admin(request)
         await call_backend(load(name, "admin"))
         return {"name": classifier.resolve(name).name, "loaded": True}
 
-    @app.post("/v1/adapters/{name}/unload")
-    async def unload_adapter(name: str, request: Request) -> dict:
+    @app.post("/v1/adapters/{name}/unload", dependencies=[Depends(require_admin)])
+    async def unload_adapter(name: str) -> dict:
         """Unload an adapter from the backend (it stays in the registry)."""
-        require_admin(request)
         version_name = await call_backend(classifier.unload(name))
         metrics.adapters_loaded.set(len(classifier.loaded))
         return {"name": version_name, "loaded": False}
 
-    @app.post("/v1/aliases/{alias}")
-    async def set_alias(alias: str, body: AliasRequest, request: Request) -> dict:
+    @app.post("/v1/aliases/{alias}", dependencies=[Depends(require_admin)])
+    async def set_alias(alias: str, body: AliasRequest) -> dict:
         """Point ``alias`` (e.g. production) at a version and load it: a promotion."""
-        require_admin(request)
         await call_backend(load(body.adapter, "alias"))
         try:
             registry.set_alias(alias, classifier.resolve(body.adapter).name)

@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave the API and vLLM running after the report (Ctrl-C stops)")
     demo.set_defaults(func=cmd_demo)
 
-    from serve.ingest_cli import add_ingest_commands
+    from ingestion.cli import add_ingest_commands
 
     add_ingest_commands(commands)
     return parser

@@ -11,8 +11,8 @@ import uvicorn
 
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
-from serve.backends import Backend, InProcessBackend, VLLMBackend
-from serve.classifier import build_classifier
+from train.backends import Backend, InProcessBackend, VLLMBackend
+from train.classifier import build_classifier
 from serve.config import ServeConfig
 from serve.vllm_server import VLLMServer
 

@@ -4,9 +4,7 @@ a real vLLM server and real HTTP servers on loopback ports."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,34 +15,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipeline.settings import Paths  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serve_app(app, port: int | None = None):
-    """Run an ASGI app with uvicorn on a loopback port (a free one by default); yield its
-    base URL."""
-    import uvicorn
-
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+# free_port, serve_app and publish_variant are imported by tests from here.
+from serve.local_http import free_port, serve_app  # noqa: E402,F401
+from train.variants import publish_variant  # noqa: E402,F401
 
 
 @contextmanager
@@ -148,26 +121,3 @@ def vllm_server(base_model_dir, tmp_path_factory):
         raise
     yield server
     server.stop()
-
-
-def publish_variant(registry_dir: Path, source, tag: str, scale: float = 1.0):
-    """Publish a new registry version whose LoRA B matrices are ``scale`` x the source's.
-
-    A real, loadable adapter that answers differently (scale != 1), made in
-    milliseconds instead of another training run.
-    """
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from train.registry import AdapterRegistry
-
-    registry = AdapterRegistry(registry_dir)
-    name = registry.new_name("lora", tag)
-    staging = registry.staging_dir(name)
-    shutil.copy(source.path / "adapter_config.json", staging)
-    weights = load_file(source.path / "adapter_model.safetensors")
-    save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
-              staging / "adapter_model.safetensors")
-    manifest = {k: v for k, v in source.manifest.items() if k != "name"}
-    return registry.publish(name, {**manifest, "variant_of": source.name, "scale": scale})

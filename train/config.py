@@ -23,6 +23,7 @@ The methods and their papers:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -243,11 +244,15 @@ AnyTrainConfig = Annotated[
 _any_config = TypeAdapter(AnyTrainConfig)
 
 
-def _apply_override(data: dict[str, Any], assignment: str) -> None:
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {assignment!r} is not of the form field=value")
-    data[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set field=value`` assignments to ``data`` (values read as YAML: numbers,
+    booleans, lists); the one parser of ``--set`` for training and experiment configs."""
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {assignment!r} is not of the form field=value")
+        data[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return data
 
 
 def _explain(error: ValidationError) -> str:
@@ -272,9 +277,14 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainCon
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
         data.update(loaded)
-    for assignment in overrides:
-        _apply_override(data, assignment)
-    data.setdefault("method", "lora")
+    apply_overrides(data, overrides)
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> TrainConfig:
+    """The config class of ``data['method']`` (default lora), validated; a
+    :class:`ConfigError` naming the fields otherwise."""
+    data = {"method": "lora", **data}
     if data["method"] not in METHODS:
         raise ConfigError(f"method: unknown training method {data['method']!r}; "
                           f"known: {', '.join(METHODS)}")
@@ -282,3 +292,14 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> TrainCon
         return _any_config.validate_python(data)
     except ValidationError as error:
         raise ConfigError(f"invalid training config: {_explain(error)}") from None
+
+
+def derive_config(config: TrainConfig, **update: Any) -> TrainConfig:
+    """``config`` with the fields in ``update`` changed (``method`` included), validated
+    again. Only fields set explicitly carry over, so a new method gets its own defaults
+    (its learning rate, say) for what neither ``config`` nor ``update`` sets.
+
+    Not ``config.model_copy(update=...)``: that skips validation and, across methods,
+    would drop the fields the other method's class has (DPO's ``beta`` on a LoRA config).
+    """
+    return validate_config(config.model_dump(exclude_unset=True) | update)

@@ -11,42 +11,33 @@ adapter (TRL loads it as the ``ref`` adapter).
 from __future__ import annotations
 
 import logging
-import time
 
-from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
-                          loss_curve, mean_prompt_tokens, peft_model, preference_pairs,
-                          publish_adapter, trainer_arguments)
+from train.common import (RunContext, load_base_model, loss_curve, mean_prompt_tokens,
+                          peft_model, preference_pairs, trainer_arguments)
 from train.config import DpoTrainConfig
-from train.registry import AdapterRegistry, AdapterVersion
+from train.registry import AdapterVersion
+from train.run import start_run
 
 log = logging.getLogger(__name__)
 
 
 def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> AdapterVersion | None:
     """Train one DPO adapter as configured; publish it (rank 0) and return its version."""
-    import torch
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    context = context or RunContext()
-    started = time.monotonic()
-    torch.manual_seed(config.seed)
-
     # --- load ---------------------------------------------------------------
-    data = load_training_data(config)
-    tokenizer = load_tokenizer(config.base_model)
-    rows = preference_pairs(data, tokenizer, config.max_prompt_tokens)
+    run = start_run(config, context)
+    tokenizer = run.tokenizer
+    rows = preference_pairs(run.data, tokenizer, config.max_prompt_tokens)
     model = peft_model(config, load_base_model(config))
 
     # --- fit ----------------------------------------------------------------
-    registry = AdapterRegistry(config.registry)
-    name = context.name_in(registry, config)
-    staging = registry.staging_dir(name)
-    args = DPOConfig(**trainer_arguments(config, context, staging), beta=config.beta,
+    args = DPOConfig(**trainer_arguments(config, run.context, run.staging), beta=config.beta,
                      max_length=None)  # prompts are already cut by encode_prompt
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=context.callbacks)
-    result = trainer.train(resume_from_checkpoint=context.resume_from_checkpoint)
+                         processing_class=tokenizer, callbacks=run.context.callbacks)
+    result = trainer.train(resume_from_checkpoint=run.context.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None
 
@@ -54,7 +45,7 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
     history = trainer.state.log_history
     losses = loss_curve(history)
     # Only the trained adapter: the frozen "ref" copy TRL may add is not part of it.
-    trainer.model.save_pretrained(staging, selected_adapters=["default"])
+    trainer.model.save_pretrained(run.staging, selected_adapters=["default"])
     metrics = {
         "train_loss": round(result.training_loss, 6),
         "first_loss": losses[0] if losses else None,
@@ -66,4 +57,4 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
     }
     seen = 2 * mean_prompt_tokens(rows, tokenizer) * result.global_step * config.batch_size
     extra = {"init_adapter": config.init_adapter}
-    return publish_adapter(config, registry, name, staging, data, metrics, seen, started, context, extra)
+    return run.publish(metrics, seen, extra)

@@ -1,6 +1,6 @@
 """Offline evaluation: the base model or an adapter on a dataset split.
 
-P(signal) comes from the product's own classifier (:class:`serve.classifier.SignalClassifier`
+P(signal) comes from the product's own classifier (:class:`train.classifier.SignalClassifier`
 on the in-process transformers + peft backend), so an evaluation measures exactly what
 serving would answer: the calibrated P(signal) of a calibrated adapter version, cut
 at its own threshold (chosen on its validation window) unless one is given. Reported,
@@ -110,8 +110,8 @@ class InProcessScorer:
         from transformers import AutoTokenizer
 
         from pipeline.prompt import label_token_ids
-        from serve.backends import InProcessBackend
-        from serve.classifier import SignalClassifier
+        from train.backends import InProcessBackend
+        from train.classifier import SignalClassifier
         from train.registry import AdapterRegistry
 
         tokenizer = AutoTokenizer.from_pretrained(base_model)

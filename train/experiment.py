@@ -27,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.dataset import load_split, read_manifest
 from pipeline.settings import Paths
-from train.config import ConfigError, load_config
+from train.config import ConfigError, TrainConfig, apply_overrides, derive_config
+from train.config import validate_config
+from train.curves import moving_average, steps_to_target
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,7 @@ def load_experiment_config(path: Path | None, overrides: Sequence[str] = ()) -> 
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist")
         data.update(yaml.safe_load(Path(path).read_text()) or {})
-    for assignment in overrides:
-        key, sep, raw = assignment.partition("=")
-        if not sep:
-            raise ConfigError(f"override {assignment!r} is not of the form field=value")
-        data[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    apply_overrides(data, overrides)
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as error:
@@ -137,36 +135,25 @@ def load_experiment_config(path: Path | None, overrides: Sequence[str] = ()) -> 
     return config
 
 
-def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over up to ``window`` values (the first points average fewer)."""
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+def shared_train_config(config: ExperimentConfig) -> TrainConfig:
+    """The training fields every run of the experiment shares (validated once: the base
+    model and the dataset exist); each run derives its own from it."""
+    return validate_config({
+        "method": "lora", "base_model": config.base_model, "dataset": config.dataset,
+        "registry": config.registry, "max_prompt_tokens": config.max_prompt_tokens,
+        "batch_size": config.batch_size, "seed": config.seed, "sampling": config.sampling,
+        "split": config.train_split, "max_examples": config.train_examples,
+        "save_steps": 10})
 
 
-def steps_to_target(curve: Sequence[float], target: float, smooth: int) -> int | None:
-    """First step (1-based) whose smoothed loss is at or below ``target``; None if never."""
-    for step, value in enumerate(moving_average(curve, smooth), start=1):
-        if value <= target:
-            return step
-    return None
-
-
-def _train(config: ExperimentConfig, method: str, overrides: list[str]):
+def _train(config: ExperimentConfig, shared: TrainConfig, **update: Any):
     from train.jobs import run_training
 
-    common = [f"base_model={config.base_model}", f"dataset={config.dataset}",
-              f"registry={config.registry}", f"max_prompt_tokens={config.max_prompt_tokens}",
-              f"batch_size={config.batch_size}", f"seed={config.seed}",
-              f"sampling={config.sampling}", "save_steps=10"]
-    train_config = load_config(None, common + [f"method={method}"] + overrides)
+    train_config = derive_config(shared, **update)
     started = time.monotonic()
     version = run_training(train_config, local=config.local)
-    log.info("%s trained in %.0f s: %s", method, time.monotonic() - started, version.name)
+    log.info("%s trained in %.0f s: %s", train_config.method, time.monotonic() - started,
+             version.name)
     return version
 
 
@@ -179,31 +166,32 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     out = config.out_dir or _paths.data_dir / "runs" / (
         "experiment-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
-    slice_ = [f"split={config.train_split}", f"max_examples={config.train_examples}"]
+    shared = shared_train_config(config)
 
     # --- train -------------------------------------------------------------------
     adapters: dict[str, Any] = {}
     if "lora" in config.methods:
-        adapters["lora"] = _train(config, "lora", slice_ + [
-            f"max_steps={config.sft_steps}", f"learning_rate={config.learning_rate}"])
+        adapters["lora"] = _train(config, shared, method="lora", max_steps=config.sft_steps,
+                                  learning_rate=config.learning_rate)
     if "loraplus" in config.methods:
-        adapters["loraplus"] = _train(config, "loraplus", slice_ + [
-            f"max_steps={config.sft_steps}", f"learning_rate={config.learning_rate}",
-            f"loraplus_lr_ratio={config.loraplus_lr_ratio}"])
+        adapters["loraplus"] = _train(
+            config, shared, method="loraplus", max_steps=config.sft_steps,
+            learning_rate=config.learning_rate, loraplus_lr_ratio=config.loraplus_lr_ratio)
     if "dpo" in config.methods:
-        adapters["dpo"] = _train(config, "dpo", slice_ + [
-            f"init_adapter={adapters['lora'].name}", f"max_steps={config.dpo_steps}",
-            f"learning_rate={config.dpo_learning_rate}", f"beta={config.dpo_beta}"])
+        adapters["dpo"] = _train(
+            config, shared, method="dpo", init_adapter=adapters["lora"].name,
+            max_steps=config.dpo_steps, learning_rate=config.dpo_learning_rate,
+            beta=config.dpo_beta)
     if "rlhf" in config.methods:
-        adapters["rlhf"] = _train(config, "rlhf", slice_ + [
-            f"init_adapter={adapters['lora'].name}", f"reward_steps={config.reward_steps}",
-            f"max_steps={config.rl_steps}", f"learning_rate={config.rl_learning_rate}",
-            f"num_generations={config.num_generations}"])
+        adapters["rlhf"] = _train(
+            config, shared, method="rlhf", init_adapter=adapters["lora"].name,
+            reward_steps=config.reward_steps, max_steps=config.rl_steps,
+            learning_rate=config.rl_learning_rate, num_generations=config.num_generations)
     if config.update_split and "lora" in adapters:
-        adapters["lora-updated"] = _train(config, "lora", [
-            f"split={config.update_split}", f"max_examples={config.update_examples}",
-            f"init_adapter={adapters['lora'].name}", f"max_steps={config.update_steps}",
-            f"learning_rate={config.learning_rate}"])
+        adapters["lora-updated"] = _train(
+            config, shared, method="lora", split=config.update_split,
+            max_examples=config.update_examples, init_adapter=adapters["lora"].name,
+            max_steps=config.update_steps, learning_rate=config.learning_rate)
 
     # --- evaluate ----------------------------------------------------------------
     scorer = InProcessScorer(config.base_model, config.registry, config.max_prompt_tokens)

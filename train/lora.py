@@ -11,16 +11,15 @@ registry with a manifest; nothing half-written is ever visible there.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pipeline.views import sft_token_rows
-from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
-                          loss_curve, peft_model, publish_adapter, show_loss_progress,
-                          trainer_arguments)
+from train.common import (RunContext, load_base_model, loss_curve, peft_model,
+                          show_loss_progress, trainer_arguments)
 from train.config import TrainConfig
-from train.registry import AdapterRegistry, AdapterVersion
+from train.registry import AdapterVersion
+from train.run import start_run
 
 log = logging.getLogger(__name__)
 
@@ -31,41 +30,33 @@ OptimizerFactory = Callable[[Any, TrainConfig], Any]
 def train_lora(config: TrainConfig, context: RunContext | None = None,
                optimizer_factory: OptimizerFactory | None = None) -> AdapterVersion | None:
     """Train one SFT adapter as configured; publish it (rank 0) and return its version."""
-    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    context = context or RunContext()
-    started = time.monotonic()
-    torch.manual_seed(config.seed)
-
     # --- load ---------------------------------------------------------------
-    data = load_training_data(config)
-    tokenizer = load_tokenizer(config.base_model)
-    rows = sft_token_rows(data.examples, tokenizer, config.max_prompt_tokens)
+    run = start_run(config, context)
+    tokenizer = run.tokenizer
+    rows = sft_token_rows(run.data.examples, tokenizer, config.max_prompt_tokens)
     tokens_per_epoch = sum(len(r["input_ids"]) for r in rows)
     # LoRA is attached here, before any forward pass (a 4-bit base needs that order).
     model = peft_model(config, load_base_model(config))
 
     # --- fit ----------------------------------------------------------------
-    registry = AdapterRegistry(config.registry)
-    name = context.name_in(registry, config)
-    staging = registry.staging_dir(name)
-    args = SFTConfig(**trainer_arguments(config, context, staging),
+    args = SFTConfig(**trainer_arguments(config, run.context, run.staging),
                      completion_only_loss=True,
                      max_length=None)  # prompts are already cut by encode_prompt
     optimizers = (optimizer_factory(model, config), None) if optimizer_factory else (None, None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, optimizers=optimizers,
-                         callbacks=context.callbacks)
+                         callbacks=run.context.callbacks)
     show_loss_progress(trainer, f"{config.method} training")
-    result = trainer.train(resume_from_checkpoint=context.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=run.context.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None
 
     # --- save ---------------------------------------------------------------
     losses = loss_curve(trainer.state.log_history)
-    trainer.model.save_pretrained(staging)
+    trainer.model.save_pretrained(run.staging)
     metrics = {
         "train_loss": round(result.training_loss, 6),
         "first_loss": losses[0] if losses else None,
@@ -76,4 +67,4 @@ def train_lora(config: TrainConfig, context: RunContext | None = None,
     }
     seen = tokens_per_epoch * result.global_step * config.batch_size * max(
         trainer.args.world_size, 1) / len(rows)
-    return publish_adapter(config, registry, name, staging, data, metrics, seen, started, context)
+    return run.publish(metrics, seen)

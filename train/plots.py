@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from train.curves import moving_average
+
 
 def _pyplot():
     import matplotlib
@@ -74,8 +76,6 @@ def plot_loss_curves(curves: Mapping[str, Sequence[float]], path: Path,
     for name, curve in curves.items():
         ax.plot(range(1, len(curve) + 1), curve, alpha=0.35)
         if smooth > 1:
-            from train.experiment import moving_average
-
             ax.plot(range(1, len(curve) + 1), moving_average(curve, smooth),
                     label=f"{name} (moving average of {smooth})",
                     color=ax.lines[-1].get_color())

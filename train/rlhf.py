@@ -19,13 +19,12 @@ model's adapter and head are kept beside it in ``reward_model/`` for inspection.
 from __future__ import annotations
 
 import logging
-import time
 
-from train.common import (RunContext, load_base_model, load_tokenizer, load_training_data,
-                          lora_config, loss_curve, mean_prompt_tokens, peft_model,
-                          preference_pairs, publish_adapter, trainer_arguments)
+from train.common import (RunContext, load_base_model, lora_config, loss_curve,
+                          mean_prompt_tokens, peft_model, preference_pairs, trainer_arguments)
 from train.config import RlhfTrainConfig
-from train.registry import AdapterRegistry, AdapterVersion
+from train.registry import AdapterVersion
+from train.run import start_run
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +56,13 @@ def train_reward_model(config: RlhfTrainConfig, rows: list[dict], tokenizer, out
 
 def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> AdapterVersion | None:
     """Reward model, then RLOO/GRPO from the SFT adapter; publish the policy adapter."""
-    import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    context = context or RunContext()
-    started = time.monotonic()
-    torch.manual_seed(config.seed)
-
     # --- load ---------------------------------------------------------------
-    data = load_training_data(config)
-    tokenizer = load_tokenizer(config.base_model)
-    rows = preference_pairs(data, tokenizer, config.max_prompt_tokens)
-    registry = AdapterRegistry(config.registry)
-    name = context.name_in(registry, config)
-    staging = registry.staging_dir(name)
+    run = start_run(config, context)
+    tokenizer, staging = run.tokenizer, run.staging
+    rows = preference_pairs(run.data, tokenizer, config.max_prompt_tokens)
 
     # --- fit: the reward model ----------------------------------------------
     reward_trainer, reward_model = train_reward_model(
@@ -83,7 +74,7 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
     policy = peft_model(config, load_base_model(config))
     config_cls, trainer_cls = ((RLOOConfig, RLOOTrainer) if config.algorithm == "rloo"
                                else (GRPOConfig, GRPOTrainer))
-    args = config_cls(**trainer_arguments(config, context, staging),
+    args = config_cls(**trainer_arguments(config, run.context, staging),
                       num_generations=config.num_generations,
                       max_completion_length=MAX_COMPLETION_TOKENS,
                       temperature=config.temperature, beta=config.rl_beta)
@@ -91,8 +82,8 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
         model=policy, reward_funcs=reward_model, args=args,
         train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
         processing_class=tokenizer, reward_processing_classes=tokenizer,
-        callbacks=context.callbacks)
-    result = trainer.train(resume_from_checkpoint=context.resume_from_checkpoint)
+        callbacks=run.context.callbacks)
+    result = trainer.train(resume_from_checkpoint=run.context.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None
 
@@ -117,4 +108,4 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
         2 * config.reward_steps * config.batch_size + result.global_step * config.batch_size)
     extra = {"init_adapter": config.init_adapter, "algorithm": config.algorithm,
              "reward_model_path": "reward_model"}
-    return publish_adapter(config, registry, name, staging, data, metrics, seen, started, context, extra)
+    return run.publish(metrics, seen, extra)

@@ -304,7 +304,7 @@ def test_rayjob_entrypoints_are_signals_train_with_configs_in_the_image(kustomiz
 
 @pytest.mark.parametrize("kustomization", STACKS)
 def test_the_ingest_config_is_valid_and_matches_the_deployment(kustomization, tmp_path):
-    from serve.ingest_config import load_ingest_config
+    from ingestion.config import load_ingest_config
 
     path = tmp_path / "ingest.yaml"
     path.write_text(_ingest_config_text(kustomization))

@@ -61,7 +61,7 @@ def test_the_lock_is_installed_without_resolving(path):
 
 def test_serve_image_runs_signals_and_exposes_the_service_ports():
     from serve.config import ServeConfig
-    from serve.ingest_config import IngestConfig
+    from ingestion.config import IngestConfig
 
     serve = read_dockerfile(ROOT / "Dockerfile.serve")
     assert serve.entrypoint == ["signals"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import date
@@ -540,3 +541,23 @@ def test_trends_then_labels_stages_over_recorded_google_answers(tmp_path):
     # no trend data: no label.
     assert {i: a.signal for i, a in articles.items()} == {1: 1, 2: 0, 3: None}
     assert manifest["splits"]["train"]["labelled"] == 2
+
+
+def test_stage_settings_are_validated_when_the_config_loads(tmp_path):
+    base = "name: x\nsources: [{kind: rss, name: a, url: u}]\nsplit: {train_end: 2024-01-01}\n"
+    path = tmp_path / "c.yaml"
+    for section, needle in [
+            ("labels: {combine: {rule: sometimes}}\n", "labels: combine.rule"),
+            ("trends: {max_retries: -1}\n", "trends: max_retries"),
+            ("teacher: {max_tokens: 0}\n", "teacher: max_tokens"),
+            ("topics: {keep_existing: true, timeout_s: 0}\n", "topics: timeout_s"),
+            ("relevance: {threshold: 0.5}\n", "relevance: the stage needs `references`"),
+            ("sources: [{kind: imap, name: m, imap: {host: h, security: carrier-pigeon}}]\n",
+             "security")]:
+        text = base.replace("sources: [{kind: rss, name: a, url: u}]\n", "") \
+            if section.startswith("sources") else base
+        path.write_text(text + section)
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            load_pipeline_config(path)
+    path.write_text(base + "labels: {sources: [annotation]}\ntopics: {keep_existing: false}\n")
+    assert load_pipeline_config(path).labels == {"sources": ["annotation"]}

@@ -3,8 +3,8 @@
 import pytest
 
 from serve.app import create_app
-from serve.backends import InProcessBackend
-from serve.classifier import build_classifier
+from train.backends import InProcessBackend
+from train.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import serve_app
 

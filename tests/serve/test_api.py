@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from serve.app import create_app
-from serve.backends import InProcessBackend, VLLMBackend
-from serve.classifier import build_classifier
+from train.backends import InProcessBackend, VLLMBackend
+from train.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
 from tests.serve.conftest import ADMIN, TOKEN

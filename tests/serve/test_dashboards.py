@@ -11,10 +11,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve.ingest import create_ingest_app
-from serve.ingest_config import IngestConfig
+from ingestion.api import create_ingest_app
+from ingestion.config import IngestConfig
 from tests.conftest import serve_app
-from tests.serve.test_ingest_support import classification_api, make_classifier, wait_for
+from tests.ingestion.test_ingest_support import classification_api, make_classifier, wait_for
 
 DASHBOARDS = sorted((Path(__file__).parents[2] / "k8s/base/grafana/dashboards").glob("*.json"))
 

@@ -7,8 +7,8 @@ from pipeline.article import Article
 from pipeline.dataset import load_split
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
-from serve.backends import InProcessBackend, VLLMBackend
-from serve.classifier import build_classifier
+from train.backends import InProcessBackend, VLLMBackend
+from train.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import publish_variant, serve_app
 from tests.serve.conftest import ADMIN, TOKEN

@@ -86,3 +86,39 @@ def test_bad_config_fails_before_any_work(tmp_path, base_model_dir, reuters_data
         assert done.returncode == 2, done.stderr
         assert field in done.stderr and "Traceback" not in done.stderr
     assert not registry.exists()
+
+
+def test_experiment_derives_each_run_from_one_typed_config(base_model_dir, reuters_dataset,
+                                                           tmp_path):
+    from train.config import DpoTrainConfig, RlhfTrainConfig, derive_config
+    from train.experiment import ExperimentConfig, shared_train_config
+
+    experiment = ExperimentConfig(base_model=base_model_dir, dataset=reuters_dataset,
+                                  registry=tmp_path / "registry", train_examples=48,
+                                  batch_size=4, seed=7)
+    shared = shared_train_config(experiment)
+    assert (shared.method, shared.max_examples, shared.batch_size, shared.seed,
+            shared.save_steps) == ("lora", 48, 4, 7, 10)
+    dpo = derive_config(shared, method="dpo", init_adapter="lora-x", max_steps=3, beta=0.2)
+    assert isinstance(dpo, DpoTrainConfig)
+    assert (dpo.beta, dpo.max_steps, dpo.init_adapter, dpo.seed) == (0.2, 3, "lora-x", 7)
+    assert dpo.learning_rate == 5e-5  # DPO's own default, not LoRA's
+    rlhf = derive_config(shared, method="rlhf", init_adapter="lora-x", num_generations=2)
+    assert isinstance(rlhf, RlhfTrainConfig) and rlhf.num_generations == 2
+    assert shared.method == "lora" and shared.max_steps is None  # the template is untouched
+    with pytest.raises(ConfigError, match="rank"):
+        derive_config(shared, rank=0)  # validated again, like a loaded config
+    with pytest.raises(ConfigError, match="init_adapter"):
+        derive_config(shared, method="rlhf")  # RLHF needs an SFT start
+
+
+def test_one_set_parser_for_training_and_experiment_configs(tmp_path):
+    from train.experiment import load_experiment_config
+
+    for bad in ("sft_steps", "=3"):
+        with pytest.raises(ConfigError, match="field=value"):
+            load_experiment_config(None, [bad])
+        with pytest.raises(ConfigError, match="field=value"):
+            load_config(None, [bad])
+    config = load_experiment_config(None, ["sft-steps=3", "methods=[lora]"])
+    assert config.sft_steps == 3 and config.methods == ["lora"]

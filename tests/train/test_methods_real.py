@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.dataset import load_split
 from pipeline.prompt import label_token_ids
-from serve.backends import InProcessBackend, VLLMBackend
-from serve.classifier import build_classifier
+from train.backends import InProcessBackend, VLLMBackend
+from train.classifier import build_classifier
 from train.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

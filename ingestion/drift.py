@@ -1,7 +1,7 @@
 """Drift: rules over online quality that raise alerts and can trigger retraining.
 
 Three rules, evaluated per adapter version and role over the last ``window_days`` of
-predictions (``DriftConfig`` in ``serve/ingest_config.py``):
+predictions (``DriftConfig`` in ``ingestion/config.py``):
 
 * ``precision_floor``: precision below the floor, once the window has ``min_labels``
   labelled predictions;
@@ -32,9 +32,10 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from serve.ingest_config import DriftConfig
-from serve.online_metrics import quality_from_confusion
-from serve.store import Store, export_dataset, utcnow
+from ingestion.config import DriftConfig
+from ingestion.online_metrics import quality_from_confusion
+from ingestion.export import export_dataset
+from ingestion.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 

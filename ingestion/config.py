@@ -7,29 +7,26 @@ file given to ``signals ingest run --config``, the defaults below.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
+from pipeline.build import FeedSource
+from pipeline.dedupe import DEFAULT_NUM_PERM
 from pipeline.imap import ImapConfig
 from pipeline.settings import Paths
 
 _paths = Paths()
 
 
-class FeedSourceConfig(BaseModel):
-    """An RSS/Atom feed polled over HTTP."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=100)
-    """Source name stored with every item (and the ``source`` label of metrics)."""
-
-    url: str = Field(min_length=1)
-    """Feed URL (http or https)."""
+class FeedSourceConfig(FeedSource):
+    """An RSS/Atom feed polled over HTTP: the pipeline's own feed settings
+    (``pipeline.build.FeedSource``: ``name``, ``url``, ``timeout_s``) and a schedule.
+    Without its own ``timeout_s`` a feed gets the service's ``feed_timeout_s``."""
 
     interval_s: float = Field(default=300.0, gt=0)
     """Seconds between polls."""
@@ -54,7 +51,7 @@ class ImapSourceConfig(ImapConfig):
 
 
 class DriftConfig(BaseModel):
-    """When online quality counts as drifting, and what happens then (``serve/drift.py``)."""
+    """When online quality counts as drifting, and what happens then (``ingestion/drift.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -155,13 +152,14 @@ class IngestConfig(BaseSettings):
     """Seconds between scans of ``drop_dir``."""
 
     feed_timeout_s: float = Field(default=10.0, gt=0)
-    """Time allowed to one feed fetch before it counts as a timeout."""
+    """Time allowed to one feed fetch before it counts as a timeout, for every feed that
+    does not set its own ``timeout_s``."""
 
     dedupe_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
     """Estimated Jaccard similarity of word 5-shingles at or above which an item is a
     near copy of one already stored (see ``pipeline/dedupe.py``)."""
 
-    dedupe_num_perm: int = Field(default=128, ge=16, le=1024)
+    dedupe_num_perm: int = Field(default=DEFAULT_NUM_PERM, ge=16, le=1024)
     """MinHash signature length; stored per item so the index survives restarts."""
 
     metric_windows_days: list[float] = [1.0, 7.0, 30.0]
@@ -180,6 +178,17 @@ class IngestConfig(BaseSettings):
     drift: DriftConfig = DriftConfig()
     """Drift rules and retraining (off unless ``drift.ray_address`` is set)."""
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):
+        """Highest first: arguments (flags), ``SIGNALS_INGEST_*`` variables, the YAML
+        file being loaded (:func:`load_ingest_config`), the defaults."""
+        sources = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
     @field_validator("metric_windows_days")
     @classmethod
     def _windows_positive(cls, value: list[float]) -> list[float]:
@@ -187,16 +196,31 @@ class IngestConfig(BaseSettings):
             raise ValueError("metric_windows_days needs at least one window, all > 0 days")
         return sorted(set(value))
 
+    @model_validator(mode="after")
+    def _feed_timeouts(self) -> IngestConfig:
+        for feed in self.feeds:
+            if "timeout_s" not in feed.model_fields_set:
+                feed.timeout_s = self.feed_timeout_s
+        return self
+
+
+_config_file: ContextVar[Path | None] = ContextVar("ingest_config_file", default=None)
+"""The YAML file :func:`load_ingest_config` is reading (a settings source of its own)."""
+
 
 def load_ingest_config(path: Path | None = None, **overrides: Any) -> IngestConfig:
-    """The config from ``path`` (YAML), then environment variables, then ``overrides``."""
-    file_values: dict[str, Any] = {}
+    """The config from ``path`` (YAML), then environment variables, then ``overrides``
+    (command-line flags; None means not given). Precedence is pydantic-settings' own
+    source order, see :meth:`IngestConfig.settings_customise_sources`."""
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ingestion config {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        file_values = loaded
-    from_env = IngestConfig()  # defaults + environment; fields_set = those the env gave
-    env_values = {name: getattr(from_env, name) for name in from_env.model_fields_set}
-    return IngestConfig(**{**file_values, **env_values,
-                           **{k: v for k, v in overrides.items() if v is not None}})
+    token = _config_file.set(path)
+    try:
+        return IngestConfig(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)

@@ -2,7 +2,7 @@
 
 Labels arrive late (an analyst's verdict, a trend that shows months later), so quality
 is joined in the store: every stored prediction against its item's effective label
-(``serve/store.py``). From those joins come
+(``ingestion/store.py``). From those joins come
 
 * **raw counters**, all-time, by adapter version and role:
   ``signals_ingest_labelled_predictions_total{adapter,role,outcome=tp|fp|fn|tn}`` and
@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from serve.store import ROLES, ConfusionRow, Store, utcnow
+from ingestion.store import ROLES, ConfusionRow, Store, utcnow
 
 
 @dataclass

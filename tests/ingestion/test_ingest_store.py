@@ -21,10 +21,10 @@ from pipeline.article import Article
 from pipeline.dataset import load_split
 from pipeline.dedupe import content_hash
 from pipeline.labels import LabelVote
-from serve.ingest import IngestionService
-from serve.ingest_cli import main as ingest_main
-from serve.ingest_config import DriftConfig, IngestConfig, load_ingest_config
-from serve.store import NewPrediction, Store
+from ingestion.service import IngestionService
+from ingestion.cli import main as ingest_main
+from ingestion.config import DriftConfig, IngestConfig, load_ingest_config
+from ingestion.store import NewPrediction, Store
 from tests.conftest import free_port
 
 
@@ -181,11 +181,11 @@ def test_label_source_runs_later_on_stored_items(db_url):
                          detail={"rule": "acquire"})
 
     cutoff = datetime(1987, 6, 1, tzinfo=timezone.utc)
-    assert service.apply_label_source("keyword", takeover_rule, cutoff) == {
+    assert service.feedback.apply_label_source("keyword", takeover_rule, cutoff) == {
         "voted": 3, "abstained": 0}
-    assert service.apply_label_source("keyword", takeover_rule, cutoff) == {
+    assert service.feedback.apply_label_source("keyword", takeover_rule, cutoff) == {
         "voted": 0, "abstained": 0}  # each item is judged once by a source
-    assert service.apply_label_source("keyword", takeover_rule, None) == {
+    assert service.feedback.apply_label_source("keyword", takeover_rule, None) == {
         "voted": 0, "abstained": 2}
     labels = {i: store.get_item(i)["label"] for i in ids}
     assert labels == {ids[0]: 0, ids[1]: 1, ids[2]: 1, ids[3]: None, ids[4]: None}

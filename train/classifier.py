@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.article import Article
 from pipeline.prompt import encode_prompt, label_token_ids
-from serve.backends import AdapterLoadError, Backend, BackendUnavailable
+from train.backends import AdapterLoadError, Backend, BackendUnavailable
 from train.registry import AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from sqlalchemy import func, select
 
 from pipeline.dataset import load_split
 from pipeline.dedupe import deduplicate
-from serve.ingest import create_ingest_app
-from serve.ingest_config import DriftConfig, FeedSourceConfig, IngestConfig
-from serve.replay import Replay, create_replay_app
-from serve.store import Store, item_aliases, items, predictions
+from ingestion.api import create_ingest_app
+from ingestion.config import DriftConfig, FeedSourceConfig, IngestConfig
+from ingestion.replay import Replay, create_replay_app
+from ingestion.store import Store, item_aliases, items, predictions
 from tests.conftest import free_port, publish_variant, serve_app
-from tests.serve.test_ingest_support import (
+from tests.ingestion.test_ingest_support import (
     classification_api,
     make_classifier,
     sample,
@@ -205,7 +205,7 @@ def test_sigkill_mid_batch_then_restart_classifies_each_item_once(api, adapters,
         "database_url": database_url, "classifier_url": api_url, "port": port,
         "batch_size": 4, "drop_dir": str(drop), "drop_interval_s": 0.2, "idle_poll_s": 0.2,
         "retry_initial_s": 0.2}))
-    command = [sys.executable, "-m", "serve.ingest_cli", "run", "--config", str(config_path)]
+    command = [sys.executable, "-m", "ingestion.cli", "run", "--config", str(config_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     api_count_before = _api_classified(api_url, production.name)
 

@@ -21,18 +21,17 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import xml.etree.ElementTree as ET
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import format_datetime
 
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import Response
+from feedgen.feed import FeedGenerator
 
 from pipeline.article import Article
-from serve.store import published_datetime, utcnow
+from ingestion.store import published_datetime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +84,20 @@ class Replay:
 
     def rss(self, now: datetime, title: str = "Replay",
             link: str = "http://replay.local/") -> bytes:
-        """The feed as it reads at ``now``."""
-        rss = ET.Element("rss", version="2.0")
-        channel = ET.SubElement(rss, "channel")
-        ET.SubElement(channel, "title").text = title
-        ET.SubElement(channel, "link").text = link
-        ET.SubElement(channel, "description").text = (
-            f"Replay of {len(self.items)} dated articles at {self.speed:g}x")
-        for item in reversed(self.published(now)[-self.feed_size:]):
-            entry = ET.SubElement(channel, "item")
-            ET.SubElement(entry, "title").text = item.article.title
+        """The feed as it reads at ``now`` (RSS 2.0, written by feedgen)."""
+        feed = FeedGenerator()
+        feed.title(title)
+        feed.link(href=link)
+        feed.description(f"Replay of {len(self.items)} dated articles at {self.speed:g}x")
+        for item in reversed(self.published(now)[-self.feed_size:]):  # newest first
+            entry = feed.add_entry(order="append")
+            entry.title(item.article.title)
             if item.article.link:
-                ET.SubElement(entry, "link").text = item.article.link
-            ET.SubElement(entry, "guid", isPermaLink="false").text = item.guid
-            ET.SubElement(entry, "pubDate").text = format_datetime(item.feed_date)
-            ET.SubElement(entry, "description").text = _as_html(item.article.text)
-        return ET.tostring(rss, encoding="utf-8", xml_declaration=True)
+                entry.link(href=item.article.link)
+            entry.guid(item.guid, permalink=False)
+            entry.pubDate(item.feed_date)
+            entry.description(_as_html(item.article.text))
+        return feed.rss_str(pretty=False)
 
 
 def _as_html(text: str) -> str:

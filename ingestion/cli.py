@@ -5,7 +5,7 @@
     signals ingest feedback-import verdicts.jsonl   bulk feedback into the store
     signals ingest export --out DIR --train-end 2026-10-31   labelled items as a dataset
 
-Wired into ``serve/cli.py`` by :func:`add_ingest_commands`; ``python -m serve.ingest_cli``
+Wired into ``serve/cli.py`` by :func:`add_ingest_commands`; ``python -m ingestion.cli``
 runs the same commands stand-alone.
 """
 
@@ -23,7 +23,7 @@ log = logging.getLogger("signals.ingest")
 
 
 def _config(args: argparse.Namespace):
-    from serve.ingest_config import FeedSourceConfig, load_ingest_config
+    from ingestion.config import FeedSourceConfig, load_ingest_config
 
     overrides = {"host": getattr(args, "host", None), "port": getattr(args, "port", None),
                  "database_url": args.database_url,
@@ -45,7 +45,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from serve.ingest import run_ingest_server
+    from ingestion.api import run_ingest_server
 
     return run_ingest_server(_config(args))
 
@@ -54,7 +54,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipeline.dataset import load_split
-    from serve.replay import Replay, create_replay_app
+    from ingestion.replay import Replay, create_replay_app
 
     articles = load_split(args.dataset, args.split)
     if args.limit:
@@ -90,7 +90,8 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
     """Bulk feedback straight into the store (the service need not run)."""
     from pydantic import ValidationError
 
-    from serve.ingest import FeedbackEntry, IngestionService
+    from ingestion.feedback import FeedbackEntry
+    from ingestion.service import IngestionService
 
     config = _config(args)
     service = IngestionService(config)
@@ -109,15 +110,16 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
                 log.warning("%s entry %d: invalid (%s); skipped", args.file, number,
                             error.errors()[0]["msg"])
             else:
-                outcome = service.record_feedback(entry)["outcome"]
+                outcome = service.feedback.record(entry)["outcome"]
         counts[outcome] = counts.get(outcome, 0) + 1
     print(json.dumps(counts, sort_keys=True))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from serve.ingest_config import load_ingest_config
-    from serve.store import Store, export_dataset
+    from ingestion.config import load_ingest_config
+    from ingestion.export import export_dataset
+    from ingestion.store import Store
 
     config = load_ingest_config(args.config, database_url=args.database_url)
     store = Store(config.database_url, config.label_priority)
@@ -201,7 +203,7 @@ def add_ingest_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m serve.ingest_cli run ...``."""
+    """Stand-alone entry point: ``python -m ingestion.cli run ...``."""
     parser = argparse.ArgumentParser(prog="signals")
     add_ingest_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["ingest", *(sys.argv[1:] if argv is None else argv)])

@@ -18,10 +18,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from serve.ingest import create_ingest_app
-from serve.ingest_config import FeedSourceConfig, ImapSourceConfig, IngestConfig
+from ingestion.api import create_ingest_app
+from ingestion.config import FeedSourceConfig, ImapSourceConfig, IngestConfig
 from tests.conftest import free_port, serve_app
-from tests.serve.test_ingest_support import sample, scrape, wait_for
+from tests.ingestion.test_ingest_support import sample, scrape, wait_for
 
 RSS = b"""<?xml version="1.0" encoding="utf-8"?>
 <rss version="2.0"><channel><title>Good</title><link>http://example.com/</link>
@@ -93,8 +93,10 @@ def test_bad_feeds_and_files_are_logged_counted_and_survived(tmp_path, unreachab
                 wanted = [("slow", "timeout"), ("error", "http_status"),
                           ("garbage", "not_a_feed"), ("truncated", "malformed"),
                           ("drop", "no_items")]
+                # ... and the drop directory's second file read (files go in name order)
                 return all(sample(s, "signals_ingest_source_errors_total", source=src, kind=k)
-                           for src, k in wanted) and s
+                           for src, k in wanted) and sample(
+                    s, "signals_ingest_source_polls_total", source="drop", outcome="ok") == 2 and s
             samples = wait_for(counted, 30, "every bad source counted")
             assert httpx.get(f"{url}/health").json() == {"status": "ok"}
             # the truncated feed still gave its two complete items, once, however often polled

@@ -1,0 +1,209 @@
+"""The ingestion HTTP API over an :class:`~ingestion.service.IngestionService`.
+
+Routes owned by :func:`create_ingest_app`:
+
+* ``POST /v1/items``      push articles (the article contract); per-item status
+* ``POST /v1/feedback``   one verdict or a bulk list (item id or source id, label, source)
+* ``GET  /v1/items/{id}`` an item with its predictions and feedback
+* ``GET  /v1/signals``    what analysts see: items the primary adapter flags, newest first
+* ``GET  /v1/quality``    online quality per adapter version and window (JSON)
+* ``GET  /v1/drift``      drift rules as last evaluated
+* ``GET  /health``, ``GET /metrics``
+
+Failures answer with the product's one error shape (``serve/errors.py``), the same as
+the classification API's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Literal
+
+from fastapi import FastAPI, Query
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, model_validator
+
+from pipeline.article import Article
+from serve.errors import ApiError, install_error_handlers
+from ingestion.config import IngestConfig
+from ingestion.feedback import FeedbackEntry
+from ingestion.online_metrics import online_quality, window_name
+from ingestion.service import IngestionService
+
+log = logging.getLogger(__name__)
+
+
+# --- request schemas ------------------------------------------------------------------
+
+class PushRequest(BaseModel):
+    """Articles pushed by a client: one (``article``) or several (``articles``)."""
+
+    article: Article | None = None
+    articles: list[Article] | None = None
+    source: str = Field(default="push", min_length=1, max_length=100,
+                        description="Source name stored with the items.")
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> PushRequest:
+        if (self.article is None) == (self.articles is None):
+            raise ValueError("give exactly one of 'article' or 'articles'")
+        if self.articles is not None and not self.articles:
+            raise ValueError("'articles' is empty")
+        for article in self.all:
+            if not article.title.strip() and not article.text.strip():
+                raise ValueError(f"article {article.id!r} is empty: it has neither title nor text")
+        return self
+
+    @property
+    def all(self) -> list[Article]:
+        return [self.article] if self.article is not None else list(self.articles or [])
+
+
+class FeedbackRequest(BaseModel):
+    """One verdict, or a bulk list in ``feedback``."""
+
+    feedback: list[FeedbackEntry] | None = None
+    item_id: int | None = None
+    external_id: str | None = None
+    item_source: str | None = None
+    label: Literal[0, 1] | None = None
+    source: str = Field(default="analyst", min_length=1, max_length=100)
+    note: str | None = Field(default=None, max_length=10_000)
+    replace: bool = False
+
+    @model_validator(mode="after")
+    def _single_or_bulk(self) -> FeedbackRequest:
+        single = self.item_id is not None or self.external_id is not None
+        if (self.feedback is not None) == single:
+            raise ValueError("give either 'feedback' (a list) or one entry's fields")
+        if self.feedback is not None and not self.feedback:
+            raise ValueError("'feedback' is empty")
+        if single and self.label is None:
+            raise ValueError("'label' is required")
+        return self
+
+    def entries(self) -> list[FeedbackEntry]:
+        if self.feedback is not None:
+            return self.feedback
+        return [FeedbackEntry(item_id=self.item_id, external_id=self.external_id,
+                              item_source=self.item_source, label=self.label,
+                              source=self.source, note=self.note, replace=self.replace)]
+
+
+_FEEDBACK_STATUS = {"recorded": 200, "replaced": 200, "duplicate": 200,
+                    "unknown_item": 404, "ambiguous_item": 409, "conflict": 409}
+
+
+# --- the app --------------------------------------------------------------------------
+
+def create_ingest_app(config: IngestConfig, service: IngestionService | None = None) -> FastAPI:
+    """The ingestion API; its lifespan runs the service's pollers and classifier loops."""
+    service = service or IngestionService(config)
+    metrics = service.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        log.info("ingestion: classifying with %s%s via %s; %d feeds, %d mailboxes, drop dir %s",
+                 config.adapter, f" (shadow {config.shadow_adapter})"
+                 if config.shadow_adapter else "", config.classifier_url, len(config.feeds),
+                 len(config.imap), config.drop_dir)
+        yield
+        await service.stop()
+
+    app = FastAPI(title="Newsletter signals: ingestion service",
+                  description="Feeds and newsletters in, classified signals and online "
+                  "quality out.", version="0.1.0", lifespan=lifespan)
+    app.state.service = service
+
+    install_error_handlers(app, lambda kind: metrics.api_errors.labels(kind).inc())
+
+    @app.post("/v1/items")
+    async def push_items(request: PushRequest):
+        """Store pushed articles (deduplicated) for classification."""
+        articles = request.all
+        if len(articles) > config.max_push_items:
+            raise ApiError(422, "batch_too_large",
+                        f"{len(articles)} items in one request; at most {config.max_push_items}")
+        answers = await service.accept_async(articles, request.source)
+        return {"accepted": sum(a.status == "accepted" for a in answers),
+                "duplicates": sum(a.status == "duplicate" for a in answers),
+                "results": [a.__dict__ for a in answers]}
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: FeedbackRequest):
+        """Record verdicts. One entry: 404 unknown item, 409 conflict, 200 otherwise
+        (``outcome`` says recorded, replaced or duplicate). Bulk: 200 with one
+        outcome per entry."""
+        entries = request.entries()
+        if len(entries) > config.max_push_items:
+            raise ApiError(422, "batch_too_large",
+                        f"{len(entries)} feedback entries; at most {config.max_push_items}")
+        answers = [await asyncio.to_thread(service.feedback.record, e) for e in entries]
+        if request.feedback is None:
+            answer = answers[0]
+            status = _FEEDBACK_STATUS[answer["outcome"]]
+            if status >= 400:
+                kind = {"unknown_item": "item_not_found", "ambiguous_item": "ambiguous_item",
+                        "conflict": "feedback_conflict"}[answer["outcome"]]
+                raise ApiError(status, kind, answer["message"])
+            return answer
+        counts: dict[str, int] = {}
+        for answer in answers:
+            counts[answer["outcome"]] = counts.get(answer["outcome"], 0) + 1
+        return {"counts": counts, "results": answers}
+
+    @app.get("/v1/items/{item_id}")
+    async def get_item(item_id: int):
+        """An item with its predictions (both roles) and its feedback."""
+        item = await asyncio.to_thread(service.store.get_item, item_id)
+        if item is None:
+            raise ApiError(404, "item_not_found", f"no stored item {item_id}")
+        return item
+
+    @app.get("/v1/signals")
+    async def list_signals(limit: int = Query(50, ge=1, le=1000),
+                           since: datetime | None = None):
+        """Items the primary adapter flags as signals, newest prediction first."""
+        return {"signals": await asyncio.to_thread(service.store.signals, since, limit)}
+
+    @app.get("/v1/quality")
+    async def quality(window_days: float | None = Query(None, gt=0)):
+        """Online quality per adapter version and role (all time without a window)."""
+        window = timedelta(days=window_days) if window_days else None
+        stats = await asyncio.to_thread(online_quality, service.store, window)
+        return {"window": window_name(window_days) if window_days else "all",
+                "adapters": [s.as_dict() for _, s in sorted(stats.items())]}
+
+    @app.get("/v1/drift")
+    async def drift():
+        """Drift rules as last evaluated, and retraining requests made."""
+        return {"rules": [r.__dict__ for r in service.drift.results],
+                "retrains": [{**r.__dict__, "dataset_dir": str(r.dataset_dir)}
+                             for r in service.drift.retrains]}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        body = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def run_ingest_server(config: IngestConfig) -> int:
+    """Serve the ingestion API and run the service until interrupted."""
+    import uvicorn
+
+    app = create_ingest_app(config)
+    log.info("ingestion service on http://%s:%d (store %s)", config.host, config.port,
+             app.state.service.store.safe_url)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    return 0

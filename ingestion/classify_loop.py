@@ -1,0 +1,161 @@
+"""The classify loop: pending items go to the classification API in batches, by adapter
+alias, and every answer is stored exactly once.
+
+One loop per role: ``primary`` (what analysts see) and, when configured, ``shadow``
+(a candidate adapter, measured but never shown). An API that cannot answer now leaves
+the items pending and is retried with exponential back-off (tenacity); a batch the API
+refuses is retried item by item, so one bad item is rejected alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
+from ingestion.config import IngestConfig
+from ingestion.metrics import IngestMetrics
+from ingestion.store import NewPrediction, Role, Store, StoredItem
+
+log = logging.getLogger(__name__)
+
+
+class RetryableError(RuntimeError):
+    """The classification API could not answer now (down, 5xx, timeout, no adapter)."""
+
+
+class RejectedError(RuntimeError):
+    """The classification API refused the request itself (4xx other than 404)."""
+
+
+class ClassifyLoop:
+    """Classifies pending items of the store through the classification API."""
+
+    def __init__(self, config: IngestConfig, store: Store, metrics: IngestMetrics):
+        self.config, self.store, self.metrics = config, store, metrics
+        self.work = asyncio.Event()
+        """Set when new items were stored: wakes an idle loop before ``idle_poll_s``."""
+        self.client: httpx.AsyncClient | None = None
+
+    def adapter_for(self, role: Role) -> str | None:
+        return self.config.adapter if role == "primary" else self.config.shadow_adapter
+
+    async def _request(self, role: Role, batch: list[StoredItem]) -> list[dict]:
+        """One request to the classification API; its ``results``."""
+        body: dict[str, Any] = {
+            # The store id travels as the article id: answers map back unambiguously.
+            "articles": [item.article.to_record() | {"id": item.id} for item in batch],
+            "adapter": self.adapter_for(role)}
+        if self.config.threshold is not None:
+            body["threshold"] = self.config.threshold
+        started = time.perf_counter()
+        try:
+            response = await self.client.post("/v1/classify", json=body)
+        except httpx.HTTPError as error:
+            raise RetryableError(f"classification API unreachable: {type(error).__name__}: "
+                                 f"{error}") from error
+        self.metrics.classify_latency.labels(role).observe(time.perf_counter() - started)
+        if response.status_code >= 500 or response.status_code in (404, 408, 429):
+            # 404 is adapter_not_found: an alias not set yet is a deployment state that
+            # a promotion fixes, not a property of the items.
+            raise RetryableError(f"classification API answered {response.status_code}: "
+                                 f"{response.text[:300]}")
+        if response.status_code >= 400:
+            raise RejectedError(f"classification API refused the request "
+                                f"({response.status_code}): {response.text[:300]}")
+        results = response.json()["results"]
+        if sorted(r["id"] for r in results) != sorted(item.id for item in batch):
+            raise RetryableError("classification API answered for other items than asked")
+        return results
+
+    def _store_results(self, role: Role, results: list[dict]) -> int:
+        return self.store.record_predictions(role, [
+            NewPrediction(item_id=r["id"], requested=r["requested"], adapter=r["adapter"],
+                          p_signal=r["p_signal"], threshold=r["threshold"], label=r["label"],
+                          truncated=r["truncated"]) for r in results])
+
+    async def _reject(self, role: Role, item_id: int, error: RejectedError) -> None:
+        log.error("item %d rejected by the classification API: %s", item_id, error)
+        self.metrics.rejected.labels(role).inc()
+        await asyncio.to_thread(self.store.record_failure, role, [item_id], str(error), True)
+
+    async def classify_pending(self, role: Role) -> int:
+        """Classify one batch of pending items for ``role``; how many were stored.
+
+        Raises :class:`RetryableError` when the API cannot answer (the items stay
+        pending). A batch the API refuses is retried item by item, so one bad item is
+        rejected alone and the others are classified.
+        """
+        batch = await asyncio.to_thread(self.store.pending, role, self.config.batch_size)
+        if not batch:
+            return 0
+        try:
+            results = await self._request(role, batch)
+        except RetryableError as error:
+            outcome = "unavailable" if "unreachable" in str(error) else "error"
+            self.metrics.classify_requests.labels(role, outcome).inc()
+            self.metrics.classifier_up.set(0)
+            await asyncio.to_thread(self.store.record_failure, role, [i.id for i in batch],
+                                    str(error), False)
+            raise
+        except RejectedError as error:
+            self.metrics.classify_requests.labels(role, "rejected").inc()
+            if len(batch) == 1:
+                await self._reject(role, batch[0].id, error)
+                return 0
+            results = []
+            for item in batch:
+                try:
+                    results += await self._request(role, [item])
+                except RejectedError as single_error:
+                    await self._reject(role, item.id, single_error)
+        self.metrics.classify_requests.labels(role, "ok").inc()
+        self.metrics.classifier_up.set(1)
+        stored = await asyncio.to_thread(self._store_results, role, results)
+        self.metrics.classified.labels(role).inc(stored)
+        by_id = {item.id: item for item in batch}
+        now = time.time()
+        for result in results:
+            published = by_id[result["id"]].published_at
+            if published is not None:
+                self.metrics.publication_latency.labels(role).observe(
+                    max(0.0, now - published.timestamp()))
+        return stored
+
+    async def _classify_with_back_off(self, role: Role) -> int:
+        """:meth:`classify_pending`, retried while the API cannot answer: waits
+        ``retry_initial_s``, doubled per failure up to ``retry_max_s``."""
+
+        def log_retry(state: RetryCallState) -> None:
+            log.warning("%s classification failed (%s); items stay pending, retry in "
+                        "%.1f s", role, state.outcome.exception(), state.next_action.sleep)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            wait=wait_exponential(multiplier=self.config.retry_initial_s,
+                                  max=self.config.retry_max_s),
+            before_sleep=log_retry, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                stored = await self.classify_pending(role)
+        return stored
+
+    async def run(self, role: Role) -> None:
+        """Classify ``role``'s pending items until cancelled; idle, wait for new work."""
+        while True:
+            try:
+                stored = await self._classify_with_back_off(role)
+            except Exception:  # the loop must outlive a bug or a store hiccup
+                log.exception("%s classification loop error", role)
+                await asyncio.sleep(self.config.retry_initial_s)
+                continue
+            if stored == 0:
+                self.work.clear()
+                try:
+                    await asyncio.wait_for(self.work.wait(), self.config.idle_poll_s)
+                except TimeoutError:
+                    pass

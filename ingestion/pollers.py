@@ -1,0 +1,149 @@
+"""Pollers: the sources the service reads on a schedule, parsed by the pipeline's readers.
+
+RSS/Atom feeds (``pipeline.sources.read_feed``), IMAP mailboxes (``pipeline.imap``)
+and a drop directory of ``.eml``/``.mbox``/``.jsonl``/``.csv`` files. Every poll hands
+what it read to the intake and counts what went wrong by source and kind; a poller
+survives anything a source throws at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.article import Article
+from pipeline.imap import ImapError, read_imap
+from pipeline.sources import FeedError, ReadResult, read_csv, read_eml, read_feed, read_jsonl
+from pipeline.sources import read_mbox
+from ingestion.config import FeedSourceConfig, ImapSourceConfig
+from ingestion.intake import Accepted
+from ingestion.metrics import IngestMetrics
+
+log = logging.getLogger(__name__)
+
+DROP_SUFFIXES = {".eml": "eml", ".mbox": "mbox", ".jsonl": "jsonl", ".csv": "csv"}
+
+AcceptItems = Callable[[list[Article], str], Awaitable[list[Accepted]]]
+
+
+class Pollers:
+    """Reads feeds, mailboxes and the drop directory; ``accept`` stores what they read."""
+
+    def __init__(self, metrics: IngestMetrics, accept: AcceptItems,
+                 drop_dir: Path | None = None):
+        self.metrics, self.accept, self.drop_dir = metrics, accept, drop_dir
+
+    def _count_read_problems(self, source: str, result: ReadResult) -> None:
+        if result.skipped:
+            self.metrics.items_skipped.labels(source).inc(result.skipped)
+
+    async def poll_feed(self, feed: FeedSourceConfig) -> int:
+        """Fetch and ingest one feed; the number of new items (errors are counted)."""
+        try:
+            result = await asyncio.to_thread(read_feed, feed.url, feed.name, feed.timeout_s)
+        except FeedError as error:
+            kind = ("timeout" if "timed out" in error.reason
+                    else "http_status" if error.reason.startswith("HTTP")
+                    else "connection")
+            self.metrics.source_errors.labels(feed.name, kind).inc()
+            self.metrics.polls.labels(feed.name, "error").inc()
+            log.warning("feed %s: %s", feed.name, error)
+            return 0
+        if not result.feed_format:
+            self._count_read_problems(feed.name, result)
+            self.metrics.source_errors.labels(feed.name, "not_a_feed").inc()
+            self.metrics.polls.labels(feed.name, "error").inc()
+            log.warning("feed %s (%s): the answer is not an RSS or Atom feed; nothing read",
+                        feed.name, feed.url)
+            return 0
+        answers = await self.accept(result.articles, feed.name)
+        # Problems are counted once what could be read is stored: a scrape that sees
+        # the error also sees the items the same poll recovered.
+        self._count_read_problems(feed.name, result)
+        if result.malformed:
+            self.metrics.source_errors.labels(feed.name, "malformed").inc()
+            log.warning("feed %s: malformed XML; kept the %d entries a tolerant parse "
+                        "recovered", feed.name, len(result.articles))
+        self.metrics.polls.labels(feed.name, "ok").inc()
+        self.metrics.last_poll.labels(feed.name).set(time.time())
+        return sum(a.status == "accepted" for a in answers)
+
+    @staticmethod
+    def _read_drop_file(path: Path) -> ReadResult:
+        kind = DROP_SUFFIXES[path.suffix.lower()]
+        reader: Callable[..., ReadResult] = {"eml": read_eml, "mbox": read_mbox,
+                                             "jsonl": read_jsonl, "csv": read_csv}[kind]
+        return reader(path, "drop")
+
+    async def scan_drop_dir(self) -> int:
+        """Ingest every file in the drop directory, then move it to processed/ (failed/
+        when unreadable). A file moves only after its items are stored, so a crash in
+        between re-reads it and dedupe drops what was already stored."""
+        directory = self.drop_dir
+        if directory is None or not directory.is_dir():
+            return 0
+        accepted = 0
+        for path in sorted(p for p in directory.iterdir()
+                           if p.is_file() and p.suffix.lower() in DROP_SUFFIXES):
+            try:
+                result = await asyncio.to_thread(self._read_drop_file, path)
+            except Exception as error:  # any reader failure: keep the file for a human
+                self.metrics.source_errors.labels("drop", "unreadable").inc()
+                log.error("drop file %s unreadable (%s: %s); moved to failed/", path.name,
+                          type(error).__name__, error)
+                _move(path, directory / "failed")
+                continue
+            self._count_read_problems("drop", result)
+            if not result.articles:
+                self.metrics.source_errors.labels("drop", "no_items").inc()
+                log.warning("drop file %s has no items (%s)", path.name,
+                            "; ".join(result.problems) or "empty")
+            answers = await self.accept(result.articles, "drop")
+            accepted += sum(a.status == "accepted" for a in answers)
+            self.metrics.polls.labels("drop", "ok").inc()
+            _move(path, directory / "processed")
+        self.metrics.last_poll.labels("drop").set(time.time())
+        return accepted
+
+    async def poll_imap(self, mailbox: ImapSourceConfig) -> int:
+        """Ingest the mailbox's matching messages (one item per newsletter story)."""
+        config = mailbox
+        if mailbox.lookback_days is not None:
+            since = (datetime.now(timezone.utc) - timedelta(days=mailbox.lookback_days)).date()
+            config = mailbox.model_copy(update={"since": since})
+        try:
+            result = await asyncio.to_thread(read_imap, config)
+        except ImapError as error:
+            self.metrics.source_errors.labels(mailbox.source, "connection").inc()
+            self.metrics.polls.labels(mailbox.source, "error").inc()
+            log.warning("%s", error)
+            return 0
+        self._count_read_problems(mailbox.source, result)
+        answers = await self.accept(result.articles, mailbox.source)
+        self.metrics.polls.labels(mailbox.source, "ok").inc()
+        self.metrics.last_poll.labels(mailbox.source).set(time.time())
+        return sum(a.status == "accepted" for a in answers)
+
+
+async def every(interval_s: float, poll: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Run ``poll`` every ``interval_s`` seconds, forever; a failure is logged."""
+    while True:
+        try:
+            await poll()
+        except Exception:  # a poller must survive anything a source throws at it
+            log.exception("%s poll failed", what)
+        await asyncio.sleep(interval_s)
+
+
+def _move(path: Path, directory: Path) -> None:
+    directory.mkdir(exist_ok=True)
+    target = directory / path.name
+    if target.exists():  # the same file name dropped twice: keep both
+        target = directory / f"{path.stem}-{time.time_ns()}{path.suffix}"
+    shutil.move(str(path), target)

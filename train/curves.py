@@ -1,0 +1,27 @@
+"""Training-loss curves: smoothing and the step at which a curve reaches a target.
+
+Used by the experiment (steps to the LoRA run's final loss) and by its plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values (the first points average fewer)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def steps_to_target(curve: Sequence[float], target: float, smooth: int) -> int | None:
+    """First step (1-based) whose smoothed loss is at or below ``target``; None if never."""
+    for step, value in enumerate(moving_average(curve, smooth), start=1):
+        if value <= target:
+            return step
+    return None
