@@ -8,6 +8,7 @@ import ast
 import importlib.metadata as metadata
 import re
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -87,13 +88,15 @@ def test_this_environment_is_exactly_the_two_locks():
     """The environment the tests run in was made by install.sh: the locks describe it."""
     project = canonicalize_name(tomllib.loads((ROOT / "pyproject.toml").read_text())
                                 ["project"]["name"])
+    # The environment's own site-packages (sys.path may hold more once other tests ran).
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     found = {canonicalize_name(d.metadata["Name"]): d.version
-             for d in metadata.distributions(path=sys.path)}
+             for d in metadata.distributions(path=site)}
     found.pop(project, None)
     found.pop("pip", None)
     locked = RUNTIME | DEV
-    assert set(locked) - set(found) == set(), "locked but not installed"
-    assert set(found) - set(locked) == set(), "installed but in neither lock"
+    assert set(locked) - set(found) == set(), f"locked but not installed in {site}"
+    assert set(found) - set(locked) == set(), f"installed in {site} but in neither lock"
     differ = {name: (locked[name], found[name]) for name in locked
               if locked[name] != found[name]}
     assert not differ, differ

@@ -6,11 +6,13 @@ directory standing for /data, the directory is then made read-only (the engine m
 /data readOnly), and the engine's command, arguments and environment start vLLM, which
 must answer /health and pass the pod's own startup probe (a real completion). A control
 run without the init step shows what the test catches: vLLM's filesystem LoRA resolver
-refuses to start when VLLM_LORA_RESOLVER_CACHE_DIR does not exist.
+refuses to start when VLLM_LORA_RESOLVER_CACHE_DIR does not exist. The same resolver is
+how every replica serves a registry version it was never asked to load.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -104,6 +106,33 @@ def _health(port: int) -> int | None:
         return None
 
 
+def _write_lora_adapter(model_dir: Path, out: Path) -> None:
+    """A real (freshly initialised) LoRA adapter of the served base model, as training
+    publishes one into the registry: adapter_config.json names the base model's path."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    get_peft_model(base, config).save_pretrained(out)
+
+
+def _complete(port: int, model: str, key: str | None) -> int:
+    body = json.dumps({"model": model, "prompt": "Acme buys Beta.", "max_tokens": 1})
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                     data=body.encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def test_vllm_container_comes_up_on_a_fresh_read_only_volume(tmp_path):
     pod = _vllm_pod()
     [init] = [c for c in pod["initContainers"] if c["name"] == "data-layout"]
@@ -122,6 +151,11 @@ def test_vllm_container_comes_up_on_a_fresh_read_only_volume(tmp_path):
     assert (data / "registry").is_dir() and (data / "datasets").is_dir()
     model = Path(local.path(engine["args"][0]))
     assert (model / "config.json").is_file(), f"the init step did not prepare {model}"
+    # A registry version published later, by training (before the engine starts here, so
+    # the volume can be read-only for the whole run).
+    adapter = "lora-published-by-training"
+    _write_lora_adapter(model, data / "registry" / adapter)
+    registry_before = sorted(p.name for p in (data / "registry").rglob("*"))
 
     # 2. The engine sees /data read-only.
     _make_read_only(data)
@@ -153,7 +187,12 @@ def test_vllm_container_comes_up_on_a_fresh_read_only_volume(tmp_path):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=10)
             assert refused.value.code == 401
-            assert not list((data / "registry").iterdir()), "vLLM wrote to the volume"
+            # Every replica serves every registry version without a load call: the
+            # filesystem resolver loads it by name on first use; unknown names fail.
+            assert _complete(local.port, adapter, API_KEY) == 200
+            assert _complete(local.port, "lora-no-such-version", API_KEY) in (400, 404)
+            assert _complete(local.port, adapter, None) == 401
+            assert sorted(p.name for p in (data / "registry").rglob("*")) == registry_before
         finally:
             engine_process.terminate()
             try:
