@@ -188,3 +188,34 @@ def test_worker_resources_come_from_the_environment_and_refuse_nonsense(monkeypa
     monkeypatch.setenv("SIGNALS_TRAIN_GPUS_PER_WORKER", "-1")
     with pytest.raises(ValidationError, match="gpus_per_worker"):
         WorkerResources()
+
+
+def test_on_a_real_ray_without_gpus_the_request_is_a_pending_gpu_demand(monkeypatch):
+    """A local Ray with no GPU stands for a cluster whose gpu group is at zero: the
+    workers' placement group is not refused, it waits, and the autoscaler's view of the
+    cluster lists the GPU bundle as unmet demand: what makes KubeRay's autoscaler add a
+    GPU node. (Deciding from the cluster's resources, as before, asked for no GPU here.)"""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    from train.jobs import WorkerResources, scaling_config
+
+    monkeypatch.setenv("SIGNALS_TRAIN_GPUS_PER_WORKER", "1")
+    monkeypatch.setenv("SIGNALS_TRAIN_CPUS_PER_WORKER", "1")
+    ray.shutdown()
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
+    try:
+        assert ray.cluster_resources().get("GPU", 0) == 0
+        scaling = scaling_config(1, WorkerResources(), ray.cluster_resources()["CPU"])
+        group = scaling.as_placement_group_factory()()
+        ready, _ = ray.wait([group.ready()], timeout=3)
+        assert not ready, "placed without a GPU"
+        deadline, demands = time.monotonic() + 60, []
+        while not demands and time.monotonic() < deadline:
+            status = get_cluster_status(ray.get_runtime_context().gcs_address)
+            demands = [request.bundle for demand in status.resource_demands.placement_group_demand
+                       for request in demand.bundles_by_count]
+            time.sleep(1)
+        assert {"CPU": 1.0, "GPU": 1.0} in demands, demands
+    finally:
+        ray.shutdown()
