@@ -3,7 +3,7 @@ VENV ?= .venv
 
 .PHONY: setup demo test
 
-setup:  ## create/refresh .venv from requirements/lock.txt (idempotent, fast when unchanged)
+setup:  ## create/refresh .venv from requirements/lock.txt + dev-lock.txt (idempotent, fast when unchanged)
 	bash requirements/install.sh
 
 demo: setup  ## the main job end to end: model, data, LoRA, vLLM, classify April articles

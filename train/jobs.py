@@ -22,12 +22,49 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from pipeline.settings import Paths
 from train.common import RunContext
 from train.config import AnyTrainConfig, TrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
+
+
+class WorkerResources(BaseSettings):
+    """What each Ray Train worker asks the cluster for; every field reads
+    ``SIGNALS_TRAIN_<FIELD>`` (set on the Ray head, where ``signals train`` runs as the
+    driver: k8s/overlays/gpu).
+
+    A request, not an observation of the cluster: a GPU group at zero replicas has no GPU
+    to observe, and only a pending request for one makes Ray's autoscaler add a node.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SIGNALS_TRAIN_")
+
+    gpus_per_worker: float = Field(
+        default=0, ge=0,
+        description="GPUs each worker reserves (0: train on CPUs). 1 on GPU clusters: the "
+        "autoscaler then scales a worker group whose pods offer nvidia.com/gpu up from zero.")
+    cpus_per_worker: float | None = Field(
+        default=None, gt=0,
+        description="CPUs each worker reserves. Unset: the CPUs the cluster has now, split "
+        "among the workers (at least 1); with GPUs, set it to what one GPU node offers or "
+        "less, so the request fits a node the autoscaler can add.")
+
+
+def scaling_config(workers: int, resources: WorkerResources, cluster_cpus: float):
+    """Ray Train's ScalingConfig for ``workers`` workers that each ask for ``resources``."""
+    from ray.train import ScalingConfig
+
+    cpus = resources.cpus_per_worker or max(1.0, cluster_cpus // workers)
+    per_worker = {"CPU": cpus}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ScalingConfig(num_workers=workers, use_gpu=bool(resources.gpus_per_worker),
+                         resources_per_worker=per_worker)
 
 
 def method_function(method: str):
@@ -122,33 +159,32 @@ def run_training(config: TrainConfig, workers: int = 1, ray_address: str | None 
         return method_function(config.method)(config, RunContext(adapter_name=adapter_name))
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     address = ray_address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=True,
              include_dashboard=False if address is None else None)
-    total_cpus = ray.cluster_resources().get("CPU", 1)
-    cpus = cpus_per_worker or max(1.0, total_cpus // workers)
+    resources = WorkerResources()
+    if cpus_per_worker:
+        resources = resources.model_copy(update={"cpus_per_worker": cpus_per_worker})
+    scaling = scaling_config(workers, resources, ray.cluster_resources().get("CPU", 1))
     storage = Path(storage_path or Paths().data_dir / "ray_results").resolve()
     scratch = storage / adapter_name / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
 
-    # The driver may sit on a CPU-only head node (KubeRay): ask the cluster, not this process.
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= workers
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "adapter_name": adapter_name,
                            "scratch": str(scratch), "fail_once_at_step": fail_once_at_step},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
+        scaling_config=scaling,
         run_config=RunConfig(name=adapter_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=2),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
-    log.info("Ray Train: %s with %d worker(s) x %.0f CPU on %s", config.method, workers, cpus,
-             address or "a local Ray")
+    log.info("Ray Train: %s with %d worker(s) x %s on %s", config.method, workers,
+             scaling.resources_per_worker, address or "a local Ray")
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training run {adapter_name} failed: {result.error}")

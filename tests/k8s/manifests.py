@@ -29,6 +29,10 @@ KUBERNETES_VERSIONS = ("1.30", "1.37")
 OUR_IMAGES = {"signals-serve": ROOT / "Dockerfile.serve",
               "signals-train": ROOT / "Dockerfile.train"}
 VLLM_IMAGE = "vllm/vllm-openai"
+# The plain Ray image: only for `ray job submit` (RayJob submitterPodTemplate).
+RAY_IMAGE = "rayproject/ray"
+# Where the overlays' images: parameters point our images (a placeholder to replace).
+REGISTRY_PLACEHOLDER = "registry.example.com/signals"
 
 CRD_SCHEMAS = {
     ("ray.io/v1", "RayJob"): ("kuberay-ray.io-v1.json", "RayJob"),
@@ -143,6 +147,10 @@ def pod_templates(objects) -> Iterator[PodTemplate]:
             for group in cluster.get("workerGroupSpecs", []):
                 yield PodTemplate(f"{kind}/{name}:{group['groupName']}",
                                   group["template"]["spec"])
+            submitter = spec.get("submitterPodTemplate") if kind == "RayJob" else None
+            if submitter:
+                yield PodTemplate(f"{kind}/{name}:submitter", submitter["spec"],
+                                  submitter.get("metadata", {}).get("labels", {}))
 
 
 def image_repository(image: str) -> str:

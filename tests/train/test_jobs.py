@@ -101,3 +101,121 @@ def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, t
     [version] = registry.list()
     assert version.manifest["metrics"]["world_size"] == 2
     assert f"adapter {version.name} written" in logs
+
+
+# --- what Ray Train workers ask for: configuration, not the cluster's current state ------
+
+def _head_env(cluster_spec: dict) -> dict[str, str]:
+    container = cluster_spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _ray_clusters(kustomization: str):
+    from tests.k8s.manifests import render
+
+    for obj in render(kustomization):
+        if obj["kind"] == "RayCluster":
+            yield f"RayCluster/{obj['metadata']['name']}", obj["spec"]
+        elif obj["kind"] == "RayJob":
+            yield f"RayJob/{obj['metadata']['name']}", obj["spec"]["rayClusterSpec"]
+
+
+def _groups_that_fit(cluster_spec: dict, per_worker: dict) -> list[str]:
+    """Worker groups whose pods offer at least ``per_worker`` (KubeRay advertises a
+    pod's CPU and nvidia.com/gpu limits to Ray as CPU and GPU)."""
+    def cpus(quantity) -> float:  # "4", 4, "500m"
+        text = str(quantity)
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+    fits = []
+    for group in cluster_spec.get("workerGroupSpecs", []):
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        offered = {"CPU": cpus(limits.get("cpu", 0)),
+                   "GPU": float(limits.get("nvidia.com/gpu", 0))}
+        if all(offered.get(k, 0) >= v for k, v in per_worker.items()):
+            fits.append(group["groupName"])
+    return fits
+
+
+@pytest.mark.parametrize("kustomization", ["overlays/gpu", "overlays/gpu/jobs"])
+def test_gpu_training_asks_for_a_gpu_that_an_autoscaled_group_supplies(kustomization,
+                                                                       monkeypatch):
+    """On the gpu overlay the driver (on the head) is configured to ask for one GPU per
+    worker even when no GPU node exists yet (cluster CPUs 0, GPUs 0: the head has
+    num-cpus 0 and the gpu group may be at zero); some worker group offers it."""
+    from train.jobs import WorkerResources, scaling_config
+
+    for owner, spec in _ray_clusters(kustomization):
+        for name in [n for n in os.environ if n.startswith("SIGNALS_TRAIN_")]:
+            monkeypatch.delenv(name)
+        for name, value in _head_env(spec).items():
+            monkeypatch.setenv(name, value)
+        scaling = scaling_config(1, WorkerResources(), cluster_cpus=0)
+        per_worker = scaling._resources_per_worker_not_none
+        assert scaling.use_gpu and per_worker["GPU"] == 1, owner
+        groups = _groups_that_fit(spec, per_worker)
+        assert groups, f"{owner}: no worker group offers {per_worker}"
+        if owner.startswith("RayCluster/"):
+            group = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == groups[0])
+            assert group["minReplicas"] == 0 and spec["enableInTreeAutoscaling"], \
+                "the GPU group starts at zero and the autoscaler adds it on demand"
+
+
+def test_cpu_clusters_ask_for_no_gpu(monkeypatch):
+    from train.jobs import WorkerResources, scaling_config
+
+    for kustomization in ("overlays/cpu-dev", "overlays/cpu-dev/jobs", "base"):
+        for owner, spec in _ray_clusters(kustomization):
+            assert not [n for n in _head_env(spec) if n.startswith("SIGNALS_TRAIN_")], owner
+    for name in [n for n in os.environ if n.startswith("SIGNALS_TRAIN_")]:
+        monkeypatch.delenv(name)
+    scaling = scaling_config(2, WorkerResources(), cluster_cpus=4)
+    assert not scaling.use_gpu
+    assert scaling._resources_per_worker_not_none == {"CPU": 2}
+
+
+def test_worker_resources_come_from_the_environment_and_refuse_nonsense(monkeypatch):
+    from pydantic import ValidationError
+
+    from train.jobs import WorkerResources, scaling_config
+
+    monkeypatch.setenv("SIGNALS_TRAIN_GPUS_PER_WORKER", "1")
+    monkeypatch.setenv("SIGNALS_TRAIN_CPUS_PER_WORKER", "4")
+    # The request does not depend on what the cluster has right now.
+    for cluster_cpus in (0, 2, 64):
+        scaling = scaling_config(2, WorkerResources(), cluster_cpus=cluster_cpus)
+        assert scaling.total_resources == {"CPU": 8, "GPU": 2}
+    monkeypatch.setenv("SIGNALS_TRAIN_GPUS_PER_WORKER", "-1")
+    with pytest.raises(ValidationError, match="gpus_per_worker"):
+        WorkerResources()
+
+
+def test_on_a_real_ray_without_gpus_the_request_is_a_pending_gpu_demand(monkeypatch):
+    """A local Ray with no GPU stands for a cluster whose gpu group is at zero: the
+    workers' placement group is not refused, it waits, and the autoscaler's view of the
+    cluster lists the GPU bundle as unmet demand: what makes KubeRay's autoscaler add a
+    GPU node. (Deciding from the cluster's resources, as before, asked for no GPU here.)"""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    from train.jobs import WorkerResources, scaling_config
+
+    monkeypatch.setenv("SIGNALS_TRAIN_GPUS_PER_WORKER", "1")
+    monkeypatch.setenv("SIGNALS_TRAIN_CPUS_PER_WORKER", "1")
+    ray.shutdown()
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
+    try:
+        assert ray.cluster_resources().get("GPU", 0) == 0
+        scaling = scaling_config(1, WorkerResources(), ray.cluster_resources()["CPU"])
+        group = scaling.as_placement_group_factory()()
+        ready, _ = ray.wait([group.ready()], timeout=3)
+        assert not ready, "placed without a GPU"
+        deadline, demands = time.monotonic() + 60, []
+        while not demands and time.monotonic() < deadline:
+            status = get_cluster_status(ray.get_runtime_context().gcs_address)
+            demands = [request.bundle for demand in status.resource_demands.placement_group_demand
+                       for request in demand.bundles_by_count]
+            time.sleep(1)
+        assert {"CPU": 1.0, "GPU": 1.0} in demands, demands
+    finally:
+        ray.shutdown()
