@@ -27,7 +27,7 @@ from pipeline.article import Article
 from train.calibration import expected_calibration_error, f1_optimal_threshold
 
 if TYPE_CHECKING:
-    from serve.classifier import Classification
+    from train.classifier import Classification
 
 log = logging.getLogger(__name__)
 

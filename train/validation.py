@@ -93,7 +93,7 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
     from transformers import AutoTokenizer
 
     from pipeline.prompt import encode_prompt, label_token_ids
-    from serve.backends import InProcessBackend
+    from train.backends import InProcessBackend
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     backend = InProcessBackend(base_model, label_token_ids(tokenizer), batch_size=batch_size)
