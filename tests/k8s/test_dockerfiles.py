@@ -108,3 +108,20 @@ def test_the_build_context_holds_what_the_dockerfile_copies(path):
     assert _ignored("data/models/x.safetensors", patterns)
     assert _ignored(".venv/bin/python", patterns)
     assert _ignored("serve/__pycache__/app.cpython-311.pyc", patterns)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_every_product_package_goes_into_the_image(path):
+    """Each package pyproject installs is copied into the build: a package added to the
+    layout but not to the Dockerfile (ingestion/ once was) breaks its commands there."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    packages = sorted(p.rstrip("*") for p in include)
+    copied = {line.split()[1] for line in path.read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line}
+    allowed = (ROOT / ".dockerignore").read_text().splitlines()
+    for package in packages:
+        assert package in copied, f"{path.name} does not COPY {package}/"
+        assert f"!{package}/" in allowed, f".dockerignore keeps {package}/ out of the context"
