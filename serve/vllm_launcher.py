@@ -9,8 +9,9 @@ hands over to ``vllm.entrypoints.cli.main.main`` with the usual arguments::
 
 With the ordinary ``vllm`` package (GPU images) nothing is patched.
 
-On the CPU build it also fixes base-model (no-LoRA) tokens in mixed LoRA batches; see
-:func:`patch_cpu_lora_no_adapter_index`.
+On the CPU build it also replaces vLLM's per-token LoRA ops with segment-grouped ones
+(:mod:`serve.vllm_cpu_lora`: a matmul per adapter segment instead of a weight copy per
+token, and base-model tokens in mixed batches get no adapter); see :func:`patch_cpu_lora_ops`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import functools
 import importlib.metadata as metadata
 import os
 import sys
+
+# "segment" (default): serve.vllm_cpu_lora's ops; "vllm": vLLM's own per-token ops,
+# with only the -1 fix (kept for measuring the difference, see bench/bench_serving.py).
+CPU_LORA_OPS_ENV = "SIGNALS_VLLM_CPU_LORA_OPS"
 
 _original_version = metadata.version
 
@@ -122,9 +127,38 @@ def patch_cpu_lora_no_adapter_index() -> bool:
     return True
 
 
-def main() -> None:
+def patch_cpu_lora_ops() -> str:
+    """Install the faster, correct LoRA ops on the CPU build; return which ops run.
+
+    ``"segment"``: :mod:`serve.vllm_cpu_lora` replaced vLLM's torch ops (after its
+    probe found them computing the same thing). ``"vllm+no-lora-fix"``: vLLM's ops
+    with :func:`patch_cpu_lora_no_adapter_index` only -- when the probe refused, or
+    when ``SIGNALS_VLLM_CPU_LORA_OPS=vllm`` asks for them. ``"vllm"``: not the CPU
+    build, or nothing needed patching.
+    """
+    if not is_cpu_build():
+        return "vllm"
+    wanted = os.environ.get(CPU_LORA_OPS_ENV, "segment")
+    if wanted not in ("segment", "vllm"):
+        raise ValueError(f"{CPU_LORA_OPS_ENV} must be 'segment' or 'vllm', not {wanted!r}")
+    if wanted == "segment":
+        from serve import vllm_cpu_lora
+
+        if vllm_cpu_lora.install():
+            return "segment"
+    return "vllm+no-lora-fix" if patch_cpu_lora_no_adapter_index() else "vllm"
+
+
+def _patch_for_vllm_process() -> None:
     patch_version_lookup()
-    patch_cpu_lora_no_adapter_index()
+    ops = patch_cpu_lora_ops()
+    # One line per process in vLLM's log: which LoRA ops this server computes with.
+    print(f"serve.vllm_launcher: LoRA ops: {ops} (pid {os.getpid()})", file=sys.stderr,
+          flush=True)
+
+
+def main() -> None:
+    _patch_for_vllm_process()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv[0] = "vllm"
@@ -138,5 +172,4 @@ elif __name__ == "__mp_main__":
     # "spawn" (vllm/platforms/cpu.py sets VLLM_WORKER_MULTIPROC_METHOD=spawn), which
     # imports this module again under this name in each new process: the LoRA ops run
     # in the worker, so patch them there too.
-    patch_version_lookup()
-    patch_cpu_lora_no_adapter_index()
+    _patch_for_vllm_process()

