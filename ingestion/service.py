@@ -73,7 +73,9 @@ class IngestionService:
     # --- the parts' entry points, for the API, the CLI and tests -----------------------
 
     def accept(self, articles: list[Article], source: str) -> list[Accepted]:
-        """Deduplicate and store ``articles`` from ``source``; one answer per article."""
+        """Deduplicate and store ``articles`` from ``source``; one answer per article.
+        Synchronous, without the link stage (that needs the event loop: use
+        :meth:`accept_async`)."""
         return self.intake.accept(articles, source)
 
     async def accept_async(self, articles: list[Article], source: str) -> list[Accepted]:

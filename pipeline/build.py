@@ -913,11 +913,14 @@ def run_link_stage(articles: list[Article],
                    config: LinkStageConfig) -> tuple[list[Article], dict[str, Any]]:
     """Follow the links of short/teaser items; the articles (one per canonical URL) and
     the manifest's ``links`` section: counts and each item's provenance by id."""
+    from tqdm import tqdm
+
     settings = LinkSettings(**config.model_dump(exclude={"deadline_s"}))
     counters = LinkCounters()
     log.info("links: %d articles (%s)", len(articles), settings.fetch_when)
-    results = enrich_articles(articles, settings, deadline_s=config.deadline_s,
-                              counters=counters)
+    with tqdm(total=len(articles), desc="links", unit="item") as bar:
+        results = enrich_articles(articles, settings, deadline_s=config.deadline_s,
+                                  counters=counters, on_done=bar.update)
     kept = drop_link_duplicates(results)
     section = {
         "counts": {
