@@ -22,7 +22,7 @@ from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
 from ingestion.store import Store, item_links, items
 from pipeline.links import LinkSettings
-from tests.conftest import free_port, publish_variant, serve_app
+from tests.conftest import free_port, serve_app
 from tests.ingestion.test_ingest_support import (
     classification_api,
     make_classifier,
@@ -32,7 +32,6 @@ from tests.ingestion.test_ingest_support import (
 )
 from tests.pipeline.link_site import BODY, LinkSite, serve_link_site, story_lead, story_title
 from tests.pipeline.test_link_sources import newsletter
-from train.registry import AdapterRegistry
 
 STORIES = range(1, 11)
 
@@ -139,13 +138,12 @@ def test_newsletter_links_are_followed_stored_with_provenance_deduped_and_counte
 
 @pytest.mark.slow
 def test_newsletter_stories_are_classified_on_their_article_text(
-        tmp_path, base_model_dir, trained_adapter, tokenizer):
+        tmp_path, base_model_dir, tokenizer):
     """End to end: newsletter e-mail -> drop directory -> link stage -> store -> real
-    classification API (in-process backend, real LoRA adapter) -> stored predictions."""
+    classification API (in-process backend on the real base model; what is checked is
+    the text it is given, so no adapter needs training) -> stored predictions."""
     registry_root = tmp_path / "registry"
     registry_root.mkdir()
-    AdapterRegistry(registry_root).set_alias(
-        "production", publish_variant(registry_root, trained_adapter, "prod", 1.0).name)
     classifier = make_classifier(base_model_dir, registry_root, tokenizer,
                                  max_prompt_tokens=256)
     received: dict[str, str] = {}
@@ -153,7 +151,7 @@ def test_newsletter_stories_are_classified_on_their_article_text(
     with classification_api(classifier) as (api_url, _counter), serve_link_site() as site:
         # A spy on the classify loop's request: records the text each item is sent
         # with, then makes the real request unchanged.
-        config = link_config(tmp_path, api_url, adapter="production", batch_size=4,
+        config = link_config(tmp_path, api_url, adapter="base", batch_size=4,
                              idle_poll_s=0.2, retry_initial_s=0.2)
         app = create_ingest_app(config)
         service = app.state.service
@@ -178,7 +176,7 @@ def test_newsletter_stories_are_classified_on_their_article_text(
                 assert BODY[2] in received[story_title(number)]
                 detail = httpx.get(f"{url}/v1/items/{row['id']}").json()
                 assert len(detail["predictions"]) == 1, json.dumps(detail)[:500]
-                assert detail["predictions"][0]["requested"] == "production"
+                assert detail["predictions"][0]["requested"] == "base"
             samples = scrape(url)
             assert sample(samples, "signals_ingest_link_fetches_total",
                           host=site.base.removeprefix("http://"), status="ok") == 10
