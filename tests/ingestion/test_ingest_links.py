@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import date
 
 import httpx
 import pytest
@@ -21,7 +22,9 @@ from sqlalchemy import select
 from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
 from ingestion.store import Store, item_links, items
-from pipeline.links import LinkSettings
+from pipeline.article import Article
+from pipeline.dedupe import content_hash
+from pipeline.links import LinkProvenance, LinkSettings
 from tests.conftest import free_port, serve_app
 from tests.ingestion.test_ingest_support import (
     classification_api,
@@ -31,9 +34,36 @@ from tests.ingestion.test_ingest_support import (
     wait_for,
 )
 from tests.pipeline.link_site import BODY, LinkSite, serve_link_site, story_lead, story_title
+from tests.ingestion.test_ingest_store import db_url, postgres_server  # noqa: F401 (fixtures)
 from tests.pipeline.test_link_sources import newsletter
 
 STORIES = range(1, 11)
+
+
+def test_store_keeps_provenance_and_finds_an_article_by_canonical_url(db_url):
+    """``item_links`` on SQLite and PostgreSQL: written with the item in one
+    transaction, read back by ``get_item``, searched by canonical URL."""
+    store = Store(db_url)
+    try:
+        article = Article(id="n1", title="Acme buys Widget", text="The article's text.",
+                          link="https://news.example/acme?utm_source=x")
+        provenance = LinkProvenance(
+            text_origin="page", fetch_status="ok", requested_url=article.link,
+            final_url="https://news.example/acme", canonical_url="https://news.example/acme",
+            http_status=200, extractor="trafilatura 2.0", page_date=date(2024, 3, 5),
+            page_chars=1234).model_dump(mode="json")
+        item_id, inserted = store.insert_item(article, "letters", content_hash(article), None,
+                                              shadow=False, provenance=provenance)
+        plain = Article(id="n2", title="No link", text="Stored without the stage.")
+        plain_id, _ = store.insert_item(plain, "letters", content_hash(plain), None,
+                                        shadow=False)
+        assert inserted
+        assert store.find_by_canonical_url("https://news.example/acme") == item_id
+        assert store.find_by_canonical_url("https://news.example/other") is None
+        assert store.get_item(item_id)["link_provenance"] == provenance
+        assert store.get_item(plain_id)["link_provenance"] is None
+    finally:
+        store.close()
 
 
 def link_config(tmp_path, classifier_url: str, **overrides) -> IngestConfig:
