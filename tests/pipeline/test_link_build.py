@@ -14,7 +14,7 @@ from pipeline.stats import dataset_stats, stats_markdown
 from tests.pipeline.link_site import BODY, serve_link_site, story_lead
 
 
-def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_path):
+def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_path, capsys):
     with serve_link_site() as site:
         links = tmp_path / "links.csv"
         links.write_text(
@@ -62,6 +62,16 @@ def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_pa
     assert february["from_page"] == 0 and february["page_chars"] == 0
     assert february["fetch_status"] == {"extraction_failed": 1, "robots_disallowed": 1}
     assert "## Text from linked pages" in stats_markdown(stats)
+
+    # `signals data stats` prints the same report
+    from serve.cli import build_parser
+
+    args = build_parser().parse_args(["data", "stats", str(directory),
+                                      "--out", str(tmp_path / "report")])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "## Text from linked pages" in printed
+    assert "| train | 2 | 2 | 1.000 |" in printed, printed
 
 
 def test_link_stage_settings_are_checked_when_the_config_loads():
