@@ -16,12 +16,20 @@ at them. Measured in one run, side by side:
 5. **No HTTP cache**: the cold run again with caching off, to show what storing the
    pages in the cache costs.
 
+6. **Through the ingestion service**: the teaser items pushed to a running ingestion
+   service (``POST /v1/items`` over loopback HTTP, in batches) with the link stage off
+   and then on (empty cache), side by side: the cost the stage adds per ingested item,
+   intake included (dedupe, SQLite, provenance row). The classification API is left
+   unreachable in both runs: classification costs the same with or without the stage
+   (apart from longer texts, which the model truncates at its prompt limit).
+
 Politeness is turned down for the measurement (``per_host_interval_s=0``; 4 requests
 per host at a time): the figures are what this machine can do. With the default one
 request per second per host, a newsletter of N stories from H sites takes about N/H
 seconds of waiting, which dwarfs every figure here; the deadline bounds it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_links.py --pages 400 --sites 4
+    (add ``--ingest-batch N`` to change the push size of part 6)
 
 Extraction is also timed a second time with htmldate's extensive date search on
 (``--extensive-sample`` pages), the setting :class:`LinkSettings` leaves off.
@@ -37,6 +45,7 @@ import html
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -48,9 +57,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ingestion.api import create_ingest_app  # noqa: E402
+from ingestion.config import IngestConfig  # noqa: E402
 from pipeline.article import Article  # noqa: E402
+from serve.local_http import free_port, serve_app  # noqa: E402
 from pipeline.links import LinkEnricher, LinkSettings, extract_article  # noqa: E402
 from pipeline.reuters import read_collection  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
@@ -133,12 +147,41 @@ def timed_enrich(articles: list[Article], settings: LinkSettings) -> tuple[float
     return asyncio.run(run())
 
 
+def timed_ingest(articles: list[Article], workdir: Path, links: LinkSettings | None,
+                 batch: int) -> tuple[float, dict[str, int]]:
+    """Push ``articles`` to a fresh ingestion service in batches of ``batch``; the wall
+    time of all pushes and the stored items' fetch outcomes."""
+    workdir.mkdir(parents=True)
+    config = IngestConfig(database_url=f"sqlite:///{workdir / 'ingest.db'}",
+                          classifier_url=f"http://127.0.0.1:{free_port()}",
+                          retry_initial_s=3600, retry_max_s=3600, links=links,
+                          link_deadline_s=600)
+    records = [a.model_dump(mode="json", exclude_none=True) for a in articles]
+    with serve_app(create_ingest_app(config)) as url, httpx.Client(timeout=900) as client:
+        started = time.perf_counter()
+        for i in range(0, len(records), batch):
+            answer = client.post(f"{url}/v1/items",
+                                 json={"articles": records[i:i + batch], "source": "bench"})
+            answer.raise_for_status()
+        seconds = time.perf_counter() - started
+    outcomes: dict[str, int] = {}
+    with sqlite3.connect(workdir / "ingest.db") as db:
+        for (status, count) in db.execute(
+                "SELECT fetch_status, count(*) FROM item_links GROUP BY fetch_status"):
+            outcomes[status] = count
+        stored = db.execute("SELECT count(*) FROM items").fetchone()[0]
+    outcomes["stored_items"] = stored
+    return seconds, outcomes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pages", type=int, default=400, help="Stories (pages) to serve.")
     parser.add_argument("--sites", type=int, default=4, help="Local servers (hosts).")
     parser.add_argument("--extensive-sample", type=int, default=100,
                         help="Pages timed again with htmldate's extensive date search.")
+    parser.add_argument("--ingest-batch", type=int, default=50,
+                        help="Items per push in the ingestion-service comparison.")
     parser.add_argument("--out", type=Path, default=Path("bench/results/links.json"))
     args = parser.parse_args()
 
@@ -188,6 +231,13 @@ def main() -> None:
         # Same cold run without the HTTP cache: what storing the pages costs.
         uncached_s, uncached = timed_enrich(teasers, settings.model_copy(
             update={"cache_path": None}))
+        # 6. Through the ingestion service, stage off then on (its own empty cache).
+        ingest_off_s, ingest_off = timed_ingest(teasers, Path(tmp) / "ingest-off", None,
+                                                args.ingest_batch)
+        ingest_on_s, ingest_on = timed_ingest(
+            teasers, Path(tmp) / "ingest-on",
+            settings.model_copy(update={"cache_path": Path(tmp) / "ingest-cache.sqlite"}),
+            args.ingest_batch)
 
     def outcome_counts(results: list) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -227,6 +277,16 @@ def main() -> None:
         "stage_not_needed": {
             "seconds": round(skip_s, 3), "ms_per_item": round(1000 * skip_s / n, 3),
             "outcomes": outcome_counts(skipped)},
+        "ingestion_service": {
+            "items": n, "batch": args.ingest_batch,
+            "stage_off": {"seconds": round(ingest_off_s, 3),
+                          "ms_per_item": round(1000 * ingest_off_s / n, 2),
+                          "stored": ingest_off},
+            "stage_on_cold_cache": {"seconds": round(ingest_on_s, 3),
+                                    "ms_per_item": round(1000 * ingest_on_s / n, 2),
+                                    "stored": ingest_on},
+            "added_ms_per_item": round(1000 * (ingest_on_s - ingest_off_s) / n, 2),
+            "on_over_off": round(ingest_on_s / ingest_off_s, 2)},
         "ratios": {
             "cold_stage_over_extraction_only": round(cold_s / extract_s, 2),
             "warm_over_cold": round(warm_s / cold_s, 2),

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettin
 from pipeline.build import FeedSource
 from pipeline.dedupe import DEFAULT_NUM_PERM
 from pipeline.imap import ImapConfig
+from pipeline.links import LinkSettings
 from pipeline.settings import Paths
 
 _paths = Paths()
@@ -177,6 +178,18 @@ class IngestConfig(BaseSettings):
 
     drift: DriftConfig = DriftConfig()
     """Drift rules and retraining (off unless ``drift.ray_address`` is set)."""
+
+    links: LinkSettings | None = None
+    """The link stage (``pipeline/links.py``): which items get their link followed and how
+    politely. None: off, items are classified on their own text. On, every incoming
+    batch is enriched before dedupe and storage, each item's provenance is stored,
+    newsletters in the drop directory become one item per linked story and CSV/JSONL
+    link lists one item per URL."""
+
+    link_deadline_s: float = Field(default=30.0, gt=0)
+    """Longest wait for the link stage per incoming batch: items whose page is not read
+    by then are stored with their own text and ``fetch_status="deadline"``, so a slow
+    or hostile site never stalls intake or classification."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

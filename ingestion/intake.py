@@ -2,9 +2,11 @@
 
 An item is a duplicate when the store already holds its source id from the same
 source (``repeat``), its normalised content (``exact``, :func:`pipeline.dedupe.
-content_hash`) or a near copy (``near``, the pipeline's
+content_hash`), the same article reached through another link (``link``: equal
+canonical URL from the link stage, e.g. one story in two newsletters with different
+tracking parameters or redirects) or a near copy (``near``, the pipeline's
 :class:`pipeline.dedupe.NearDuplicateIndex`, the same test the dataset build uses).
-New items are stored as pending for the classify loop.
+New items are stored as pending for the classify loop, with their link provenance.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 from pipeline.article import Article
 from pipeline.dedupe import NearDuplicateIndex, content_hash
@@ -50,20 +52,28 @@ class Intake:
         log.info("dedupe index: %d stored items", len(self.index))
         self._lock = threading.Lock()
 
-    def accept(self, articles: list[Article], source: str) -> list[Accepted]:
+    def accept(self, articles: list[Article], source: str,
+               provenances: Sequence[dict[str, Any] | None] | None = None) -> list[Accepted]:
         """Deduplicate and store ``articles`` from ``source``; one answer per article.
 
+        ``provenances`` (one ``LinkProvenance`` as JSON per article, from the link
+        stage) are stored beside the items and their canonical URLs feed dedupe.
         Serialised by a lock: the near-duplicate index and the store must agree on
         what was seen, also for copies arriving in the same batch.
         """
+        if provenances is None:
+            provenances = [None] * len(articles)
+        if len(provenances) != len(articles):
+            raise ValueError(f"{len(provenances)} provenances for {len(articles)} articles")
         answers = []
         with self._lock:
-            for article in articles:
+            for article, provenance in zip(articles, provenances):
                 self.metrics.items_read.labels(source).inc()
-                answers.append(self._accept_one(article, source))
+                answers.append(self._accept_one(article, source, provenance))
         return answers
 
-    def _accept_one(self, article: Article, source: str) -> Accepted:
+    def _accept_one(self, article: Article, source: str,
+                    provenance: dict[str, Any] | None = None) -> Accepted:
         external_id = str(article.id)
         digest = content_hash(article)
         exact = self.store.find_exact(source, external_id, digest)
@@ -73,6 +83,14 @@ class Intake:
                 self.store.add_alias(source, external_id, item_id, kind, 1.0)
             self.metrics.duplicates.labels(source, kind).inc()
             return Accepted(external_id, "duplicate", item_id, kind, 1.0)
+        canonical = provenance.get("canonical_url") if provenance else None
+        same_article = self.store.find_by_canonical_url(canonical) if canonical else None
+        if same_article is not None:
+            self.store.add_alias(source, external_id, same_article, "link", 1.0)
+            self.metrics.duplicates.labels(source, "link").inc()
+            log.info("%s item %s links to the article of item %d (%s)", source, external_id,
+                     same_article, canonical)
+            return Accepted(external_id, "duplicate", same_article, "link", 1.0)
         minhash = self.index.signature(article)
         near = self.index.nearest(minhash) if minhash is not None else None
         if near is not None:
@@ -84,7 +102,7 @@ class Intake:
             return Accepted(external_id, "duplicate", item_id, "near", similarity)
         raw = NearDuplicateIndex.signature_values(minhash) if minhash is not None else None
         item_id, inserted = self.store.insert_item(article, source, digest, raw,
-                                                   shadow=self.shadow)
+                                                   shadow=self.shadow, provenance=provenance)
         if not inserted:  # another process stored it between our check and insert
             self.metrics.duplicates.labels(source, "exact").inc()
             return Accepted(external_id, "duplicate", item_id, "exact", 1.0)

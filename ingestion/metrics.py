@@ -6,7 +6,13 @@ come from ``ingestion/online_metrics.py`` and ``ingestion/drift.py`` at scrape t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pipeline.links import LinkCounters
 
 
 class IngestMetrics:
@@ -67,3 +73,29 @@ class IngestMetrics:
         self.api_errors = Counter("signals_ingest_api_errors",
                                   "Ingestion API errors by kind", ["kind"], registry=r)
 
+
+
+class LinkMetricsCollector(Collector):
+    """The link stage's counts (:class:`pipeline.links.LinkCounters`) as Prometheus
+    counters, read at scrape time: the stage counts in its own worker threads."""
+
+    def __init__(self, counters: LinkCounters):
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.counters.snapshot()
+        outcomes = CounterMetricFamily(
+            "signals_ingest_link_fetches",
+            "Links resolved by the link stage, by host and outcome (ok, not_needed, "
+            "no_link, robots_disallowed, http_error, rate_limited, timeout, too_large, "
+            "deadline, ...; see pipeline/links.py)", labels=["host", "status"])
+        for row in snapshot["outcomes"]:
+            outcomes.add_metric([row["host"], row["status"]], row["count"])
+        yield outcomes
+        requests = CounterMetricFamily(
+            "signals_ingest_link_requests",
+            "HTTP requests of the link stage by host and what the cache did (network, "
+            "revalidated, cache_hit, robots)", labels=["host", "kind"])
+        for row in snapshot["requests"]:
+            requests.add_metric([row["host"], row["kind"]], row["count"])
+        yield requests

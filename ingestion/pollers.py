@@ -1,7 +1,9 @@
 """Pollers: the sources the service reads on a schedule, parsed by the pipeline's readers.
 
 RSS/Atom feeds (``pipeline.sources.read_feed``), IMAP mailboxes (``pipeline.imap``)
-and a drop directory of ``.eml``/``.mbox``/``.jsonl``/``.csv`` files. Every poll hands
+and a drop directory of ``.eml``/``.mbox``/``.jsonl``/``.csv`` files (a CSV/JSONL of
+URLs is a link list, one item per link; with the link stage on, an ``.eml`` is a
+newsletter read as one item per linked story). Every poll hands
 what it read to the intake and counts what went wrong by source and kind; a poller
 survives anything a source throws at it.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 from pipeline.article import Article
 from pipeline.imap import ImapError, read_imap
+from pipeline.link_sources import is_link_list, read_link_list, read_newsletter_links
 from pipeline.sources import FeedError, ReadResult, read_csv, read_eml, read_feed, read_jsonl
 from pipeline.sources import read_mbox
 from ingestion.config import FeedSourceConfig, ImapSourceConfig
@@ -36,8 +39,11 @@ class Pollers:
     """Reads feeds, mailboxes and the drop directory; ``accept`` stores what they read."""
 
     def __init__(self, metrics: IngestMetrics, accept: AcceptItems,
-                 drop_dir: Path | None = None):
+                 drop_dir: Path | None = None, links_on: bool = False):
         self.metrics, self.accept, self.drop_dir = metrics, accept, drop_dir
+        self.links_on = links_on
+        """With the link stage on, a dropped ``.eml`` is read as a newsletter (one item
+        per linked story, ``pipeline.link_sources.read_newsletter_links``)."""
 
     def _count_read_problems(self, source: str, result: ReadResult) -> None:
         if result.skipped:
@@ -74,9 +80,14 @@ class Pollers:
         self.metrics.last_poll.labels(feed.name).set(time.time())
         return sum(a.status == "accepted" for a in answers)
 
-    @staticmethod
-    def _read_drop_file(path: Path) -> ReadResult:
+    def _read_drop_file(self, path: Path) -> ReadResult:
         kind = DROP_SUFFIXES[path.suffix.lower()]
+        if kind in ("csv", "jsonl") and is_link_list(path):
+            # A list of URLs (optionally dated/labelled): one item per link, its text
+            # left for the link stage to fetch.
+            return read_link_list(path, "drop")
+        if kind == "eml" and self.links_on:
+            return read_newsletter_links(path, "drop")
         reader: Callable[..., ReadResult] = {"eml": read_eml, "mbox": read_mbox,
                                              "jsonl": read_jsonl, "csv": read_csv}[kind]
         return reader(path, "drop")

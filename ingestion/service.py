@@ -3,8 +3,10 @@
 Items reach the service two ways: it **polls** configured sources on their schedules
 (``ingestion/pollers.py``: RSS/Atom feeds, IMAP mailboxes, a drop directory), and
 clients **push** them (``POST /v1/items``, ``ingestion/api.py``). Each item is
-deduplicated against everything already stored and stored as ``pending``
-(``ingestion/intake.py``), then classified in batches through the classification API by
+first goes through the link stage when it is on (``pipeline/links.py``: a teaser's
+link is followed and the article's text replaces it, within ``link_deadline_s``), then
+is deduplicated against everything already stored and stored as ``pending`` with its
+provenance (``ingestion/intake.py``), then classified in batches through the classification API by
 adapter alias, so a promotion takes effect on the next batch
 (``ingestion/classify_loop.py``). A ``shadow_adapter`` (e.g. ``candidate``) classifies
 the same items; its predictions are stored and measured but never shown as signals.
@@ -24,12 +26,13 @@ import logging
 import httpx
 
 from pipeline.article import Article
+from pipeline.links import LinkCounters, LinkEnricher
 from ingestion.classify_loop import ClassifyLoop
 from ingestion.config import FeedSourceConfig, ImapSourceConfig, IngestConfig
 from ingestion.drift import DriftMonitor
 from ingestion.feedback import Feedback
 from ingestion.intake import Accepted, Intake
-from ingestion.metrics import IngestMetrics
+from ingestion.metrics import IngestMetrics, LinkMetricsCollector
 from ingestion.online_metrics import OnlineQualityCollector
 from ingestion.pollers import Pollers, every
 from ingestion.store import Role, Store
@@ -53,7 +56,12 @@ class IngestionService:
         self.metrics = IngestMetrics()
         self.intake = Intake(self.store, self.metrics, config.dedupe_threshold,
                              config.dedupe_num_perm, shadow=config.shadow_adapter is not None)
-        self.pollers = Pollers(self.metrics, self.accept_async, config.drop_dir)
+        self.links: LinkEnricher | None = None
+        """The link stage, opened by :meth:`start` when ``config.links`` is set."""
+        self.link_counters = LinkCounters()
+        self.metrics.registry.register(LinkMetricsCollector(self.link_counters))
+        self.pollers = Pollers(self.metrics, self.accept_async, config.drop_dir,
+                               links_on=config.links is not None)
         self.classify = ClassifyLoop(config, self.store, self.metrics)
         self.feedback = Feedback(self.store, self.metrics)
         self.quality = OnlineQualityCollector(self.store, config.metric_windows_days,
@@ -65,12 +73,24 @@ class IngestionService:
     # --- the parts' entry points, for the API, the CLI and tests -----------------------
 
     def accept(self, articles: list[Article], source: str) -> list[Accepted]:
-        """Deduplicate and store ``articles`` from ``source``; one answer per article."""
+        """Deduplicate and store ``articles`` from ``source``; one answer per article.
+        Synchronous, without the link stage (that needs the event loop: use
+        :meth:`accept_async`)."""
         return self.intake.accept(articles, source)
 
     async def accept_async(self, articles: list[Article], source: str) -> list[Accepted]:
-        """:meth:`accept` off the event loop; wakes the classify loops on new items."""
-        answers = await asyncio.to_thread(self.intake.accept, articles, source)
+        """The link stage (when on), then :meth:`accept` off the event loop; wakes the
+        classify loops on new items.
+
+        With the link stage on, the items wait for their pages at most
+        ``link_deadline_s``; what is not read by then is stored with its own text and
+        ``fetch_status="deadline"`` (the stored provenance says so)."""
+        provenances = None
+        if self.links is not None and articles:
+            results = await self.links.enrich(articles, deadline_s=self.config.link_deadline_s)
+            articles = [r.article for r in results]
+            provenances = [r.provenance.model_dump(mode="json") for r in results]
+        answers = await asyncio.to_thread(self.intake.accept, articles, source, provenances)
         if any(a.status == "accepted" for a in answers):
             self.classify.work.set()
         return answers
@@ -102,6 +122,8 @@ class IngestionService:
         source, the drop directory, drift."""
         self.classify.client = httpx.AsyncClient(base_url=self.config.classifier_url,
                                                  timeout=self.config.classify_timeout_s)
+        if self.config.links is not None:
+            self.links = LinkEnricher(self.config.links, self.link_counters)
         loops = [self.classify.run("primary")]
         if self.config.shadow_adapter is not None:
             loops.append(self.classify.run("shadow"))
@@ -124,3 +146,6 @@ class IngestionService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.classify.client is not None:
             await self.classify.client.aclose()
+        if self.links is not None:
+            await self.links.aclose()
+            self.links = None

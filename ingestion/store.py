@@ -140,6 +140,22 @@ item_aliases = Table(
     Index("ix_item_aliases_external_id", "external_id"),
 )
 
+# Where an item's text came from (the link stage, pipeline/links.py): one row per item
+# that went through the stage. ``canonical_url`` is the article's identity, so the same
+# story reached through two newsletters is recognised as one item (Intake).
+item_links = Table(
+    "item_links", metadata,
+    Column("item_id", Integer, ForeignKey("items.id"), primary_key=True),
+    Column("canonical_url", Text),
+    Column("text_origin", String(16), nullable=False),
+    Column("fetch_status", String(32), nullable=False),
+    Column("final_url", Text),
+    Column("http_status", Integer),
+    Column("extractor", String(100)),
+    Column("provenance", JSON, nullable=False),
+    Index("ix_item_links_canonical_url", "canonical_url"),
+)
+
 source_cursors = Table(
     "source_cursors", metadata,
     Column("source", String(100), primary_key=True),
@@ -291,10 +307,22 @@ class Store:
                                .where(items.c.content_hash == content_hash)).first()
         return (row[0], "exact") if row is not None else None
 
+    def find_by_canonical_url(self, canonical_url: str) -> int | None:
+        """The stored item whose article has this canonical URL (link stage), if any."""
+        with self.transaction() as conn:
+            row = conn.execute(select(item_links.c.item_id)
+                               .where(item_links.c.canonical_url == canonical_url)
+                               .order_by(item_links.c.item_id).limit(1)).first()
+        return row[0] if row is not None else None
+
     def insert_item(self, article: Article, source: str, content_hash: str,
-                    minhash: bytes | None, shadow: bool) -> tuple[int, bool]:
+                    minhash: bytes | None, shadow: bool,
+                    provenance: dict[str, Any] | None = None) -> tuple[int, bool]:
         """Store an accepted item; ``(id, True)``, or ``(existing id, False)`` when a
-        concurrent writer stored the same item first (the unique keys decide)."""
+        concurrent writer stored the same item first (the unique keys decide).
+
+        ``provenance`` (a ``pipeline.links.LinkProvenance`` as JSON) is stored in
+        ``item_links`` in the same transaction."""
         now = to_db_time(utcnow())
         values = dict(
             source=source, external_id=str(article.id), content_hash=content_hash,
@@ -305,6 +333,14 @@ class Store:
         try:
             with self.transaction(write=True) as conn:
                 item_id = conn.execute(insert(items).values(**values)).inserted_primary_key[0]
+                if provenance is not None:
+                    conn.execute(insert(item_links).values(
+                        item_id=item_id, canonical_url=provenance.get("canonical_url"),
+                        text_origin=provenance["text_origin"],
+                        fetch_status=provenance["fetch_status"],
+                        final_url=provenance.get("final_url"),
+                        http_status=provenance.get("http_status"),
+                        extractor=provenance.get("extractor"), provenance=provenance))
             return int(item_id), True
         except IntegrityError:
             existing = self.find_exact(source, str(article.id), content_hash)
@@ -395,6 +431,8 @@ class Store:
                                  .order_by(predictions.c.id)).all()
             votes = conn.execute(select(feedback).where(feedback.c.item_id == item_id)
                                  .order_by(feedback.c.id)).all()
+            link_row = conn.execute(select(item_links.c.provenance)
+                                    .where(item_links.c.item_id == item_id)).first()
         return {
             "id": row.id, "source": row.source, "external_id": row.external_id,
             "title": row.title, "text": row.text, "link": row.link,
@@ -407,6 +445,8 @@ class Store:
                             for p in preds],
             "feedback": [{"source": f.source, "label": f.label, "note": f.note,
                           "received_at": _iso(f.received_at)} for f in votes],
+            # None when the item did not go through the link stage (stage off).
+            "link_provenance": link_row.provenance if link_row is not None else None,
         }
 
     def signals(self, since: datetime | None, limit: int) -> list[dict[str, Any]]:

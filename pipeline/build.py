@@ -10,6 +10,11 @@
 2. **normalise**: dates to aware UTC datetimes, whitespace trimmed, an item with
    neither title nor text skipped (counted), an id clash between different items
    resolved by prefixing the later one's source (logged, counted).
+2b. **links** (when ``links`` is set): items whose text is short or a teaser get their
+   link followed and the article's main text extracted (:mod:`pipeline.links`); the
+   same article reached through two links is kept once (canonical URL). Each item's
+   provenance (teaser/page/both, fetch status, final URL, extractor) goes into the
+   manifest's ``links`` section, which ``signals data stats`` reads.
 3. **dedupe**: exact copies (content hash) and near copies (MinHash/LSH) dropped, the
    earliest copy kept (:mod:`pipeline.dedupe`); a kept copy without a label takes the
    label of a dropped one.
@@ -44,6 +49,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
@@ -58,6 +64,8 @@ from pipeline import dataset as dataset_files
 from pipeline import sources as readers
 from pipeline.article import Article
 from pipeline.dedupe import DedupeResult, content_hash, deduplicate
+from pipeline.link_sources import read_link_list, read_newsletter_links
+from pipeline.links import LinkCounters, LinkSettings, drop_link_duplicates, enrich_articles
 from pipeline.settings import Paths
 from pipeline.stage import STAGES, StageOutput, StageRunner
 
@@ -88,9 +96,12 @@ class FeedSource(_Strict):
 
 
 class FileSource(_Strict):
-    """Files on disk: e-mail newsletters (.eml, mbox) or records (JSONL, CSV)."""
+    """Files on disk: e-mail newsletters (.eml, mbox), records (JSONL, CSV), link lists
+    (``links``: CSV/JSONL of URLs with optional dates and labels) or the stories an
+    e-mail newsletter links to (``newsletter-links``: one item per linked story). The
+    last two give items whose text the link stage (``links``) fills."""
 
-    kind: Literal["eml", "mbox", "jsonl", "csv"]
+    kind: Literal["eml", "mbox", "jsonl", "csv", "links", "newsletter-links"]
     name: str = Field(description="Source name written into articles that do not name one.")
     paths: list[str] = Field(
         min_length=1, description="Files or glob patterns (`newsletters/*.eml`); relative "
@@ -182,6 +193,18 @@ class ViewsConfig(_Strict):
         "pipeline.prompt.encode_prompt, exactly as at serving time.")
 
 
+class LinkStageConfig(LinkSettings):
+    """The link stage of the build: :class:`pipeline.links.LinkSettings` (what to fetch,
+    how politely) plus how long the whole stage may take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline_s: float | None = Field(
+        default=None, gt=0,
+        description="Longest time for the whole stage; items whose page is not read by "
+        "then keep their own text (``fetch_status: deadline``). None: no limit.")
+
+
 class PipelineConfig(_Strict):
     """One dataset build: where the articles come from, what is done to them, where
     the dataset goes. Loaded from YAML with :func:`load_pipeline_config`."""
@@ -189,6 +212,9 @@ class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="Dataset name: the directory under datasets_dir.")
     sources: list[SourceConfig] = Field(min_length=1, description="Where articles come from.")
+    links: LinkStageConfig | None = Field(
+        default=None, description="The link stage (pipeline.links): follow the links of "
+        "short or teaser items and use the extracted article text. Absent = not run.")
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate removal.")
     relevance: dict[str, Any] | None = Field(
         default=None, description="Embedding relevance filter (pipeline.relevance): "
@@ -334,6 +360,7 @@ def _expand(patterns: list[str]) -> list[tuple[str, list[Path]]]:
 _FILE_READERS: dict[str, Callable[[Path, str], readers.ReadResult]] = {
     "eml": readers.read_eml, "mbox": readers.read_mbox,
     "jsonl": readers.read_jsonl, "csv": readers.read_csv,
+    "links": read_link_list, "newsletter-links": read_newsletter_links,
 }
 
 
@@ -483,10 +510,11 @@ class NormaliseResult:
     ids_renamed: int = 0
 
 
-def normalise_articles(articles: list[Article]) -> NormaliseResult:
+def normalise_articles(articles: list[Article], keep_linked: bool = False) -> NormaliseResult:
     """Uniform articles: UTC dates, trimmed title/text, unique ids.
 
-    An article with neither title nor text is skipped (logged). Ids must be unique in a
+    An article with neither title nor text is skipped (logged), unless ``keep_linked``
+    and it has a link (a link-list row: the link stage reads its text). Ids must be unique in a
     dataset (views and label stores key on them), but two sources can reuse one id for
     different items; the later one becomes ``<source>/<id>`` (logged). Identical copies
     with one id are left for dedupe to drop.
@@ -495,7 +523,7 @@ def normalise_articles(articles: list[Article]) -> NormaliseResult:
     seen: dict[str, str] = {}  # id -> content hash of the article holding it
     for article in articles:
         title, text = article.title.strip(), article.text.strip()
-        if not title and not text:
+        if not title and not text and not (keep_linked and article.link):
             log.warning("article %r from %s has no title and no text; skipped",
                         article.id, article.source)
             result.empty_skipped += 1
@@ -881,6 +909,44 @@ def _replace_dir(staged: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def run_link_stage(articles: list[Article],
+                   config: LinkStageConfig) -> tuple[list[Article], dict[str, Any]]:
+    """Follow the links of short/teaser items; the articles (one per canonical URL) and
+    the manifest's ``links`` section: counts and each item's provenance by id."""
+    from tqdm import tqdm
+
+    settings = LinkSettings(**config.model_dump(exclude={"deadline_s"}))
+    counters = LinkCounters()
+    log.info("links: %d articles (%s)", len(articles), settings.fetch_when)
+    with tqdm(total=len(articles), desc="links", unit="item") as bar:
+        results = enrich_articles(articles, settings, deadline_s=config.deadline_s,
+                                  counters=counters, on_done=bar.update)
+    kept = drop_link_duplicates(results)
+    section = {
+        "counts": {
+            "input": len(results), "kept": len(kept),
+            "same_article": len(results) - len(kept),
+            "fetch_status": dict(Counter(r.provenance.fetch_status for r in results)),
+            "text_origin": dict(Counter(r.provenance.text_origin for r in results)),
+        },
+        "requests": counters.snapshot()["requests"],
+        "provenance": {str(r.article.id): r.provenance.model_dump(mode="json") for r in kept},
+    }
+    log.info("links: %s", section["counts"])
+    return [r.article for r in kept], section
+
+
+def _written_links(section: dict[str, Any] | None,
+                   splits: dict[str, list[Article]]) -> dict[str, Any] | None:
+    """The ``links`` section with provenance only for the articles written (dedupe and
+    the stages may have dropped some)."""
+    if section is None:
+        return None
+    written = {str(a.id) for split in splits.values() for a in split}
+    return {**section, "provenance": {k: v for k, v in section["provenance"].items()
+                                      if k in written}}
+
+
 def build_dataset(config: PipelineConfig, force: bool = False, tokenizer: Any = None) -> dict:
     """Build the dataset ``config`` describes; return its manifest.
 
@@ -901,7 +967,13 @@ def build_dataset(config: PipelineConfig, force: bool = False, tokenizer: Any = 
 
     articles = [a for report in reports for a in report.articles]
     read_count = len(articles)
-    normalised = normalise_articles(articles)
+    normalised = normalise_articles(articles, keep_linked=config.links is not None)
+    links_section = None
+    if config.links is not None:
+        linked, links_section = run_link_stage(normalised.articles, config.links)
+        normalised.articles = [a for a in linked if a.title.strip() or a.text.strip()]
+        # A bare link whose page could not be read has nothing to classify.
+        normalised.empty_skipped += len(linked) - len(normalised.articles)
     if config.dedupe.enabled:
         log.info("dedupe: %d articles (threshold %.2f, %d permutations)",
                  len(normalised.articles), config.dedupe.threshold, config.dedupe.num_perm)
@@ -940,6 +1012,7 @@ def build_dataset(config: PipelineConfig, force: bool = False, tokenizer: Any = 
             "written": sum(len(v) for v in splits.values()),
         },
         "dedupe": {**config.dedupe.model_dump(), "duplicates": duplicates},
+        "links": _written_links(links_section, splits),
         "stages": stages,
         "label_rule": _label_rule(config, stages),
         "train_end": str(config.split.train_end),

@@ -76,7 +76,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, AsyncIterator, Callable, Literal, Sequence
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import courlan
@@ -471,14 +471,18 @@ class LinkEnricher:
 
     # ---------------------------------------------------------------- public API
 
-    async def enrich(self, articles: Sequence[Article],
-                     deadline_s: float | None = None) -> list[EnrichedArticle]:
+    async def enrich(self, articles: Sequence[Article], deadline_s: float | None = None,
+                     on_done: Callable[[], None] | None = None) -> list[EnrichedArticle]:
         """Every article with its link followed where the settings want it.
 
         After ``deadline_s`` seconds the items still waiting keep their own text, with
         ``fetch_status="deadline"``: a slow site never holds up the others.
+        ``on_done`` is called as each item finishes (a progress bar).
         """
         tasks = [asyncio.ensure_future(self._enrich_one(a)) for a in articles]
+        if on_done is not None:
+            for task in tasks:
+                task.add_done_callback(lambda _task: on_done())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=deadline_s)
             for task in pending:
@@ -846,14 +850,15 @@ def drop_link_duplicates(results: Sequence[EnrichedArticle]) -> list[EnrichedArt
 
 def enrich_articles(articles: Sequence[Article], settings: LinkSettings | None = None,
                     deadline_s: float | None = None,
-                    counters: LinkCounters | None = None) -> list[EnrichedArticle]:
+                    counters: LinkCounters | None = None,
+                    on_done: Callable[[], None] | None = None) -> list[EnrichedArticle]:
     """Synchronous :meth:`LinkEnricher.enrich` for batch code (one enricher per call).
 
     Raises RuntimeError inside a running event loop: use ``LinkEnricher`` there.
     """
     async def run() -> list[EnrichedArticle]:
         async with LinkEnricher(settings, counters) as enricher:
-            return await enricher.enrich(articles, deadline_s)
+            return await enricher.enrich(articles, deadline_s, on_done)
 
     return asyncio.run(run())
 

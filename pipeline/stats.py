@@ -7,7 +7,9 @@ histogram by month (articles, labelled, signals, signal rate). When articles car
 label provenance (a ``labels`` list of votes, ``{"source", "label", ...}``, as
 :mod:`pipeline.labels` records them) it adds, per label source, how often it voted and
 how often it agrees with the final label, and per pair of sources their agreement and
-Cohen's kappa on the articles both voted on.
+Cohen's kappa on the articles both voted on. When the build ran the link stage, each
+split also says how much of its text came from linked pages (``links``: articles by
+text origin and fetch status, characters from pages).
 
 ``write_stats_report(directory, out_dir)`` writes ``stats.json``, ``stats.md`` and
 ``stats.png`` (articles and signal rate per month, one colour per split).
@@ -136,10 +138,43 @@ def split_report(articles: list[Article]) -> dict[str, Any]:
     }
 
 
+def link_report(articles: list[Article], provenance: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How much of the articles' text came from linked pages (the link stage's
+    provenance, by article id, from the manifest): articles by text origin and fetch
+    status, and characters of text from pages against all characters."""
+    origins: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    chars = page_chars = 0
+    for article in articles:
+        chars += len(article.text)
+        entry = provenance.get(str(article.id))
+        if entry is None:
+            continue
+        origins[entry["text_origin"]] += 1
+        statuses[entry["fetch_status"]] += 1
+        if entry["text_origin"] == "page":
+            page_chars += len(article.text)
+        elif entry["text_origin"] == "both":
+            page_chars += min(entry.get("page_chars") or 0, len(article.text))
+    from_page = origins["page"] + origins["both"]
+    return {"articles": len(articles), "from_page": from_page,
+            "from_page_rate": from_page / len(articles) if articles else None,
+            "text_origin": dict(sorted(origins.items())),
+            "fetch_status": dict(sorted(statuses.items())),
+            "chars": chars, "page_chars": page_chars,
+            "page_char_share": page_chars / chars if chars else None}
+
+
 def dataset_stats(directory: Path) -> dict[str, Any]:
-    """The stats report of every split of the dataset at ``directory``."""
+    """The stats report of every split of the dataset at ``directory``; with a
+    ``links`` section when the build ran the link stage."""
     manifest = read_manifest(directory)
-    splits = {name: split_report(load_split(directory, name)) for name in manifest["splits"]}
+    loaded = {name: load_split(directory, name) for name in manifest["splits"]}
+    splits = {name: split_report(articles) for name, articles in loaded.items()}
+    provenance = (manifest.get("links") or {}).get("provenance")
+    if provenance is not None:
+        for name, articles in loaded.items():
+            splits[name]["links"] = link_report(articles, provenance)
     total = sum(s["count"] for s in splits.values())
     labelled = sum(s["labelled"] for s in splits.values())
     signals = sum(s["signals"] for s in splits.values())
@@ -194,6 +229,15 @@ def stats_markdown(stats: dict[str, Any]) -> str:
                     [[name, month, m["count"], m["labelled"], m["signals"], m["signal_rate"]]
                      for name, s in stats["splits"].items()
                      for month, m in s["by_month"].items()])
+    linked = [(name, s["links"]) for name, s in stats["splits"].items() if s.get("links")]
+    if linked:
+        lines += ["", "## Text from linked pages", ""]
+        lines += _table(["split", "articles", "text from a page", "share", "characters",
+                         "from pages", "share of characters", "fetch outcomes"],
+                        [[name, v["articles"], v["from_page"], v["from_page_rate"], v["chars"],
+                          v["page_chars"], v["page_char_share"],
+                          ", ".join(f"{k} {n}" for k, n in v["fetch_status"].items())]
+                         for name, v in linked])
     agreement = [(name, s["label_agreement"]) for name, s in stats["splits"].items()
                  if s["label_agreement"]]
     if agreement:

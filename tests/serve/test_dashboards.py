@@ -13,8 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
+from pipeline.links import LinkSettings
 from tests.conftest import serve_app
 from tests.ingestion.test_ingest_support import classification_api, make_classifier, wait_for
+from tests.pipeline.link_site import serve_link_site
 
 DASHBOARDS = sorted((Path(__file__).parents[2] / "k8s/base/grafana/dashboards").glob("*.json"))
 
@@ -96,14 +98,17 @@ def live_metrics(base_model_dir, tokenizer, tmp_path_factory):
     registry = tmp_path_factory.mktemp("empty-registry")
     classifier = make_classifier(base_model_dir, registry, tokenizer)
     tmp = tmp_path_factory.mktemp("dash")
-    with classification_api(classifier) as (api_url, _):
+    with classification_api(classifier) as (api_url, _), serve_link_site() as site:
+        # The link stage on, and one item with a link, so its counters have samples.
         config = IngestConfig(database_url=f"sqlite:///{tmp / 'ingest.db'}",
                               classifier_url=api_url, adapter="base", shadow_adapter="base",
-                              idle_poll_s=0.2, metrics_cache_s=0)
+                              idle_poll_s=0.2, metrics_cache_s=0,
+                              links=LinkSettings(cache_path=tmp / "http-cache.sqlite"))
         with serve_app(create_ingest_app(config)) as ingest_url:
-            httpx.post(f"{ingest_url}/v1/items", json={"articles": [
+            httpx.post(f"{ingest_url}/v1/items", timeout=60, json={"articles": [
                 {"id": "d1", "title": "Acme to acquire Beta", "text": "Acme agreed to buy Beta."},
-                {"id": "d2", "title": "Gamma results", "text": "Gamma earned 3 mln dlrs."}]})
+                {"id": "d2", "title": "Gamma results", "text": "Gamma earned 3 mln dlrs.",
+                 "link": site.url("/story/1")}]})
             wait_for(lambda: httpx.get(f"{ingest_url}/v1/items/2").json()["shadow_state"]
                      == "classified" and httpx.get(f"{ingest_url}/v1/items/1").json()
                      ["state"] == "classified", 120, "two classified items")
