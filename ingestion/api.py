@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Literal
 
-from fastapi import FastAPI, Query, Security
+from fastapi import FastAPI, Path, Query, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, model_validator
@@ -187,7 +187,8 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         return {"counts": counts, "results": answers}
 
     @app.get("/v1/items/{item_id}", dependencies=read_auth)
-    async def get_item(item_id: int):
+    async def get_item(item_id: int = Path(ge=1, le=2**63 - 1,
+                                           description="Store id of the item.")):
         """An item with its predictions (both roles) and its feedback."""
         item = await asyncio.to_thread(service.store.get_item, item_id)
         if item is None:
@@ -201,7 +202,7 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         return {"signals": await asyncio.to_thread(service.store.signals, since, limit)}
 
     @app.get("/v1/quality", dependencies=read_auth)
-    async def quality(window_days: float | None = Query(None, gt=0)):
+    async def quality(window_days: float | None = Query(None, gt=0, le=36_500)):
         """Online quality per adapter version and role (all time without a window)."""
         window = timedelta(days=window_days) if window_days else None
         stats = await asyncio.to_thread(online_quality, service.store, window)
