@@ -10,8 +10,14 @@ Routes owned by :func:`create_ingest_app`:
 * ``GET  /v1/drift``      drift rules as last evaluated
 * ``GET  /health``, ``GET /metrics``
 
+Scopes (``serve/auth.py``), checked before the body is read: ``write`` (push items),
+``feedback`` (post verdicts), ``read`` (the GET routes above), each with its own token
+(``SIGNALS_INGEST_WRITE_TOKEN``, ``..._FEEDBACK_TOKEN``, ``..._READ_TOKEN``) and open while
+that token is unset; ``SIGNALS_INGEST_ADMIN_TOKEN`` grants all of them. Health and
+metrics stay open.
+
 Failures answer with the product's one error shape (``serve/errors.py``), the same as
-the classification API's.
+the classification API's, and so do oversized bodies (413) and non-UTF-8 bodies.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Literal
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Path, Query, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, model_validator
 
 from pipeline.article import Article
-from serve.errors import ApiError, install_error_handlers
+from serve.auth import Rule, Scope, ScopeGuard, bearer_docs
+from serve.errors import ApiError, BodySizeLimit, install_error_handlers
 from ingestion.config import IngestConfig
 from ingestion.feedback import FeedbackEntry
 from ingestion.online_metrics import online_quality, window_name
@@ -121,8 +128,30 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
     app.state.service = service
 
     install_error_handlers(app, lambda kind: metrics.api_errors.labels(kind).inc())
+    scopes = {
+        "write": Scope("write", config.write_token, True, "SIGNALS_INGEST_WRITE_TOKEN"),
+        "feedback": Scope("feedback", config.feedback_token, True,
+                          "SIGNALS_INGEST_FEEDBACK_TOKEN"),
+        "read": Scope("read", config.read_token, True, "SIGNALS_INGEST_READ_TOKEN"),
+        "admin": Scope("admin", config.admin_token, False, "SIGNALS_INGEST_ADMIN_TOKEN"),
+    }
+    for name in ("write", "feedback"):
+        if scopes[name].token is None and config.admin_token is None:
+            log.warning("ingestion: %s is not set: anyone who can reach port %d may use "
+                        "the '%s' routes", scopes[name].setting, config.port, name)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    # Added last = outermost: the token is checked before the body is even read.
+    app.add_middleware(ScopeGuard, scopes=list(scopes.values()), rules=[
+        Rule("POST", r"/v1/items", "write"),
+        Rule("POST", r"/v1/feedback", "feedback"),
+        Rule("GET", r"/v1/items/[^/]+", "read"),
+        Rule("GET", r"/v1/(signals|quality|drift)", "read"),
+    ])
+    write_auth = [Security(bearer_docs(scopes["write"]))]
+    feedback_auth = [Security(bearer_docs(scopes["feedback"]))]
+    read_auth = [Security(bearer_docs(scopes["read"]))]
 
-    @app.post("/v1/items")
+    @app.post("/v1/items", dependencies=write_auth)
     async def push_items(request: PushRequest):
         """Store pushed articles (deduplicated) for classification."""
         articles = request.all
@@ -134,7 +163,7 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
                 "duplicates": sum(a.status == "duplicate" for a in answers),
                 "results": [a.__dict__ for a in answers]}
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", dependencies=feedback_auth)
     async def post_feedback(request: FeedbackRequest):
         """Record verdicts. One entry: 404 unknown item, 409 conflict, 200 otherwise
         (``outcome`` says recorded, replaced or duplicate). Bulk: 200 with one
@@ -157,29 +186,30 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
             counts[answer["outcome"]] = counts.get(answer["outcome"], 0) + 1
         return {"counts": counts, "results": answers}
 
-    @app.get("/v1/items/{item_id}")
-    async def get_item(item_id: int):
+    @app.get("/v1/items/{item_id}", dependencies=read_auth)
+    async def get_item(item_id: int = Path(ge=1, le=2**63 - 1,
+                                           description="Store id of the item.")):
         """An item with its predictions (both roles) and its feedback."""
         item = await asyncio.to_thread(service.store.get_item, item_id)
         if item is None:
             raise ApiError(404, "item_not_found", f"no stored item {item_id}")
         return item
 
-    @app.get("/v1/signals")
+    @app.get("/v1/signals", dependencies=read_auth)
     async def list_signals(limit: int = Query(50, ge=1, le=1000),
                            since: datetime | None = None):
         """Items the primary adapter flags as signals, newest prediction first."""
         return {"signals": await asyncio.to_thread(service.store.signals, since, limit)}
 
-    @app.get("/v1/quality")
-    async def quality(window_days: float | None = Query(None, gt=0)):
+    @app.get("/v1/quality", dependencies=read_auth)
+    async def quality(window_days: float | None = Query(None, gt=0, le=36_500)):
         """Online quality per adapter version and role (all time without a window)."""
         window = timedelta(days=window_days) if window_days else None
         stats = await asyncio.to_thread(online_quality, service.store, window)
         return {"window": window_name(window_days) if window_days else "all",
                 "adapters": [s.as_dict() for _, s in sorted(stats.items())]}
 
-    @app.get("/v1/drift")
+    @app.get("/v1/drift", dependencies=read_auth)
     async def drift():
         """Drift rules as last evaluated, and retraining requests made."""
         return {"rules": [r.__dict__ for r in service.drift.results],

@@ -49,16 +49,25 @@ class ClassifyLoop:
         body: dict[str, Any] = {
             # The store id travels as the article id: answers map back unambiguously.
             "articles": [item.article.to_record() | {"id": item.id} for item in batch],
-            "adapter": self.adapter_for(role)}
+            "adapter": self.adapter_for(role),
+            # All-or-nothing: a refused batch is retried item by item below, which
+            # records the reason per item.
+            "strict": True}
         if self.config.threshold is not None:
             body["threshold"] = self.config.threshold
+        headers = ({"Authorization": f"Bearer {self.config.classifier_token}"}
+                   if self.config.classifier_token else None)
         started = time.perf_counter()
         try:
-            response = await self.client.post("/v1/classify", json=body)
+            response = await self.client.post("/v1/classify", json=body, headers=headers)
         except httpx.HTTPError as error:
             raise RetryableError(f"classification API unreachable: {type(error).__name__}: "
                                  f"{error}") from error
         self.metrics.classify_latency.labels(role).observe(time.perf_counter() - started)
+        if response.status_code in (401, 403):
+            # A token problem is the deployment's, not the items': keep them pending.
+            raise RetryableError(f"classification API refused our token "
+                                 f"({response.status_code}): {response.text[:300]}")
         if response.status_code >= 500 or response.status_code in (404, 408, 429):
             # 404 is adapter_not_found: an alias not set yet is a deployment state that
             # a promotion fixes, not a property of the items.

@@ -176,6 +176,30 @@ class IngestConfig(BaseSettings):
     max_push_items: int = Field(default=500, ge=1)
     """Most items (or feedback entries) in one POST."""
 
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body accepted (413 above), checked before it is parsed."""
+
+    write_token: str | None = None
+    """Bearer token of the ``write`` scope: ``POST /v1/items``. Unset: anyone who can
+    reach the port may push items (a warning is logged at start); set it in production
+    (environment or Kubernetes Secret, never on a command line)."""
+
+    feedback_token: str | None = None
+    """Bearer token of the ``feedback`` scope: ``POST /v1/feedback`` (labels drive online
+    precision/recall and the drift rule that submits retraining). Unset: open, with a
+    warning at start."""
+
+    read_token: str | None = None
+    """Bearer token of the ``read`` scope: ``GET /v1/items/{id}``, ``/v1/signals``,
+    ``/v1/quality``, ``/v1/drift``. Unset: open."""
+
+    admin_token: str | None = None
+    """Bearer token of the ``admin`` scope, which grants every scope above."""
+
+    classifier_token: str | None = None
+    """Token sent to the classification API (its ``SIGNALS_SERVE_CLASSIFY_TOKEN``) when
+    that API requires one."""
+
     drift: DriftConfig = DriftConfig()
     """Drift rules and retraining (off unless ``drift.ray_address`` is set)."""
 

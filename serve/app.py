@@ -12,9 +12,16 @@ Routes owned here:
 * ``GET  /ready``   warm-up done and the backend answers (readiness)
 * ``GET  /metrics`` Prometheus metrics
 
-Admin routes need ``Authorization: Bearer <admin token>``; without a configured token
-they are disabled (403). A background watcher loads new registry versions and
-follows alias changes within ``watch_interval_s``.
+Scopes (``serve/auth.py``), checked before the body is read: the admin routes need
+``Authorization: Bearer <admin token>`` (``SIGNALS_SERVE_ADMIN_TOKEN``; unset: they are
+disabled, 403); ``/v1/classify`` and ``/v1/adapters`` need the classify token
+(``SIGNALS_SERVE_CLASSIFY_TOKEN``) when one is set, else they are open; the admin token
+grants both. Health, readiness and metrics stay open. A background watcher loads new
+registry versions and follows alias changes within ``watch_interval_s``.
+
+A batch with empty articles classifies the others: each empty one gets an ``error``
+entry (the error shape below) in its place in ``results``; ``"strict": true`` turns
+that into the all-or-nothing 422 instead.
 
 Every failure answers with one shape (``serve/errors.py``)::
 
@@ -25,22 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Path, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
-from serve.errors import ApiError, ErrorResponse, error_response, install_error_handlers
+from serve.auth import Rule, Scope, ScopeGuard, bearer_docs
+from serve.errors import (ApiError, BodySizeLimit, ErrorBody, ErrorResponse, error_response,
+                          install_error_handlers)
 from train.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from train.classifier import SignalClassifier
-from train.registry import AdapterNotFound, InvalidAdapterName
+from train.classifier import BASE_NAME, BaseModelNotAdapter, SignalClassifier
+from train.registry import ALIAS_PATTERN, AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)
 
@@ -49,39 +56,64 @@ WARMUP_ARTICLE = Article(id="warm-up", title="Warm-up", text="The service is sta
 
 # --- request and response schemas ---------------------------------------------------
 
+# The registry's name rule (``train/registry.py``: a letter or digit, then letters,
+# digits, '.', '_', '-', never '..', at most 128 characters) written without a lookahead,
+# so that the OpenAPI document states it and schema-driven clients generate valid names.
+ADAPTER_NAME_REGEX = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$"
+ADAPTER_NAME_MAX = 128
+ALIAS_REGEX = ALIAS_PATTERN.pattern
+ALIAS_MAX = 64
+
+
+def adapter_field(description: str):
+    return Field(default=None, pattern=ADAPTER_NAME_REGEX, max_length=ADAPTER_NAME_MAX,
+                 description=description)
+
+
+def is_empty(article: Article) -> bool:
+    return not article.title.strip() and not article.text.strip()
+
+
 class ClassifyItem(BaseModel):
     """One article of a mixed batch, with the adapter it should be classified by."""
 
     article: Article
-    adapter: str | None = Field(
-        default=None, description="Adapter name or alias for this article; default: the "
-        "request's 'adapter'.")
+    adapter: str | None = adapter_field(
+        "Adapter name or alias for this article; default: the request's 'adapter'.")
 
 
 class ClassifyRequest(BaseModel):
-    """One article (``article``), several (``articles``) or a mixed batch (``items``)."""
+    """Exactly one of ``article`` (one), ``articles`` (several) or ``items`` (a mixed
+    batch of article + adapter)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["article"]}, {"required": ["articles"]}, {"required": ["items"]}]})
 
     article: Article | None = None
-    articles: list[Article] | None = None
-    items: list[ClassifyItem] | None = None
-    adapter: str | None = Field(
-        default=None, description="Adapter version name or alias ('production', "
-        "'candidate'); omitted or 'base' = the base model.")
+    articles: list[Article] | None = Field(default=None, min_length=1)
+    items: list[ClassifyItem] | None = Field(default=None, min_length=1)
+    adapter: str | None = adapter_field(
+        "Adapter version name or alias ('production', 'candidate'); omitted or 'base' = "
+        "the base model.")
     threshold: float | None = Field(
         default=None, ge=0.0, le=1.0,
         description="P(signal) at or above which the label is 1; default: the adapter "
         "version's own threshold, else the server's.")
+    strict: bool = Field(
+        default=False, description="False (default): an empty article (no title, no text) "
+        "gets an 'error' entry in its place in 'results' and the others are classified. "
+        "True: any empty article fails the whole request with 422.")
 
     @model_validator(mode="after")
     def _exactly_one_form(self) -> ClassifyRequest:
         given = [f for f in ("article", "articles", "items") if getattr(self, f) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'article', 'articles' or 'items'")
-        if given[0] != "article" and not getattr(self, given[0]):
-            raise ValueError(f"'{given[0]}' is empty")
-        for article, _ in self.pairs:
-            if not article.title.strip() and not article.text.strip():
-                raise ValueError(f"article {article.id!r} is empty: it has neither title nor text")
+        if self.strict:
+            for article, _ in self.pairs:
+                if is_empty(article):
+                    raise ValueError(
+                        f"article {article.id!r} is empty: it has neither title nor text")
         return self
 
     @property
@@ -94,7 +126,9 @@ class ClassifyRequest(BaseModel):
 
 
 class AliasRequest(BaseModel):
-    adapter: str = Field(description="Adapter version name the alias should point at.")
+    adapter: str = Field(pattern=ADAPTER_NAME_REGEX, max_length=ADAPTER_NAME_MAX,
+                         description="Adapter version name (or alias) the alias should "
+                         "point at; not 'base'.")
 
 
 class ArticleResult(BaseModel):
@@ -115,39 +149,31 @@ class ArticleResult(BaseModel):
     truncated: bool = Field(description="True when the text was cut to fit the model.")
 
 
+class ArticleError(BaseModel):
+    """An article of the request that could not be classified, in its place in ``results``."""
+
+    id: str | int
+    error: ErrorBody
+
+
 class ClassifyResponse(BaseModel):
-    results: list[ArticleResult]
+    results: list[ArticleResult | ArticleError] = Field(
+        description="One entry per article, in request order: a result, or an error for "
+        "an article that could not be classified (empty: type 'empty_article').")
 
 
-# --- errors ------------------------------------------------------------------------
+class AdapterState(BaseModel):
+    name: str = Field(description="Adapter version name.")
+    loaded: bool
 
-class BodySizeLimit:
-    """ASGI middleware: reject bodies over ``max_bytes`` with 413, before parsing them."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+class AliasState(BaseModel):
+    alias: str
+    adapter: str = Field(description="Version the alias now points at.")
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = error_response(413, "request_too_large",
-                                 f"request body exceeds {self.max_bytes} bytes")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await too_big(scope, receive, send)
-        seen = 0
 
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise ApiError(413, "request_too_large",
-                               f"request body exceeds {self.max_bytes} bytes")
-            return message
-
-        return await self.app(scope, limited_receive, send)
+def adapter_path(description: str):
+    return Path(pattern=ADAPTER_NAME_REGEX, max_length=ADAPTER_NAME_MAX, description=description)
 
 
 # --- metrics -----------------------------------------------------------------------
@@ -184,14 +210,16 @@ class ApiMetrics:
 def create_app(classifier: SignalClassifier, max_batch: int = 64,
                max_request_bytes: int = 8 * 1024 * 1024,
                warmup_retry_s: float = 2.0, preload: list[str] = (),
-               admin_token: str | None = None, watch_interval_s: float | None = 2.0) -> FastAPI:
+               admin_token: str | None = None, watch_interval_s: float | None = 2.0,
+               classify_token: str | None = None) -> FastAPI:
     """The FastAPI app over ``classifier``.
 
     At start it warms up in the background: loads the ``preload`` adapters and the
     aliased ones, and classifies one article (vLLM's first request is slow); ``/ready``
     answers 200 only after that succeeded. Then, every ``watch_interval_s`` seconds
     (None: never), it loads registry versions that appeared and alias targets that
-    changed.
+    changed. ``admin_token`` enables the admin routes; ``classify_token``, when given,
+    closes classification and the adapter list to callers without it (or the admin token).
     """
     metrics = ApiMetrics()
     state = {"ready": False, "warmup_error": "warm-up not finished"}
@@ -252,7 +280,20 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         responses={code: {"model": ErrorResponse}
                    for code in (400, 401, 403, 404, 413, 422, 502, 503, 504)},
     )
+    classify_scope = Scope("classify", classify_token, open_when_unset=True,
+                           setting="SIGNALS_SERVE_CLASSIFY_TOKEN")
+    admin_scope = Scope("admin", admin_token, open_when_unset=False,
+                        setting="SIGNALS_SERVE_ADMIN_TOKEN")
     app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+    # Added last = outermost: the token is checked before the body is even read.
+    app.add_middleware(ScopeGuard, scopes=[classify_scope, admin_scope], rules=[
+        Rule("POST", r"/v1/classify", "classify"),
+        Rule("GET", r"/v1/adapters", "classify"),
+        Rule("POST", r"/v1/adapters/[^/]+/(load|unload)", "admin"),
+        Rule("POST", r"/v1/aliases/[^/]+", "admin"),
+    ])
+    classify_auth = [Security(bearer_docs(classify_scope))]
+    admin_auth = [Security(bearer_docs(admin_scope))]
     app.state.classifier = classifier
     app.state.metrics = metrics
 
@@ -274,39 +315,42 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
             raise ApiError(503, "backend_unavailable", str(error)) from error
         except AdapterLoadError as error:
             raise ApiError(502, "adapter_load_failed", str(error)) from error
+        except BaseModelNotAdapter as error:
+            raise ApiError(400, "base_model_not_adapter", str(error)) from error
 
-    bearer = HTTPBearer(auto_error=False, scheme_name="admin token",
-                        description="SIGNALS_SERVE_ADMIN_TOKEN of the server")
-
-    def require_admin(
-            credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        if admin_token is None:
-            raise ApiError(403, "admin_disabled", "admin routes are disabled: start the "
-                           "server with an admin token (SIGNALS_SERVE_ADMIN_TOKEN)")
-        if credentials is None or not secrets.compare_digest(
-                credentials.credentials.encode(), admin_token.encode()):
-            raise ApiError(401, "unauthorized",
-                           "admin routes need 'Authorization: Bearer <admin token>'")
-
-    @app.post("/v1/classify", response_model=ClassifyResponse)
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=classify_auth)
     async def classify(request: ClassifyRequest) -> ClassifyResponse:
-        """Classify one article, a batch, or a mixed batch over several adapters."""
+        """Classify one article, a batch, or a mixed batch over several adapters.
+
+        Empty articles (no title, no text) get an ``error`` entry in their place in
+        ``results`` and the others are classified, unless ``strict`` is true (422)."""
         pairs = request.pairs
         if len(pairs) > max_batch:
             raise ApiError(422, "batch_too_large",
                            f"{len(pairs)} articles in one request; at most {max_batch}")
+        valid = [pair for pair in pairs if not is_empty(pair[0])]
         started = time.perf_counter()
-        results = await call_backend(classifier.classify_mixed(pairs, request.threshold))
+        results = iter(await call_backend(classifier.classify_mixed(valid, request.threshold))
+                       if valid else [])
         metrics.latency.observe(time.perf_counter() - started)
         metrics.batch.observe(len(pairs))
-        metrics.requests.labels("ok").inc()
+        metrics.requests.labels("ok" if len(valid) == len(pairs) else "partial").inc()
         metrics.backend_up.set(1)
         metrics.adapters_loaded.set(len(classifier.loaded))
-        for result in results:
+        answers: list[ArticleResult | ArticleError] = []
+        for article, _ in pairs:
+            if is_empty(article):
+                metrics.errors.labels("empty_article").inc()
+                answers.append(ArticleError(id=article.id, error=ErrorBody(
+                    type="empty_article",
+                    message=f"article {article.id!r} is empty: it has neither title nor text")))
+                continue
+            result = next(results)
             metrics.articles.labels(result.adapter, str(result.label)).inc()
-        return ClassifyResponse(results=[ArticleResult(**r.__dict__) for r in results])
+            answers.append(ArticleResult(**result.__dict__))
+        return ClassifyResponse(results=answers)
 
-    @app.get("/v1/adapters")
+    @app.get("/v1/adapters", dependencies=classify_auth)
     async def list_adapters() -> dict:
         """Adapters in the registry with their manifests, the aliases, what is loaded."""
         return {
@@ -316,28 +360,54 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
             "loaded": list(classifier.loaded),
         }
 
-    @app.post("/v1/adapters/{name}/load", dependencies=[Depends(require_admin)])
-    async def load_adapter(name: str) -> dict:
-        """Hot-load a registry adapter (name or alias) into the backend; no restart."""
-        await call_backend(load(name, "admin"))
-        return {"name": classifier.resolve(name).name, "loaded": True}
+    name_doc = "Adapter version name or alias in the registry (not 'base': 400)."
 
-    @app.post("/v1/adapters/{name}/unload", dependencies=[Depends(require_admin)])
-    async def unload_adapter(name: str) -> dict:
-        """Unload an adapter from the backend (it stays in the registry)."""
+    @app.post("/v1/adapters/{name}/load", dependencies=admin_auth)
+    async def load_adapter(name: str = adapter_path(name_doc)) -> AdapterState:
+        """Hot-load a registry adapter (name or alias) into the backend; no restart.
+        404: not in the registry; 400 ``base_model_not_adapter``: 'base'."""
+        await call_backend(load(name, "admin"))
+        return AdapterState(name=classifier.resolve(name).name, loaded=True)
+
+    @app.post("/v1/adapters/{name}/unload", dependencies=admin_auth)
+    async def unload_adapter(name: str = adapter_path(name_doc)) -> AdapterState:
+        """Unload an adapter from the backend (it stays in the registry).
+        404: not in the registry; 400 ``base_model_not_adapter``: 'base'."""
         version_name = await call_backend(classifier.unload(name))
         metrics.adapters_loaded.set(len(classifier.loaded))
-        return {"name": version_name, "loaded": False}
+        return AdapterState(name=version_name, loaded=False)
 
-    @app.post("/v1/aliases/{alias}", dependencies=[Depends(require_admin)])
-    async def set_alias(alias: str, body: AliasRequest) -> dict:
-        """Point ``alias`` (e.g. production) at a version and load it: a promotion."""
+    @app.post("/v1/aliases/{alias}", dependencies=admin_auth)
+    async def set_alias(body: AliasRequest, alias: str = Path(
+            pattern=ALIAS_REGEX, max_length=ALIAS_MAX,
+            description="Alias name: lower-case letters, digits, '_', '-', starting with a "
+            "letter; not 'base'.")) -> AliasState:
+        """Point ``alias`` (e.g. production) at a version and load it: a promotion.
+        404: no such version; 400 ``base_model_not_adapter``: alias or target 'base'."""
+        if alias == BASE_NAME:
+            raise ApiError(400, "base_model_not_adapter",
+                           "'base' names the base model; it cannot be an alias")
         await call_backend(load(body.adapter, "alias"))
         try:
             registry.set_alias(alias, classifier.resolve(body.adapter).name)
         except InvalidAdapterName as error:
             raise ApiError(400, "invalid_alias", str(error)) from error
-        return {"alias": alias, "adapter": registry.aliases()[alias]}
+        return AliasState(alias=alias, adapter=registry.aliases()[alias])
+
+    original_openapi = app.openapi
+
+    def openapi() -> dict:
+        """The generated document, plus what only this instance knows: the batch limit."""
+        if app.openapi_schema is None:
+            schema = original_openapi()
+            fields = schema["components"]["schemas"]["ClassifyRequest"]["properties"]
+            for field in ("articles", "items"):
+                for branch in fields[field].get("anyOf", [fields[field]]):
+                    if branch.get("type") == "array":
+                        branch["maxItems"] = max_batch
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.get("/health")
     async def health() -> dict:

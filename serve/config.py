@@ -79,8 +79,18 @@ class ServeConfig(BaseSettings):
     """Time allowed to the model server per request before a 504."""
 
     admin_token: str | None = None
-    """Bearer token for the admin routes (load, unload, promote). Unset: those routes
-    answer 403. Pass it by environment or a Kubernetes secret, never on a command line."""
+    """Bearer token of the ``admin`` scope: the admin routes (load, unload, promote), and
+    every other scope. Unset: those routes answer 403 ``admin_disabled``. Pass it by
+    environment or a Kubernetes Secret, never on a command line."""
+
+    classify_token: str | None = None
+    """Bearer token of the ``classify`` scope (``POST /v1/classify``, ``GET
+    /v1/adapters``). Unset: those routes are open to anyone who can reach the port."""
+
+    vllm_api_key: str | None = None
+    """API key of the vLLM server (vLLM's own ``VLLM_API_KEY``/``--api-key``): a vLLM
+    started here requires it (given by environment, not on its command line), and every
+    call to vLLM sends it. Unset: vLLM is started, or expected, without a key."""
 
     watch_interval_s: float | None = Field(default=2.0, gt=0)
     """How often the registry watcher looks for new versions and alias changes

