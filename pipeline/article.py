@@ -58,6 +58,16 @@ class Article(BaseModel):
         """Parse a record of the original dataset's JSON format (or the product's own)."""
         return cls.model_validate(record)
 
+    def content_problem(self) -> str | None:
+        """Why the article cannot be classified, or ``None`` when it can.
+
+        The one validity rule shared by the HTTP APIs and the importers: an article
+        with neither title nor text carries nothing to classify, so the APIs refuse it
+        and the importers skip it (counted, with this reason)."""
+        if not self.title.strip() and not self.text.strip():
+            return f"article {self.id!r} is empty: it has neither title nor text"
+        return None
+
     def to_record(self) -> dict[str, Any]:
         """The JSON record: the original format's fields, plus any the product set."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)

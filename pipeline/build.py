@@ -522,12 +522,12 @@ def normalise_articles(articles: list[Article], keep_linked: bool = False) -> No
     result = NormaliseResult([])
     seen: dict[str, str] = {}  # id -> content hash of the article holding it
     for article in articles:
-        title, text = article.title.strip(), article.text.strip()
-        if not title and not text and not (keep_linked and article.link):
-            log.warning("article %r from %s has no title and no text; skipped",
-                        article.id, article.source)
+        problem = article.content_problem()  # the rule the APIs refuse articles by
+        if problem is not None and not (keep_linked and article.link):
+            log.warning("%s (from %s); skipped", problem, article.source)
             result.empty_skipped += 1
             continue
+        title, text = article.title.strip(), article.text.strip()
         article = article.model_copy(update={
             "title": title, "text": text, "date_published": _utc(article.date_published)})
         digest = content_hash(article)

@@ -3,7 +3,8 @@
     signals data build --config pipeline/configs/example.yaml [--force] [--views]
     signals data stats DATASET_DIR [--out DIR]
     signals data import INPUT [--kind K] [--source NAME] --out FILE.jsonl
-        (K: rss, eml, mbox, jsonl, csv, links, newsletter-links)
+        (K: rss, eml, mbox, jsonl, json (one JSON array of records), csv, links,
+         newsletter-links)
     signals data show DATASET_DIR
 
 Each command returns an exit status; errors the user can fix (a bad config field, a
@@ -21,11 +22,12 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
-IMPORT_KINDS = ("rss", "eml", "mbox", "jsonl", "csv", "links", "newsletter-links")
+IMPORT_KINDS = ("rss", "eml", "mbox", "jsonl", "json", "csv", "links", "newsletter-links")
 """``links``: a CSV/JSONL list of article URLs (chosen by itself for a ``.csv``/``.jsonl``
 file with a url column and no id); ``newsletter-links``: one item per story an ``.eml``
 newsletter links to."""
 _SUFFIX_KINDS = {".eml": "eml", ".mbox": "mbox", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                 ".json": "json",
                  ".csv": "csv", ".xml": "rss", ".rss": "rss", ".atom": "rss", ".rdf": "rss"}
 
 
@@ -142,10 +144,12 @@ def cmd_data_import(args: argparse.Namespace) -> int:
         from pipeline import link_sources
 
         reader = {"eml": readers.read_eml, "mbox": readers.read_mbox,
-                  "jsonl": readers.read_jsonl, "csv": readers.read_csv,
+                  "jsonl": readers.read_jsonl, "json": readers.read_json_array,
+                  "csv": readers.read_csv,
                   "links": link_sources.read_link_list,
                   "newsletter-links": link_sources.read_newsletter_links}[kind]
         result = reader(args.input, source)
+    readers.drop_unclassifiable(result, args.input)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = args.out.with_name(f".{args.out.name}.tmp")
     write_jsonl(staging, result.articles)
@@ -183,7 +187,8 @@ def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_data_show)
 
     importer = data_commands.add_parser(
-        "import", help="one-off: a feed URL/file, .eml, mbox, JSONL or CSV into a JSONL of "
+        "import", help="one-off: a feed URL/file, .eml, mbox, JSONL, JSON array or CSV into a "
+        "JSONL of "
         "articles, with counts and skipped items")
     importer.add_argument("input", help="feed URL or file path")
     importer.add_argument("--kind", choices=IMPORT_KINDS,

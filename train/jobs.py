@@ -121,7 +121,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     callbacks: list[Any] = [RayTrainReportCallback()]
-    if loop_config.get("fail_once_at_step"):
+    # The drill kills every worker, or only the one of rank ``fail_rank`` when set (a
+    # multi-worker run must recover from losing one worker, not only all of them).
+    if loop_config.get("fail_once_at_step") and loop_config.get("fail_rank") in (None, rank):
         callbacks.append(fail_once_at_step(loop_config["fail_once_at_step"],
                                            Path(loop_config["scratch"]) / f"failed-rank{rank}"))
     run = RunContext(callbacks=callbacks, save_steps=config.save_steps,
@@ -150,9 +152,12 @@ def _run(config: TrainConfig, run: RunContext) -> None:
 
 def run_training(config: TrainConfig, workers: int = 1, ray_address: str | None = None,
                  local: bool = False, cpus_per_worker: float | None = None,
-                 fail_once_at_step: int | None = None,
+                 fail_once_at_step: int | None = None, fail_rank: int | None = None,
                  storage_path: Path | None = None) -> AdapterVersion:
-    """Train ``config`` as a Ray Train job (or in this process with ``local``)."""
+    """Train ``config`` as a Ray Train job (or in this process with ``local``).
+
+    ``fail_once_at_step`` (a resilience drill, never on by default) kills the workers
+    once at that step, or only the worker of rank ``fail_rank`` when given."""
     registry = AdapterRegistry(config.registry)
     adapter_name = registry.new_name(config.method, f"{config.dataset.name}-{config.split}")
     if local:
@@ -177,7 +182,8 @@ def run_training(config: TrainConfig, workers: int = 1, ray_address: str | None 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "adapter_name": adapter_name,
-                           "scratch": str(scratch), "fail_once_at_step": fail_once_at_step},
+                           "scratch": str(scratch), "fail_once_at_step": fail_once_at_step,
+                           "fail_rank": fail_rank},
         scaling_config=scaling,
         run_config=RunConfig(name=adapter_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=2),

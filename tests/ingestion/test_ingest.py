@@ -1,7 +1,8 @@
 """The ingestion service end to end on one machine, with the real classification API.
 
 Replay feed (real Reuters articles) -> ingestion -> real API (in-process backend on the
-real base model, real LoRA adapters by alias) -> SQLite store -> delayed feedback ->
+real base model, real LoRA adapters by alias) -> store (SQLite and PostgreSQL) -> delayed
+feedback ->
 online precision/recall on /metrics, compared with an offline computation over the
 same items. Then crash safety (SIGKILL of a real subprocess mid-batch) and a
 classification API outage.
@@ -97,7 +98,10 @@ def offline_quality(api_url: str, adapter: str, stored: list[dict], truth: dict[
             "version": results[0]["adapter"]}
 
 
-def test_replay_to_online_metrics_matches_offline(api, adapters, reuters_dataset, tmp_path):
+def test_replay_to_online_metrics_matches_offline(api, adapters, reuters_dataset, tmp_path,
+                                                 db_url):
+    """The feedback join (labels arriving after their predictions) on SQLite and on
+    PostgreSQL (``db_url``)."""
     api_url, _ = api
     _, production, candidate = adapters
     articles = short_articles(reuters_dataset, "1987-04", signals=5, others=5)
@@ -107,7 +111,7 @@ def test_replay_to_online_metrics_matches_offline(api, adapters, reuters_dataset
                     label_delay=max(span, timedelta(seconds=2)))
     replay_port = free_port()
     config = IngestConfig(
-        database_url=f"sqlite:///{tmp_path / 'ingest.db'}", classifier_url=api_url,
+        database_url=db_url, classifier_url=api_url,
         adapter="production", shadow_adapter="candidate", batch_size=4, idle_poll_s=0.2,
         metrics_cache_s=0, retry_initial_s=0.2,
         feeds=[FeedSourceConfig(name="replay", url=f"http://127.0.0.1:{replay_port}/feed.xml",
@@ -191,7 +195,8 @@ def _jsonl_of(articles, path):
 
 
 def test_sigkill_mid_batch_then_restart_classifies_each_item_once(api, adapters,
-                                                                  reuters_dataset, tmp_path):
+                                                                  reuters_dataset, tmp_path,
+                                                                  db_url):
     api_url, in_flight = api
     _, production, _ = adapters
     articles = short_articles(reuters_dataset, "1987-06", signals=5, others=7)
@@ -200,7 +205,7 @@ def test_sigkill_mid_batch_then_restart_classifies_each_item_once(api, adapters,
     _jsonl_of(articles, drop / "batch.jsonl")
     port = free_port()
     config_path = tmp_path / "ingest.yaml"
-    database_url = f"sqlite:///{tmp_path / 'ingest.db'}"
+    database_url = db_url  # SQLite and PostgreSQL
     config_path.write_text(yaml.safe_dump({
         "database_url": database_url, "classifier_url": api_url, "port": port,
         "batch_size": 4, "drop_dir": str(drop), "drop_interval_s": 0.2, "idle_poll_s": 0.2,

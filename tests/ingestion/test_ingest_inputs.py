@@ -121,8 +121,9 @@ def test_bad_feeds_and_files_are_logged_counted_and_survived(tmp_path, unreachab
     assert "digest.eml has no items" in log
 
 
-def test_push_dedupes_against_everything_seen(tmp_path, unreachable_api):
-    config = IngestConfig(database_url=f"sqlite:///{tmp_path / 'ingest.db'}",
+def test_push_dedupes_against_everything_seen(db_url, unreachable_api):
+    """The ingestion HTTP path, on SQLite and on PostgreSQL (``db_url``)."""
+    config = IngestConfig(database_url=db_url,
                           classifier_url=unreachable_api, retry_initial_s=5)
     body = ("Acme Corp said on Monday it agreed to acquire Beta Industries Inc for about 40 "
             "mln dlrs in cash, subject to approval by Beta shareholders and regulators. The "
@@ -180,8 +181,8 @@ def test_bad_pushes_are_4xx_with_a_message(tmp_path, unreachable_api, body, stat
         assert sample(scrape(url), "signals_ingest_api_errors_total", kind=kind) >= 1
 
 
-def test_feedback_unknown_duplicate_conflict_replace_and_bulk(tmp_path, unreachable_api):
-    config = IngestConfig(database_url=f"sqlite:///{tmp_path / 'ingest.db'}",
+def test_feedback_unknown_duplicate_conflict_replace_and_bulk(db_url, unreachable_api):
+    config = IngestConfig(database_url=db_url,
                           classifier_url=unreachable_api)
     with serve_app(create_ingest_app(config)) as url:
         pushed = httpx.post(f"{url}/v1/items", json={"articles": [

@@ -100,6 +100,21 @@ def test_import_feed_url_and_files_with_counts(feed_url, tmp_path, capsys):
     assert len(read_jsonl(mbox_out)) == 4
 
 
+def test_import_json_array_skips_and_explains_what_the_api_would_refuse(tmp_path, capsys):
+    array = tmp_path / "newsletters.json"  # the dataset as shipped: one JSON array
+    array.write_text(json.dumps([
+        {"id": 1, "title": "Chipmaker raises guidance", "text": "Orders doubled."},
+        {"id": 2, "title": "", "text": "   "},
+        {"id": 3, "title": "Only a headline"},
+    ]))
+    out_file = tmp_path / "out.jsonl"
+    assert run_cli(["data", "import", str(array), "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "(json): 2 articles written" in printed and "1 items skipped" in printed
+    assert "article 2 is empty: it has neither title nor text" in printed
+    assert [a.id for a in read_jsonl(out_file)] == [1, 3]
+
+
 def test_import_errors_are_clear(feed_url, tmp_path):
     with pytest.raises(RuntimeError, match="HTTP 404"):
         run_cli(["data", "import", f"{feed_url}/gone.xml", "--out", str(tmp_path / "x.jsonl")])
@@ -121,6 +136,7 @@ def test_detect_kind():
     assert detect_kind("https://x.example/feed") == "rss"
     assert detect_kind("a/b.EML") == "eml" and detect_kind("box.mbox") == "mbox"
     assert detect_kind("r.ndjson") == "jsonl" and detect_kind("r.csv") == "csv"
+    assert detect_kind("dataset.JSON") == "json"
 
 
 def test_build_with_views_flag_writes_the_views(feed_url, tmp_path, base_model_dir, capsys):

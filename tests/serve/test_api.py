@@ -169,7 +169,10 @@ def test_admin_routes_refuse_impossible_targets(api, trained_adapter):
 
 
 def test_metrics_count_requests_and_labels(api):
+    # This test makes every event it looks for (it used to rely on an earlier test's
+    # 404 for the error counter, and failed when run alone or in another order).
     httpx.post(f"{api}/v1/classify", json={"article": ACQ})
+    httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-missing"})
     text = httpx.get(f"{api}/metrics").text
     assert 'signals_classify_requests_total{outcome="ok"}' in text
     assert 'signals_classified_articles_total{adapter="base",label=' in text

@@ -132,7 +132,11 @@ def test_mixed_batch_of_two_adapters_and_the_base(vllm_api, trained_adapter, reg
 
 
 def test_swap_under_concurrent_load_fails_nothing(vllm_api, trained_adapter, registry_dir):
-    """Promote, re-promote and unload while requests by alias keep arriving."""
+    """Promote, re-promote and unload while requests by alias keep arriving: every
+    request succeeds, requests were in flight during each swap, both versions answered,
+    and a request sent after a swap returned is answered by the version it promoted."""
+    import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     other = publish_variant(registry_dir, trained_adapter, "swap", scale=0.5)
@@ -140,31 +144,54 @@ def test_swap_under_concurrent_load_fails_nothing(vllm_api, trained_adapter, reg
                          json={"adapter": trained_adapter.name})
     assert promote.status_code == 200, promote.text
     article = {"id": "s", "title": "Acme buys Beta", "text": "Acme said it bought Beta."}
+    swaps_done = threading.Event()
 
     def client(_):
-        outcomes = []
+        """(start, end, status, adapter or error) of each request, until the swaps are
+        over and then two more."""
+        outcomes, after = [], 0
         with httpx.Client(timeout=300) as http:
-            for _ in range(6):
+            while after < 2:
+                after += swaps_done.is_set()
+                start = time.monotonic()
                 r = http.post(f"{vllm_api}/v1/classify",
                               json={"article": article, "adapter": "production"})
-                outcomes.append((r.status_code, r.json()["results"][0]["adapter"]
-                                 if r.status_code == 200 else r.text))
+                outcomes.append((start, time.monotonic(), r.status_code,
+                                 r.json()["results"][0]["adapter"] if r.status_code == 200
+                                 else r.text))
         return outcomes
 
+    swaps = []  # (start, end, version promoted)
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(client, i) for i in range(4)]
-        for target in (other.name, trained_adapter.name, other.name):
-            r = httpx.post(f"{vllm_api}/v1/aliases/production", headers=ADMIN, timeout=120,
-                           json={"adapter": target})
-            assert r.status_code == 200, r.text
-            previous = trained_adapter.name if target == other.name else other.name
-            r = httpx.post(f"{vllm_api}/v1/adapters/{previous}/unload", headers=ADMIN,
-                           timeout=120)
-            assert r.status_code == 200, r.text
+        try:
+            time.sleep(0.5)  # the clients are under way before the first swap
+            for target in (other.name, trained_adapter.name, other.name):
+                start = time.monotonic()
+                r = httpx.post(f"{vllm_api}/v1/aliases/production", headers=ADMIN,
+                               timeout=120, json={"adapter": target})
+                assert r.status_code == 200, r.text
+                previous = trained_adapter.name if target == other.name else other.name
+                r = httpx.post(f"{vllm_api}/v1/adapters/{previous}/unload", headers=ADMIN,
+                               timeout=120)
+                assert r.status_code == 200, r.text
+                swaps.append((start, time.monotonic(), target))
+                time.sleep(0.3)  # let requests by the new version through
+        finally:
+            swaps_done.set()
         results = [o for f in futures for o in f.result()]
-    assert len(results) == 24
-    assert all(status == 200 for status, _ in results), results
-    assert {adapter for _, adapter in results} <= {trained_adapter.name, other.name}
+    failed = [o for o in results if o[2] != 200]
+    assert failed == [], failed
+    # overlap: each swap (promote + unload) had requests in flight while it ran
+    for swap_start, swap_end, target in swaps:
+        overlapping = [o for o in results if o[0] < swap_end and o[1] > swap_start]
+        assert overlapping, f"no request was in flight during the swap to {target}"
+    assert {o[3] for o in results} == {trained_adapter.name, other.name}
+    # after a swap returned, new requests are answered by the version it promoted
+    next_starts = [s[0] for s in swaps[1:]] + [float("inf")]
+    for (_, swap_end, target), next_start in zip(swaps, next_starts):
+        settled = [o for o in results if o[0] > swap_end and o[1] < next_start]
+        assert settled and {o[3] for o in settled} == {target}, (target, settled)
 
 
 def test_new_registry_version_is_served_without_any_call(vllm_api, vllm_server, trained_adapter,

@@ -5,11 +5,17 @@ data-parallel on two workers."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 
 import pytest
+import yaml
 
 from tests.conftest import free_port
 from train.config import load_config
@@ -39,68 +45,183 @@ def test_interrupted_ray_train_run_resumes_from_its_checkpoint(tiny_overrides, t
         straight.manifest["metrics"]["loss_curve"], abs=1e-4)
 
 
-def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_overrides,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """Data-parallel on 2 workers; only rank 1 dies at step 3. Ray Train restarts the
+    worker group from the step-2 checkpoint and the run finishes all 4 steps on 2 workers."""
+    from train.jobs import run_training
 
-    from train.registry import AdapterRegistry
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
-    import shutil
-    import tempfile
+    import ray
 
-    dashboard = free_port()
+    ray.shutdown()  # an earlier test's local Ray; this run uses a head of its own
+    overrides = tiny_overrides + ["max_examples=16", "max_steps=4", "save_steps=2"]
+    config = load_config(None, overrides)
+    # A `ray start` head, not ray.init()'s local one: that gives its raylet a fixed 30 s
+    # to register, which a busy 2-core machine missed.
+    with ray_head() as (_, gcs_address):
+        try:
+            resumed = run_training(config, workers=2, cpus_per_worker=0.5,
+                                   ray_address=gcs_address,
+                                   fail_once_at_step=3, fail_rank=1,
+                                   storage_path=tmp_path / "ray_results")
+        finally:
+            ray.shutdown()
+    scratch = tmp_path / "ray_results" / resumed.name / "scratch"
+    assert (scratch / "failed-rank1").read_text() == "3"
+    assert not (scratch / "failed-rank0").exists()  # only one of the two was killed
+    assert resumed.manifest["resumed_from_step"] == 2
+    assert resumed.manifest["metrics"]["steps"] == 4
+    assert resumed.manifest["metrics"]["world_size"] == 2
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, str]]:
+    """A real local Ray head (``ray start --head``) on free ports; yields its dashboard
+    address (for jobs) and its GCS address (for ``ray.init``) once the job API answers,
+    and ends it (by its process) afterwards."""
+    from ray.job_submission import JobSubmissionClient
+
+    dashboard, gcs_port = free_port(), free_port()
     # Ray's unix socket paths must stay under 107 bytes: pytest's tmp_path is too deep.
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     head = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
-         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+         f"--port={gcs_port}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
          # Fixed defaults (e.g. the job agent's 52365) would collide with any other Ray on
          # this machine, such as the local one an earlier test started in this process.
          f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
          f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
          f"--ray-client-server-port={free_port()}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={ray_tmp}"],
+         "--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={ray_tmp}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 120
         while True:
             try:
-                client = JobSubmissionClient(address)
+                JobSubmissionClient(address)
                 break
             except Exception:
                 if time.monotonic() > deadline or head.poll() is not None:
                     raise
                 time.sleep(2)
+        yield address, f"127.0.0.1:{gcs_port}"
+    finally:
+        head.terminate()  # `ray start --block` takes its own processes down with it
+        head.wait(90)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def submit_when_agent_is_up(submit):
+    """Call ``submit``; the dashboard answers before its job agent is up ("No available
+    agent"), so retry that for up to 2 minutes."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return submit()
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def wait_for_job(client, job: str, timeout_s: float = 600) -> tuple[object, str]:
+    """The job's final status and its logs."""
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + timeout_s
+    while (status := client.get_job_status(job)) not in {
+            JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+        time.sleep(3)
+    return status, client.get_job_logs(job)
+
+
+def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from train.registry import AdapterRegistry
+
+    with ray_head() as (address, _):
+        client = JobSubmissionClient(address)
         overrides = tiny_overrides + ["max_examples=16", "max_steps=2"]
         entrypoint = " ".join([sys.executable, "-m", "serve.cli", "train", "--workers", "2",
                                *sum((["--set", o] for o in overrides), [])])
         runtime_env = {"env_vars": {"SIGNALS_DATA_DIR": str(tmp_path / "data"),
                                     "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}}
-        deadline = time.monotonic() + 120
-        while True:
-            try:  # the dashboard answers before its job agent is up ("No available agent")
-                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-                break
-            except RuntimeError as error:
-                if "No available agent" not in str(error) or time.monotonic() > deadline:
-                    raise
-                time.sleep(2)
-        deadline = time.monotonic() + 600
-        while (status := client.get_job_status(job)) not in {
-                JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
-            time.sleep(3)
-        logs = client.get_job_logs(job)
+        job = submit_when_agent_is_up(
+            lambda: client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env))
+        status, logs = wait_for_job(client, job)
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    finally:
-        head.terminate()  # `ray start --block` takes its own processes down with it
-        head.wait(90)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     registry = AdapterRegistry(tmp_path / "registry")
     [version] = registry.list()
     assert version.manifest["metrics"]["world_size"] == 2
     assert f"adapter {version.name} written" in logs
+
+
+def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+    """Labels show the production adapter's precision fell below the floor: the drift
+    monitor exports the labelled window and submits `signals train` on it to a real Ray
+    head, which runs it; a new candidate version appears in the registry."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from ingestion.config import DriftConfig, IngestConfig
+    from ingestion.service import IngestionService
+    from ingestion.store import NewPrediction, Store
+    from pipeline.article import Article
+    from pipeline.dedupe import content_hash
+    from train.registry import AdapterRegistry
+
+    registry_dir = tmp_path / "registry"
+    train_config = tmp_path / "retrain.yaml"
+    train_config.write_text(yaml.safe_dump({
+        "method": "lora", "base_model": str(tiny_model_dir), "registry": str(registry_dir),
+        "max_examples": 8, "sampling": "balanced", "max_steps": 2, "batch_size": 4,
+        "max_prompt_tokens": 160, "bf16": False, "validation_days": 5,
+        "validation_max_examples": 8}))
+    store = Store(f"sqlite:///{tmp_path / 'ingest.db'}")
+    now = datetime.now(timezone.utc)
+    ids = []
+    for i in range(40):  # spread over 20 days: a training part and a validation window
+        article = Article(id=f"d{i}", title=f"Company {i} {'buys' if i % 2 else 'earns'}",
+                          text=f"Company {i} said it {'agreed to acquire a rival' if i % 2 else 'earned 3 mln dlrs'} (item {i}).",
+                          date_published=now - timedelta(days=20 - i / 2, hours=1))
+        ids.append(store.insert_item(article, "wire", content_hash(article), None,
+                                     shadow=False)[0])
+    # production said "signal" for every item; the analysts say half are not
+    store.record_predictions("primary", [
+        NewPrediction(i, "production", "v1", 0.9, 0.5, 1, False) for i in ids])
+    for position, item_id in enumerate(ids):
+        store.add_feedback(item_id, position % 2, "analyst")
+
+    with ray_head() as (address, _):
+        client = JobSubmissionClient(address)
+        # The monitor counts a failed submission and goes on (tested elsewhere); here the
+        # job agent must be up first, so a trivial job goes through before the check.
+        warmup = submit_when_agent_is_up(lambda: client.submit_job(entrypoint="true"))
+        assert wait_for_job(client, warmup, 120)[0] == JobStatus.SUCCEEDED
+        # The job inherits the head's environment: this tree's code and `signals` script.
+        config = IngestConfig(database_url=str(store.url), drift=DriftConfig(
+            window_days=30, min_labels=20, precision_floor=0.8, recall_floor=None,
+            max_positive_rate_shift=None, ray_address=address, train_config=train_config,
+            export_dir=tmp_path / "exports"))
+        service = IngestionService(config, store)
+        results = service.drift.check()
+        assert any(r.firing and r.rule == "precision_floor" for r in results)
+        (retrain,) = service.drift.retrains
+        assert retrain.job_id is not None, "the submission failed (see the log)"
+        assert retrain.items == 40
+        status, logs = wait_for_job(client, retrain.job_id)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    [version] = AdapterRegistry(registry_dir).list()
+    assert version.name in logs
+    assert version.manifest["dataset"]["split"] == retrain.split
+    assert version.manifest["dataset"]["path"] == str(retrain.dataset_dir)
 
 
 # --- what Ray Train workers ask for: configuration, not the cluster's current state ------
