@@ -2,10 +2,11 @@
 
 schemathesis generates requests for every operation from ``/openapi.json`` and sends
 them over real HTTP to the running apps (the classification API over the in-process
-backend and the real model; the ingestion API over SQLite), with the admin token, and
+backend, the real model and an empty registry; the ingestion API over SQLite), with
+the admin token, and
 checks status codes, content types, headers and response bodies against the
 document, that schema-valid requests are accepted, and that no request gets a 5xx.
-Every generated request is also sent without a token: a guarded route must never
+Every generated request is also sent with a wrong token: a guarded route must never
 accept it. Its pytest plugin (``from_fixture``) breaks on pytest 9 (``Function._nodeid``),
 so the cases are drawn from each operation's hypothesis strategy directly.
 
@@ -26,13 +27,31 @@ from schemathesis.checks import CHECKS
 
 from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
+from pipeline.prompt import label_token_ids
+from serve.app import create_app
+from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
-from tests.serve.conftest import TOKEN
+from train.backends import InProcessBackend
+from train.classifier import build_classifier
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("SIGNALS_FUZZ_EXAMPLES", "25"))
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "fuzz.json"
+SERVE_ADMIN, SERVE_CLASSIFY = "fuzz-serve-admin", "fuzz-serve-classify"
 INGEST_ADMIN = "fuzz-ingest-admin"
 OPEN_PATHS = {"/health", "/ready"}
+
+
+@pytest.fixture(scope="module")
+def api(base_model_dir, tmp_path_factory, tokenizer):
+    """The classification API with both tokens, over the real model (empty registry)."""
+    backend = InProcessBackend(base_model_dir, label_token_ids(tokenizer))
+    classifier = build_classifier(backend, base_model_dir, tmp_path_factory.mktemp("reg"),
+                                  max_prompt_tokens=512, threshold=0.5)
+    app = create_app(classifier, max_batch=4, admin_token=SERVE_ADMIN,
+                     classify_token=SERVE_CLASSIFY, watch_interval_s=None)
+    with serve_app(app) as url:
+        wait_until_ok(f"{url}/ready", 300)
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +102,7 @@ def fuzz(url: str, token: str) -> dict:
 
 
 def test_both_services_conform_to_their_published_schema(api, ingest_api):
-    results = {"classification": fuzz(api, TOKEN), "ingestion": fuzz(ingest_api, INGEST_ADMIN),
+    results = {"classification": fuzz(api, SERVE_ADMIN), "ingestion": fuzz(ingest_api, INGEST_ADMIN),
                "examples_per_operation": EXAMPLES_PER_OPERATION}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
