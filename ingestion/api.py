@@ -31,7 +31,7 @@ from typing import Literal
 from fastapi import FastAPI, Path, Query, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
 from serve.auth import Rule, Scope, ScopeGuard, bearer_docs
@@ -47,10 +47,15 @@ log = logging.getLogger(__name__)
 # --- request schemas ------------------------------------------------------------------
 
 class PushRequest(BaseModel):
-    """Articles pushed by a client: one (``article``) or several (``articles``)."""
+    """Articles pushed by a client: exactly one of ``article`` (one) or ``articles``
+    (several). An article with neither title nor text is answered in its place in
+    ``results`` with status ``rejected`` and is not stored; the others are."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["article"]}, {"required": ["articles"]}]})
 
     article: Article | None = None
-    articles: list[Article] | None = None
+    articles: list[Article] | None = Field(default=None, min_length=1)
     source: str = Field(default="push", min_length=1, max_length=100,
                         description="Source name stored with the items.")
 
@@ -60,9 +65,6 @@ class PushRequest(BaseModel):
             raise ValueError("give exactly one of 'article' or 'articles'")
         if self.articles is not None and not self.articles:
             raise ValueError("'articles' is empty")
-        for article in self.all:
-            if not article.title.strip() and not article.text.strip():
-                raise ValueError(f"article {article.id!r} is empty: it has neither title nor text")
         return self
 
     @property
@@ -71,7 +73,12 @@ class PushRequest(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """One verdict, or a bulk list in ``feedback``."""
+    """One verdict (``item_id`` or ``external_id``, and ``label``), or a bulk list in
+    ``feedback``: exactly one of the two forms."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["feedback"]}, {"required": ["item_id", "label"]},
+        {"required": ["external_id", "label"]}]})
 
     feedback: list[FeedbackEntry] | None = None
     item_id: int | None = None
@@ -158,10 +165,25 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         if len(articles) > config.max_push_items:
             raise ApiError(422, "batch_too_large",
                         f"{len(articles)} items in one request; at most {config.max_push_items}")
-        answers = await service.accept_async(articles, request.source)
-        return {"accepted": sum(a.status == "accepted" for a in answers),
-                "duplicates": sum(a.status == "duplicate" for a in answers),
-                "results": [a.__dict__ for a in answers]}
+        # Per item, as the classification API does: an empty article is answered in its
+        # place and not stored (a link alone is content once the link stage is on).
+        problems = [None if service.links is not None and a.link else a.content_problem()
+                    for a in articles]
+        stored = await service.accept_async(
+            [a for a, problem in zip(articles, problems) if problem is None], request.source)
+        answers, stored_answers = [], iter(stored)
+        for article, problem in zip(articles, problems):
+            if problem is None:
+                answers.append(next(stored_answers).__dict__)
+            else:
+                log.warning("pushed %s; rejected", problem)
+                answers.append({"external_id": str(article.id), "status": "rejected",
+                                "item_id": None, "error": {"type": "empty_article",
+                                                           "message": problem}})
+        return {"accepted": sum(a["status"] == "accepted" for a in answers),
+                "duplicates": sum(a["status"] == "duplicate" for a in answers),
+                "rejected": sum(a["status"] == "rejected" for a in answers),
+                "results": answers}
 
     @app.post("/v1/feedback", dependencies=feedback_auth)
     async def post_feedback(request: FeedbackRequest):

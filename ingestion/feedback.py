@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
 from pipeline.labels import LabelVote
@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class FeedbackEntry(BaseModel):
-    """One verdict on one stored item."""
+    """One verdict on one stored item, named by exactly one of ``item_id`` or
+    ``external_id``."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["item_id"]}, {"required": ["external_id"]}]})
 
     item_id: int | None = Field(default=None, description="Store id (from POST /v1/items).")
     external_id: str | None = Field(default=None,
