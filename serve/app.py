@@ -70,10 +70,6 @@ def adapter_field(description: str):
                  description=description)
 
 
-def is_empty(article: Article) -> bool:
-    return not article.title.strip() and not article.text.strip()
-
-
 class ClassifyItem(BaseModel):
     """One article of a mixed batch, with the adapter it should be classified by."""
 
@@ -111,9 +107,9 @@ class ClassifyRequest(BaseModel):
             raise ValueError("give exactly one of 'article', 'articles' or 'items'")
         if self.strict:
             for article, _ in self.pairs:
-                if is_empty(article):
-                    raise ValueError(
-                        f"article {article.id!r} is empty: it has neither title nor text")
+                problem = article.content_problem()  # the rule importers skip by too
+                if problem is not None:
+                    raise ValueError(problem)
         return self
 
     @property
@@ -328,7 +324,7 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         if len(pairs) > max_batch:
             raise ApiError(422, "batch_too_large",
                            f"{len(pairs)} articles in one request; at most {max_batch}")
-        valid = [pair for pair in pairs if not is_empty(pair[0])]
+        valid = [pair for pair in pairs if pair[0].content_problem() is None]
         started = time.perf_counter()
         results = iter(await call_backend(classifier.classify_mixed(valid, request.threshold))
                        if valid else [])
@@ -339,11 +335,11 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         metrics.adapters_loaded.set(len(classifier.loaded))
         answers: list[ArticleResult | ArticleError] = []
         for article, _ in pairs:
-            if is_empty(article):
+            problem = article.content_problem()
+            if problem is not None:
                 metrics.errors.labels("empty_article").inc()
                 answers.append(ArticleError(id=article.id, error=ErrorBody(
-                    type="empty_article",
-                    message=f"article {article.id!r} is empty: it has neither title nor text")))
+                    type="empty_article", message=problem)))
                 continue
             result = next(results)
             metrics.articles.labels(result.adapter, str(result.label)).inc()
