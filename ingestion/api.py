@@ -51,8 +51,10 @@ class PushRequest(BaseModel):
     (several). An article with neither title nor text is answered in its place in
     ``results`` with status ``rejected`` and is not stored; the others are."""
 
+    # Each form names its field with a non-null value ({"article": null} is no article).
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["article"]}, {"required": ["articles"]}]})
+        {"required": ["article"], "properties": {"article": {"type": "object"}}},
+        {"required": ["articles"], "properties": {"articles": {"type": "array"}}}]})
 
     article: Article | None = None
     articles: list[Article] | None = Field(default=None, min_length=1)
@@ -77,8 +79,13 @@ class FeedbackRequest(BaseModel):
     ``feedback``: exactly one of the two forms."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["feedback"]}, {"required": ["item_id", "label"]},
-        {"required": ["external_id", "label"]}]})
+        {"required": ["feedback"], "properties": {"feedback": {"type": "array"}}},
+        {"required": ["item_id", "label"], "properties": {
+            "item_id": {"type": "integer"}, "label": {"type": "integer"},
+            "external_id": {"type": "null"}}},
+        {"required": ["external_id", "label"], "properties": {
+            "external_id": {"type": "string"}, "label": {"type": "integer"},
+            "item_id": {"type": "null"}}}]})
 
     feedback: list[FeedbackEntry] | None = None
     item_id: int | None = None

@@ -28,7 +28,10 @@ class FeedbackEntry(BaseModel):
     ``external_id``."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["item_id"]}, {"required": ["external_id"]}]})
+        {"required": ["item_id"], "properties": {"item_id": {"type": "integer"},
+                                                 "external_id": {"type": "null"}}},
+        {"required": ["external_id"], "properties": {"external_id": {"type": "string"},
+                                                     "item_id": {"type": "null"}}}]})
 
     item_id: int | None = Field(default=None, description="Store id (from POST /v1/items).")
     external_id: str | None = Field(default=None,

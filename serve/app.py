@@ -82,8 +82,11 @@ class ClassifyRequest(BaseModel):
     """Exactly one of ``article`` (one), ``articles`` (several) or ``items`` (a mixed
     batch of article + adapter)."""
 
+    # Each form names its field with a non-null value ({"article": null} is no article).
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["article"]}, {"required": ["articles"]}, {"required": ["items"]}]})
+        {"required": ["article"], "properties": {"article": {"type": "object"}}},
+        {"required": ["articles"], "properties": {"articles": {"type": "array"}}},
+        {"required": ["items"], "properties": {"items": {"type": "array"}}}]})
 
     article: Article | None = None
     articles: list[Article] | None = Field(default=None, min_length=1)
