@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
 from serve.auth import Rule, Scope, ScopeGuard, bearer_docs
-from serve.errors import ApiError, BodySizeLimit, install_error_handlers
+from serve.errors import ApiError, BodySizeLimit, ErrorResponse, install_error_handlers
 from ingestion.config import IngestConfig
 from ingestion.feedback import FeedbackEntry
 from ingestion.online_metrics import online_quality, window_name
@@ -87,7 +87,7 @@ class FeedbackRequest(BaseModel):
             "external_id": {"type": "string"}, "label": {"type": "integer"},
             "item_id": {"type": "null"}}}]})
 
-    feedback: list[FeedbackEntry] | None = None
+    feedback: list[FeedbackEntry] | None = Field(default=None, min_length=1)
     item_id: int | None = None
     external_id: str | None = None
     item_source: str | None = None
@@ -138,7 +138,9 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
 
     app = FastAPI(title="Newsletter signals: ingestion service",
                   description="Feeds and newsletters in, classified signals and online "
-                  "quality out.", version="0.1.0", lifespan=lifespan)
+                  "quality out.", version="0.1.0", lifespan=lifespan,
+                  responses={code: {"model": ErrorResponse}
+                             for code in (400, 401, 403, 404, 409, 413, 422)})
     app.state.service = service
 
     install_error_handlers(app, lambda kind: metrics.api_errors.labels(kind).inc())

@@ -34,7 +34,6 @@ from tests.ingestion.test_ingest_support import (
     wait_for,
 )
 from tests.pipeline.link_site import BODY, LinkSite, serve_link_site, story_lead, story_title
-from tests.ingestion.test_ingest_store import db_url, postgres_server  # noqa: F401 (fixtures)
 from tests.pipeline.test_link_sources import newsletter
 
 STORIES = range(1, 11)
