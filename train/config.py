@@ -119,8 +119,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     """Examples per optimiser step on one worker."""
 
-    bf16: bool = True
-    """bfloat16 autocast (on CPU too); False trains in float32 (about 2x slower on CPU)."""
+    bf16: bool | None = None
+    """bfloat16 autocast. None (default) = where the hardware computes bfloat16 natively:
+    a CUDA GPU that supports it, or a CPU with AVX-512 BF16/AMX (about 2x faster than
+    float32 there); float32 elsewhere, e.g. on CPUs without native bfloat16, where
+    autocast is tens of times slower than float32. True/False force it."""
 
     load_in_4bit: bool = False
     """Load the base model in 4-bit NF4 (bitsandbytes) and train LoRA on top (QLoRA)."""

@@ -1,6 +1,6 @@
 import pytest
 
-from train.config import ConfigError, LoraPlusTrainConfig, QLoraTrainConfig, load_config
+from train.config import ConfigError, LoraPlusTrainConfig, QLoraTrainConfig, TrainConfig, load_config
 
 
 def _ok(base_model_dir, reuters_dataset):
@@ -122,3 +122,14 @@ def test_one_set_parser_for_training_and_experiment_configs(tmp_path):
             load_config(None, [bad])
     config = load_experiment_config(None, ["sft-steps=3", "methods=[lora]"])
     assert config.sft_steps == 3 and config.methods == ["lora"]
+
+
+def test_bf16_defaults_to_what_the_hardware_computes_natively(tmp_path):
+    """bf16 None follows the machine (autocast on a CPU without native bfloat16 was
+    tens of times slower than float32); True/False are kept as given."""
+    from train.common import native_bf16, use_bf16
+
+    base = TrainConfig.model_construct(method="lora", bf16=None)
+    assert use_bf16(base) is native_bf16()
+    assert use_bf16(base.model_copy(update={"bf16": True})) is True
+    assert use_bf16(base.model_copy(update={"bf16": False})) is False
