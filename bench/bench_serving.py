@@ -53,6 +53,7 @@ from serve.server import lora_settings  # noqa: E402
 from serve.vllm_launcher import CPU_LORA_OPS_ENV  # noqa: E402
 from serve.vllm_server import VLLMServer, wait_until_ok  # noqa: E402
 from train.registry import AdapterRegistry  # noqa: E402
+from train.variants import publish_variant  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APRIL_1987_ARTICLES = 3255
@@ -154,20 +155,6 @@ def lora_op_microbench(threads: int, tokens: int = 1024, repeats: int = 5) -> di
 
 
 # -------------------------------------------------------------- adapters, servers
-def publish_scaled_copy(registry: AdapterRegistry, source, tag: str, scale: float):
-    """A new version whose LoRA B is ``scale`` x the source's: same shape, other answers."""
-    from safetensors.torch import load_file, save_file
-
-    name = registry.new_name("lora", tag)
-    staging = registry.staging_dir(name)
-    shutil.copy(source.path / "adapter_config.json", staging)
-    weights = load_file(source.path / "adapter_model.safetensors")
-    save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
-              staging / "adapter_model.safetensors")
-    manifest = {k: v for k, v in source.manifest.items() if k != "name"}
-    return registry.publish(name, {**manifest, "variant_of": source.name, "scale": scale})
-
-
 def start_api(vllm_url: str, registry: Path, adapters: list[str], port: int,
               log_path: Path) -> subprocess.Popen:
     """``signals serve --vllm-url``: the product's API process, on loopback."""
@@ -239,7 +226,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-registry-"))
     registry = AdapterRegistry(scratch)
     source = AdapterRegistry(paths.registry_dir).get(args.adapter)
-    adapters = [publish_scaled_copy(registry, source, f"bench{i}", scale)
+    adapters = [publish_variant(registry.root, source, f"bench{i}", scale)
                 for i, scale in enumerate((1.0, -1.0, 0.5))]
     names = [a.name for a in adapters]
     tokenizer = AutoTokenizer.from_pretrained(base)
