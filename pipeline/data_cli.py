@@ -149,7 +149,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
                   "links": link_sources.read_link_list,
                   "newsletter-links": link_sources.read_newsletter_links}[kind]
         result = reader(args.input, source)
-    readers.drop_unclassifiable(result, args.input)
+    if kind not in ("links", "newsletter-links"):  # a link is the content of a link list:
+        readers.drop_unclassifiable(result, args.input)  # the link stage fills it in
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = args.out.with_name(f".{args.out.name}.tmp")
     write_jsonl(staging, result.articles)
