@@ -191,9 +191,11 @@ def test_vllm_and_the_classifier_get_the_same_optional_api_key_slot():
         containers = {p.owner: p.spec["containers"][0]
                       for p in pod_templates(render(kustomization))}
         references = []
-        for owner in ("Deployment/vllm", "Deployment/classifier"):
-            entry = env_value(containers[owner], "VLLM_API_KEY")
-            assert entry, f"{kustomization} {owner}: no VLLM_API_KEY"
+        # vLLM reads VLLM_API_KEY; the classifier sends the key from its own setting.
+        for owner, variable in (("Deployment/vllm", "VLLM_API_KEY"),
+                                ("Deployment/classifier", "SIGNALS_SERVE_VLLM_API_KEY")):
+            entry = env_value(containers[owner], variable)
+            assert entry, f"{kustomization} {owner}: no {variable}"
             references.append(entry["valueFrom"]["secretKeyRef"])
         assert references[0] == references[1]
         assert references[0]["optional"] is True  # the stack starts before a key is set
