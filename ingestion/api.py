@@ -88,7 +88,7 @@ class FeedbackRequest(BaseModel):
             "item_id": {"type": "null"}}}]})
 
     feedback: list[FeedbackEntry] | None = Field(default=None, min_length=1)
-    item_id: int | None = None
+    item_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
     external_id: str | None = None
     item_source: str | None = None
     label: Literal[0, 1] | None = None

@@ -33,7 +33,8 @@ class FeedbackEntry(BaseModel):
         {"required": ["external_id"], "properties": {"external_id": {"type": "string"},
                                                      "item_id": {"type": "null"}}}]})
 
-    item_id: int | None = Field(default=None, description="Store id (from POST /v1/items).")
+    item_id: int | None = Field(default=None, ge=1, le=2**63 - 1,
+                                description="Store id (from POST /v1/items).")
     external_id: str | None = Field(default=None,
                                     description="The item's id in its source (feed guid, ...).")
     item_source: str | None = Field(default=None,

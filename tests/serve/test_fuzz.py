@@ -79,7 +79,7 @@ def fuzz(url: str, token: str) -> dict:
     failures: list[str] = []
     for operation in operations:
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def call(case):
             counts["requests"] += 1
