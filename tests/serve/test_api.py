@@ -27,7 +27,7 @@ def _error(response, status, kind):
 
 
 def test_classify_one_article(api):
-    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ})
+    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ}, timeout=120)
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     assert result["id"] == "a1" and result["adapter"] == "base"
@@ -103,7 +103,7 @@ def test_empty_article_in_strict_mode_fails_the_request(api):
     ({"article": {**ACQ, "signal": 7}}, "signal"),
 ])
 def test_schema_violations_are_422(api, body, needle):
-    assert needle in _error(httpx.post(f"{api}/v1/classify", json=body), 422, "invalid_request")
+    assert needle in _error(httpx.post(f"{api}/v1/classify", json=body, timeout=120), 422, "invalid_request")
 
 
 def test_one_megabyte_article_is_truncated_and_says_so(api):
@@ -127,12 +127,12 @@ def test_body_over_the_limit_is_413(api):
 
 
 def test_batch_over_the_limit_is_422(api):
-    response = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ] * 5})
+    response = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ] * 5}, timeout=120)
     assert "at most 4" in _error(response, 422, "batch_too_large")
 
 
 def test_unknown_adapter_is_404_with_its_name(api):
-    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-nope"})
+    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-nope"}, timeout=120)
     assert "lora-nope" in _error(response, 404, "adapter_not_found")
     _error(httpx.post(f"{api}/v1/adapters/lora-nope/load", headers=ADMIN), 404,
            "adapter_not_found")
@@ -141,7 +141,7 @@ def test_unknown_adapter_is_404_with_its_name(api):
 @pytest.mark.parametrize("name", ["../../etc/passwd", "..", "a/../../b"])
 def test_path_traversal_adapter_names_are_refused(api, name):
     """The published name pattern refuses them in the body and in the path."""
-    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": name})
+    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": name}, timeout=120)
     assert "pattern" in _error(response, 422, "invalid_request")
     response = httpx.post(f"{api}/v1/aliases/production", json={"adapter": name},
                           headers=ADMIN)
@@ -171,8 +171,8 @@ def test_admin_routes_refuse_impossible_targets(api, trained_adapter):
 def test_metrics_count_requests_and_labels(api):
     # This test makes every event it looks for (it used to rely on an earlier test's
     # 404 for the error counter, and failed when run alone or in another order).
-    httpx.post(f"{api}/v1/classify", json={"article": ACQ})
-    httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-missing"})
+    httpx.post(f"{api}/v1/classify", json={"article": ACQ}, timeout=120)
+    httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-missing"}, timeout=120)
     text = httpx.get(f"{api}/metrics").text
     assert 'signals_classify_requests_total{outcome="ok"}' in text
     assert 'signals_classified_articles_total{adapter="base",label=' in text
@@ -248,7 +248,7 @@ def test_promote_by_alias_and_unload(api, trained_adapter, registry_dir):
                       json={"adapter": trained_adapter.name}), 422, "invalid_request")
     _error(httpx.post(f"{api}/v1/aliases/candidate", headers=ADMIN,
                       json={"adapter": "lora-nope"}), 404, "adapter_not_found")
-    unloaded = httpx.post(f"{api}/v1/adapters/{trained_adapter.name}/unload", headers=ADMIN)
+    unloaded = httpx.post(f"{api}/v1/adapters/{trained_adapter.name}/unload", headers=ADMIN, timeout=120)
     assert unloaded.json() == {"name": trained_adapter.name, "loaded": False}
     assert trained_adapter.name not in httpx.get(f"{api}/v1/adapters").json()["loaded"]
 
@@ -394,5 +394,5 @@ def test_adapter_without_calibration_serves_uncalibrated_at_the_server_threshold
         assert r["p_signal"] == r["p_raw"]
         # same weights: the calibrated version's raw P is the old version's answer
         assert c["p_raw"] == pytest.approx(r["p_signal"], abs=1e-5)
-    base = httpx.post(f"{api}/v1/classify", json=body).json()["results"]
+    base = httpx.post(f"{api}/v1/classify", json=body, timeout=120).json()["results"]
     assert all(r["calibrated"] is False and r["threshold"] == 0.5 for r in base)
