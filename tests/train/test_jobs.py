@@ -87,7 +87,10 @@ def ray_head(num_cpus: int = 2) -> Iterator[tuple[str, str]]:
     dashboard, gcs_port = free_port(), free_port()
     # Ray's unix socket paths must stay under 107 bytes: pytest's tmp_path is too deep.
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    # Jobs inherit the head's environment; `signals` must be on its PATH as it is in the
+    # images (CI runs .venv/bin/python without activating the venv).
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": path}
     head = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
          f"--port={gcs_port}", f"--dashboard-port={dashboard}", "--include-dashboard=true",
