@@ -79,7 +79,9 @@ class FeedbackRequest(BaseModel):
     ``feedback``: exactly one of the two forms."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["feedback"], "properties": {"feedback": {"type": "array"}}},
+        {"required": ["feedback"], "properties": {
+            "feedback": {"type": "array"}, "item_id": {"type": "null"},
+            "external_id": {"type": "null"}}},
         {"required": ["item_id", "label"], "properties": {
             "item_id": {"type": "integer"}, "label": {"type": "integer"},
             "external_id": {"type": "null"}}},
