@@ -19,19 +19,76 @@ is joined in the store: every stored prediction against its item's effective lab
 
 A value that is undefined (no predicted positives for precision, no labelled
 positives for recall) is left out rather than exported as 0 or NaN.
+
+Labels come days late, so each window also gets an **estimate before labels arrive**
+(confidence-based performance estimation, CBPE in NannyML's words): with a calibrated
+P(signal) = p, a prediction of "signal" is a true positive with probability p and a
+false positive with 1 - p, a prediction of "not signal" a false negative with p and a
+true negative with 1 - p, so summing p over the stored predictions gives the expected
+confusion matrix without a single label (:class:`ExpectedConfusion`). Exported as
+``signals_ingest_estimated_{precision,recall,f1}{adapter,role,window,items}``:
+
+* ``items="unlabelled"``: the window's predictions that have no label yet;
+* ``items="all"``: the best current figure for the whole window, the measured counts
+  of the labelled predictions plus the expected counts of the unlabelled ones;
+* ``items="labelled"``: the estimate for the predictions that do have labels, so it can
+  be held against the measurement: ``signals_ingest_estimation_error_{precision,
+  recall,f1}{adapter,role,window}`` = estimated - measured on those same predictions.
+
+The estimate is only as good as the adapter's calibration on today's items (an
+uncalibrated adapter's P(signal) overstates it; the error gauge shows by how much).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ingestion.store import ROLES, ConfusionRow, Store, utcnow
+
+
+def _rates(tp: float, fp: float, fn: float) -> dict[str, float | None]:
+    """Precision, recall and F1 from (possibly expected) counts; None where undefined."""
+    return {"precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            # 2PR/(P+R) on counts: 0, not undefined, when nothing is predicted positive
+            # but some label is
+            "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None}
+
+
+@dataclass
+class ExpectedConfusion:
+    """The confusion matrix expected from P(signal) alone (CBPE): each prediction adds
+    its p to TP (predicted signal) or FN (predicted not signal) and 1 - p to FP or TN."""
+
+    predictions: int = 0
+    tp: float = 0.0
+    fp: float = 0.0
+    fn: float = 0.0
+    tn: float = 0.0
+
+    def add(self, predicted: int, count: int, p_signal_sum: float) -> None:
+        """``count`` predictions of label ``predicted`` whose P(signal) sum to
+        ``p_signal_sum``."""
+        self.predictions += count
+        if predicted == 1:
+            self.tp += p_signal_sum
+            self.fp += count - p_signal_sum
+        else:
+            self.fn += p_signal_sum
+            self.tn += count - p_signal_sum
+
+    def rates(self) -> dict[str, float | None]:
+        return _rates(self.tp, self.fp, self.fn)
+
+    def as_dict(self) -> dict:
+        return {"predictions": self.predictions, "tp": self.tp, "fp": self.fp,
+                "fn": self.fn, "tn": self.tn, **self.rates()}
 
 
 @dataclass
@@ -49,21 +106,41 @@ class QualityStats:
     tn: int = 0
     latency_sum_s: float = 0.0
     latency_count: int = 0
+    # CBPE: expected counts of the predictions without a label, and of those with one
+    expected_unlabelled: ExpectedConfusion = field(default_factory=ExpectedConfusion)
+    expected_labelled: ExpectedConfusion = field(default_factory=ExpectedConfusion)
 
     @property
     def precision(self) -> float | None:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+        return _rates(self.tp, self.fp, self.fn)["precision"]
 
     @property
     def recall(self) -> float | None:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+        return _rates(self.tp, self.fp, self.fn)["recall"]
 
     @property
     def f1(self) -> float | None:
-        # 2PR/(P+R) written on counts: also defined (0) when no prediction is positive
-        # but some label is, where precision itself is undefined.
-        denominator = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / denominator if denominator else None
+        return _rates(self.tp, self.fp, self.fn)["f1"]
+
+    def estimated(self, items: str) -> dict[str, float | None]:
+        """Estimated precision, recall and F1 over the ``unlabelled`` predictions, the
+        ``labelled`` ones (to compare with the measurement) or ``all`` of them (measured
+        counts where labelled, expected counts where not)."""
+        if items == "unlabelled":
+            return self.expected_unlabelled.rates()
+        if items == "labelled":
+            return self.expected_labelled.rates()
+        if items == "all":
+            e = self.expected_unlabelled
+            return _rates(self.tp + e.tp, self.fp + e.fp, self.fn + e.fn)
+        raise ValueError(f"items must be unlabelled, labelled or all, not {items!r}")
+
+    def estimation_error(self) -> dict[str, float | None]:
+        """Estimated minus measured, on the labelled predictions (None where either is
+        undefined)."""
+        measured = _rates(self.tp, self.fp, self.fn)
+        return {k: (v - measured[k] if v is not None and measured[k] is not None else None)
+                for k, v in self.expected_labelled.rates().items()}
 
     @property
     def predicted_positive_rate(self) -> float | None:
@@ -85,7 +162,11 @@ class QualityStats:
                 "precision": self.precision, "recall": self.recall, "f1": self.f1,
                 "predicted_positive_rate": self.predicted_positive_rate,
                 "label_coverage": self.label_coverage,
-                "mean_publication_latency_s": self.mean_publication_latency_s}
+                "mean_publication_latency_s": self.mean_publication_latency_s,
+                "estimated": {items: self.estimated(items)
+                              for items in ("unlabelled", "all", "labelled")},
+                "expected_unlabelled": self.expected_unlabelled.as_dict(),
+                "estimation_error": self.estimation_error()}
 
 
 def quality_from_confusion(rows: list[ConfusionRow]) -> dict[tuple[str, str], QualityStats]:
@@ -97,6 +178,8 @@ def quality_from_confusion(rows: list[ConfusionRow]) -> dict[tuple[str, str], Qu
         s.predicted_positive += row.count if row.predicted == 1 else 0
         s.latency_sum_s += row.latency_sum_s
         s.latency_count += row.latency_count
+        expected = s.expected_unlabelled if row.actual is None else s.expected_labelled
+        expected.add(row.predicted, row.count, row.p_signal_sum)
         if row.actual is None:
             continue
         s.labelled += row.count
@@ -208,6 +291,29 @@ class OnlineQualityCollector(Collector):
                     if value is not None:
                         gauge.add_metric([adapter, role, window], value)
             yield gauge
+
+        for metric in ("precision", "recall", "f1"):
+            estimated = GaugeMetricFamily(
+                f"signals_ingest_estimated_{metric}",
+                f"Online {metric} estimated from the stored P(signal) (CBPE) over the "
+                "window's predictions: items=unlabelled (no label yet), all (measured where "
+                "labelled, expected elsewhere), labelled (to compare with the measurement)",
+                labels=["adapter", "role", "window", "items"])
+            error = GaugeMetricFamily(
+                f"signals_ingest_estimation_error_{metric}",
+                f"Estimated minus measured {metric} on the window's labelled predictions",
+                labels=["adapter", "role", "window"])
+            for window, stats in snap.windows.items():
+                for (adapter, role), s in sorted(stats.items()):
+                    for items in ("unlabelled", "all", "labelled"):
+                        value = s.estimated(items)[metric]
+                        if value is not None:
+                            estimated.add_metric([adapter, role, window, items], value)
+                    value = s.estimation_error()[metric]
+                    if value is not None:
+                        error.add_metric([adapter, role, window], value)
+            yield estimated
+            yield error
 
         pending = GaugeMetricFamily("signals_ingest_pending_items",
                                     "Stored items waiting for a prediction, by role",

@@ -228,6 +228,7 @@ class ConfusionRow:
     count: int
     latency_sum_s: float
     latency_count: int
+    p_signal_sum: float = 0.0  # sum of the stored P(signal): expected positives (CBPE)
 
 
 FeedbackOutcome = Literal["recorded", "duplicate", "conflict", "replaced"]
@@ -572,7 +573,8 @@ class Store:
                         items.c.label.label("actual"), func.count().label("n"),
                         func.coalesce(func.sum(predictions.c.publication_latency_s), 0.0)
                         .label("latency_sum"),
-                        func.count(predictions.c.publication_latency_s).label("latency_n"))
+                        func.count(predictions.c.publication_latency_s).label("latency_n"),
+                        func.coalesce(func.sum(predictions.c.p_signal), 0.0).label("p_sum"))
                  .join(items, items.c.id == predictions.c.item_id)
                  .group_by(predictions.c.adapter, predictions.c.role, predictions.c.label,
                            items.c.label))
@@ -585,7 +587,7 @@ class Store:
             query = query.where(and_(*conditions))
         with self.transaction() as conn:
             return [ConfusionRow(r.adapter, r.role, r.label, r.actual, r.n,
-                                 float(r.latency_sum), r.latency_n)
+                                 float(r.latency_sum), r.latency_n, float(r.p_sum))
                     for r in conn.execute(query)]
 
     # --- source cursors (e.g. the last IMAP UID read) ------------------------------------
