@@ -4,6 +4,7 @@ data-parallel on two workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import yaml
@@ -45,36 +47,50 @@ def test_interrupted_ray_train_run_resumes_from_its_checkpoint(tiny_overrides, t
         straight.manifest["metrics"]["loss_curve"], abs=1e-4)
 
 
-def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_overrides,
-                                                                           tmp_path,
-                                                                           monkeypatch):
-    """Data-parallel on 2 workers; only rank 1 dies at step 3. Ray Train restarts the
-    worker group from the step-2 checkpoint and the run finishes all 4 steps on 2 workers."""
+def in_fresh_process(function: str, **kwargs) -> object:
+    """``function(**kwargs)`` of this module run in a new Python process; its JSON result.
+
+    A Ray driver keeps per-process state: after this process has started and shut down a
+    local Ray (the test above), connecting it to another cluster or starting a new local
+    one failed (TrainController "cancelled before it started"; GCS InvalidAuthToken),
+    although each test passed alone. A fresh driver process is what a user runs anyway."""
+    code = ("import json, sys; from tests.train import test_jobs as t; "
+            f"print('RESULT ' + json.dumps(t.{function}(**json.loads(sys.argv[1]))))")
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=800, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    results = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and results, (run.stdout + run.stderr)[-4000:]
+    return json.loads(results[-1][len("RESULT "):])
+
+
+def _two_worker_run_killed_once(overrides: list[str], ray_address: str,
+                                storage_path: str) -> dict:
     from train.jobs import run_training
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-
-    import ray
-
-    ray.shutdown()  # an earlier test's local Ray; this run uses a head of its own
-    overrides = tiny_overrides + ["max_examples=16", "max_steps=4", "save_steps=2"]
     config = load_config(None, overrides)
+    resumed = run_training(config, workers=2, cpus_per_worker=0.5, ray_address=ray_address,
+                           fail_once_at_step=3, fail_rank=1, storage_path=Path(storage_path))
+    return {"name": resumed.name, "manifest": resumed.manifest}
+
+
+def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_overrides,
+                                                                           tmp_path):
+    """Data-parallel on 2 workers; only rank 1 dies at step 3. Ray Train restarts the
+    worker group from the step-2 checkpoint and the run finishes all 4 steps on 2 workers."""
+    overrides = tiny_overrides + ["max_examples=16", "max_steps=4", "save_steps=2"]
     # A `ray start` head, not ray.init()'s local one: that gives its raylet a fixed 30 s
     # to register, which a busy 2-core machine missed.
     with ray_head() as (_, gcs_address):
-        try:
-            resumed = run_training(config, workers=2, cpus_per_worker=0.5,
+        resumed = in_fresh_process("_two_worker_run_killed_once", overrides=overrides,
                                    ray_address=gcs_address,
-                                   fail_once_at_step=3, fail_rank=1,
-                                   storage_path=tmp_path / "ray_results")
-        finally:
-            ray.shutdown()
-    scratch = tmp_path / "ray_results" / resumed.name / "scratch"
+                                   storage_path=str(tmp_path / "ray_results"))
+    scratch = tmp_path / "ray_results" / resumed["name"] / "scratch"
     assert (scratch / "failed-rank1").read_text() == "3"
     assert not (scratch / "failed-rank0").exists()  # only one of the two was killed
-    assert resumed.manifest["resumed_from_step"] == 2
-    assert resumed.manifest["metrics"]["steps"] == 4
-    assert resumed.manifest["metrics"]["world_size"] == 2
+    assert resumed["manifest"]["resumed_from_step"] == 2
+    assert resumed["manifest"]["metrics"]["steps"] == 4
+    assert resumed["manifest"]["metrics"]["world_size"] == 2
 
 
 @contextmanager
@@ -314,32 +330,37 @@ def test_worker_resources_come_from_the_environment_and_refuse_nonsense(monkeypa
         WorkerResources()
 
 
-def test_on_a_real_ray_without_gpus_the_request_is_a_pending_gpu_demand(monkeypatch):
-    """A local Ray with no GPU stands for a cluster whose gpu group is at zero: the
-    workers' placement group is not refused, it waits, and the autoscaler's view of the
-    cluster lists the GPU bundle as unmet demand: what makes KubeRay's autoscaler add a
-    GPU node. (Deciding from the cluster's resources, as before, asked for no GPU here.)"""
+def _gpu_demand_on_a_cpu_only_ray() -> dict:
     import ray
     from ray.autoscaler.v2.sdk import get_cluster_status
 
     from train.jobs import WorkerResources, scaling_config
 
-    monkeypatch.setenv("SIGNALS_TRAIN_GPUS_PER_WORKER", "1")
-    monkeypatch.setenv("SIGNALS_TRAIN_CPUS_PER_WORKER", "1")
-    ray.shutdown()
+    os.environ["SIGNALS_TRAIN_GPUS_PER_WORKER"] = "1"
+    os.environ["SIGNALS_TRAIN_CPUS_PER_WORKER"] = "1"
     ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
     try:
-        assert ray.cluster_resources().get("GPU", 0) == 0
+        gpus = ray.cluster_resources().get("GPU", 0)
         scaling = scaling_config(1, WorkerResources(), ray.cluster_resources()["CPU"])
         group = scaling.as_placement_group_factory()()
         ready, _ = ray.wait([group.ready()], timeout=3)
-        assert not ready, "placed without a GPU"
         deadline, demands = time.monotonic() + 60, []
         while not demands and time.monotonic() < deadline:
             status = get_cluster_status(ray.get_runtime_context().gcs_address)
             demands = [request.bundle for demand in status.resource_demands.placement_group_demand
                        for request in demand.bundles_by_count]
             time.sleep(1)
-        assert {"CPU": 1.0, "GPU": 1.0} in demands, demands
+        return {"cluster_gpus": gpus, "placed": bool(ready), "demands": demands}
     finally:
         ray.shutdown()
+
+
+def test_on_a_real_ray_without_gpus_the_request_is_a_pending_gpu_demand():
+    """A local Ray with no GPU stands for a cluster whose gpu group is at zero: the
+    workers' placement group is not refused, it waits, and the autoscaler's view of the
+    cluster lists the GPU bundle as unmet demand: what makes KubeRay's autoscaler add a
+    GPU node. (Deciding from the cluster's resources, as before, asked for no GPU here.)"""
+    seen = in_fresh_process("_gpu_demand_on_a_cpu_only_ray")
+    assert seen["cluster_gpus"] == 0
+    assert not seen["placed"], "placed without a GPU"
+    assert {"CPU": 1.0, "GPU": 1.0} in seen["demands"], seen["demands"]
