@@ -145,21 +145,28 @@ def test_swap_under_concurrent_load_fails_nothing(vllm_api, trained_adapter, reg
     assert promote.status_code == 200, promote.text
     article = {"id": "s", "title": "Acme buys Beta", "text": "Acme said it bought Beta."}
     swaps_done = threading.Event()
+    results = []  # (start, end, status, adapter or error) of every request, all clients
 
     def client(_):
-        """(start, end, status, adapter or error) of each request, until the swaps are
-        over and then two more."""
-        outcomes, after = [], 0
+        """Requests one after the other until the swaps are over, and then two more."""
+        after = 0
         with httpx.Client(timeout=300) as http:
             while after < 2:
                 after += swaps_done.is_set()
                 start = time.monotonic()
                 r = http.post(f"{vllm_api}/v1/classify",
                               json={"article": article, "adapter": "production"})
-                outcomes.append((start, time.monotonic(), r.status_code,
-                                 r.json()["results"][0]["adapter"] if r.status_code == 200
-                                 else r.text))
-        return outcomes
+                results.append((start, time.monotonic(), r.status_code,
+                                r.json()["results"][0]["adapter"] if r.status_code == 200
+                                else r.text))
+
+    def answered_after(moment: float) -> None:
+        """Wait until a request started after ``moment`` has its answer (a CPU request
+        takes about a second: a fixed pause let the next swap start before any did)."""
+        deadline = time.monotonic() + 120
+        while not any(o[0] > moment for o in list(results)):
+            assert time.monotonic() < deadline, "no request was answered after the swap"
+            time.sleep(0.05)
 
     swaps = []  # (start, end, version promoted)
     with ThreadPoolExecutor(4) as pool:
@@ -176,10 +183,11 @@ def test_swap_under_concurrent_load_fails_nothing(vllm_api, trained_adapter, reg
                                timeout=120)
                 assert r.status_code == 200, r.text
                 swaps.append((start, time.monotonic(), target))
-                time.sleep(0.3)  # let requests by the new version through
+                answered_after(swaps[-1][1])  # the new version answers before the next swap
         finally:
             swaps_done.set()
-        results = [o for f in futures for o in f.result()]
+        for future in futures:
+            future.result()
     failed = [o for o in results if o[2] != 200]
     assert failed == [], failed
     # overlap: each swap (promote + unload) had requests in flight while it ran
