@@ -123,14 +123,19 @@ class SignalClassifier:
         version = self.resolve(adapter)
         if version is None:
             raise BaseModelNotAdapter(f"{adapter!r} is the base model: it cannot be unloaded")
-        deadline = asyncio.get_running_loop().time() + drain_timeout_s
-        while self._in_flight[version.name] and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        async with self._load_lock:
-            if version.name in self.loaded:
-                await self.backend.unload_adapter(version.name)
-                del self.loaded[version.name]
-        return version.name
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout_s
+        while True:
+            while self._in_flight[version.name] and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            async with self._load_lock:
+                # A request may have started using it while this waited for the lock.
+                if self._in_flight[version.name] and loop.time() < deadline:
+                    continue
+                if version.name in self.loaded:
+                    await self.backend.unload_adapter(version.name)
+                    del self.loaded[version.name]
+                return version.name
 
     @asynccontextmanager
     async def _using(self, names: set[str]):
@@ -162,16 +167,14 @@ class SignalClassifier:
     async def classify_mixed(self, items: Sequence[tuple[Article, str | None]],
                              threshold: float | None = None) -> list[Classification]:
         """Classify articles that each name their own adapter, in one backend batch."""
-        versions = {}
-        for _, adapter in items:
-            if adapter not in versions:
-                versions[adapter] = (await self.ensure_loaded(adapter)
-                                     if self.resolve(adapter) is not None else None)
+        # Resolve every name and mark the versions in use before the first await, so an
+        # unload (a swap) that starts meanwhile waits for this request instead of taking
+        # its adapter away between loading and asking the backend.
+        versions = {adapter: self.resolve(adapter) for _, adapter in items}
         names = {v.name for v in versions.values() if v is not None}
         async with self._using(names):
-            for name in names:  # evicted between ensure_loaded and now by another request?
-                if name not in self.loaded:
-                    await self.ensure_loaded(name)
+            for name in names:
+                await self.ensure_loaded(name)
 
             def render():
                 return [encode_prompt(a, self.tokenizer, self.prompt_limit(versions[ad]))
