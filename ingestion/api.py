@@ -40,6 +40,7 @@ from ingestion.config import IngestConfig
 from ingestion.feedback import FeedbackEntry
 from ingestion.online_metrics import online_quality, window_name
 from ingestion.service import IngestionService
+from ingestion.store import MAX_ITEM_ID
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +79,21 @@ class FeedbackRequest(BaseModel):
     """One verdict (``item_id`` or ``external_id``, and ``label``), or a bulk list in
     ``feedback``: exactly one of the two forms."""
 
+    # Each form says the other forms' fields are null: a body that names a single entry
+    # and a list is neither form (schemathesis found every such mix the schema allowed).
     model_config = ConfigDict(json_schema_extra={"oneOf": [
         {"required": ["feedback"], "properties": {
             "feedback": {"type": "array"}, "item_id": {"type": "null"},
             "external_id": {"type": "null"}}},
         {"required": ["item_id", "label"], "properties": {
             "item_id": {"type": "integer"}, "label": {"type": "integer"},
-            "external_id": {"type": "null"}}},
+            "external_id": {"type": "null"}, "feedback": {"type": "null"}}},
         {"required": ["external_id", "label"], "properties": {
             "external_id": {"type": "string"}, "label": {"type": "integer"},
-            "item_id": {"type": "null"}}}]})
+            "item_id": {"type": "null"}, "feedback": {"type": "null"}}}]})
 
     feedback: list[FeedbackEntry] | None = Field(default=None, min_length=1)
-    item_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    item_id: int | None = Field(default=None, ge=1, le=MAX_ITEM_ID)
     external_id: str | None = None
     item_source: str | None = None
     label: Literal[0, 1] | None = None
@@ -220,7 +223,7 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         return {"counts": counts, "results": answers}
 
     @app.get("/v1/items/{item_id}", dependencies=read_auth)
-    async def get_item(item_id: int = Path(ge=1, le=2**63 - 1,
+    async def get_item(item_id: int = Path(ge=1, le=MAX_ITEM_ID,
                                            description="Store id of the item.")):
         """An item with its predictions (both roles) and its feedback."""
         item = await asyncio.to_thread(service.store.get_item, item_id)

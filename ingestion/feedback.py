@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.article import Article
 from pipeline.labels import LabelVote
 from ingestion.metrics import IngestMetrics
-from ingestion.store import Store
+from ingestion.store import MAX_ITEM_ID, Store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class FeedbackEntry(BaseModel):
         {"required": ["external_id"], "properties": {"external_id": {"type": "string"},
                                                      "item_id": {"type": "null"}}}]})
 
-    item_id: int | None = Field(default=None, ge=1, le=2**63 - 1,
+    item_id: int | None = Field(default=None, ge=1, le=MAX_ITEM_ID,
                                 description="Store id (from POST /v1/items).")
     external_id: str | None = Field(default=None,
                                     description="The item's id in its source (feed guid, ...).")

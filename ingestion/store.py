@@ -217,6 +217,12 @@ class NewPrediction:
     truncated: bool
 
 
+# The largest item id the APIs accept: below SQLite's and PostgreSQL's 2**63 - 1, and
+# exact as a JSON number (2**53 - 1): clients and generators that read numbers as
+# doubles turn 2**63 - 1 into 9223372036854776000, which that limit refuses.
+MAX_ITEM_ID = 2**53 - 1
+
+
 @dataclass(frozen=True)
 class ConfusionRow:
     """Predictions of one adapter version in one role, grouped by (predicted, true) label."""

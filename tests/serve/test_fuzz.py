@@ -89,7 +89,8 @@ def fuzz(url: str, token: str) -> dict:
                 case.validate_response(response, checks=checks)
             except (Exception, BaseExceptionGroup) as error:  # a check failed: record it
                 counts["check_failures"] += 1
-                failures.append(f"{operation.method.upper()} {operation.path}: "
+                body = json.dumps(case.body, default=str)[:300] if case.body is not None else ""
+                failures.append(f"{operation.method.upper()} {operation.path} {body}: "
                                 f"{type(error).__name__}: {str(error)[:300]}")
             if operation.path not in OPEN_PATHS:
                 unauthenticated = case.call(headers={"Authorization": "Bearer wrong"},
