@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.article import Article
 from pipeline.dataset import load_split, read_manifest
 from train.config import TrainConfig
-from train.calibration import CALIBRATION_KEY
+from train.manifest import AdapterManifest, DatasetWindow, LoraShape
 from train.registry import AdapterNotFound, AdapterRegistry, AdapterVersion
 from train.validation import (WindowArticles, calibrate_on_window, sample_window,
                               split_off_validation)
@@ -299,32 +299,32 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
     if data.validation is not None:
         calibration = calibrate_on_window(config.base_model, staging, data.validation,
                                           config.max_prompt_tokens, config.calibration_method)
-    manifest: dict[str, Any] = {
-        "method": config.method,
-        "base_model": str(config.base_model.resolve()),
-        "base_model_name": config.base_model.name,
-        "dataset": {
-            "name": data.manifest.get("name", config.dataset.name),
-            "path": str(config.dataset.resolve()),
-            "version": data.manifest.get("version") or data.manifest.get("built_at"),
-            "split": data.split,
-            "window": list(data.window),
-            "examples": len(data.examples),
-            "signals": data.signals,
-        },
-        "hyperparameters": config.model_dump(mode="json"),
-        "lora": {"rank": config.rank, "alpha": config.alpha,
-                 "target_modules": config.target_modules},
-        "metrics": metrics,
-        "tokens_seen": int(tokens_seen),
-        "wall_time_s": round(time.monotonic() - started, 1),
-        "resumed_from_step": context.resumed_from_step,
-        "git_commit": git_commit(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    manifest = AdapterManifest(
+        method=config.method,
+        base_model=config.base_model.resolve(),
+        base_model_name=config.base_model.name,
+        dataset=DatasetWindow(
+            name=data.manifest.get("name", config.dataset.name),
+            path=config.dataset.resolve(),
+            version=data.manifest.get("version") or data.manifest.get("built_at"),
+            split=data.split,
+            window=list(data.window),
+            examples=len(data.examples),
+            signals=data.signals,
+        ),
+        hyperparameters=config.model_dump(mode="json"),
+        lora=LoraShape(rank=config.rank, alpha=config.alpha,
+                       target_modules=config.target_modules),
+        metrics=metrics,
+        tokens_seen=int(tokens_seen),
+        wall_time_s=round(time.monotonic() - started, 1),
+        resumed_from_step=context.resumed_from_step,
+        git_commit=git_commit(),
+        created_at=datetime.now(timezone.utc).replace(microsecond=0),
+        # Absent, not null, when there is none: what older versions wrote.
+        **({"calibration": calibration} if calibration is not None else {}),
         **(extra or {}),
-    }
-    if calibration is not None:
-        manifest[CALIBRATION_KEY] = calibration.model_dump(mode="json")
+    )
     version = registry.publish(name, manifest)
-    log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest["wall_time_s"])
+    log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest.wall_time_s)
     return version

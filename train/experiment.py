@@ -217,7 +217,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     # --- LoRA vs LoRA+ -----------------------------------------------------------
     race: dict[str, Any] = {}
     if {"lora", "loraplus"} <= adapters.keys():
-        curves = {m: adapters[m].manifest["metrics"]["loss_curve"] for m in ("lora", "loraplus")}
+        curves = {m: adapters[m].manifest.metrics.loss_curve for m in ("lora", "loraplus")}
         target = config.target_loss
         if target is None:
             target = round(moving_average(curves["lora"], config.smooth)[-1], 4)
@@ -235,12 +235,12 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
     report = {
         "config": config.model_dump(mode="json"),
-        "adapters": {k: {"name": v.name, "method": v.manifest["method"],
-                         "wall_time_s": v.manifest["wall_time_s"],
-                         "window": v.manifest["dataset"]["window"],
-                         "calibration": v.manifest.get("calibration"),
-                         "metrics": {mk: mv for mk, mv in v.manifest["metrics"].items()
-                                     if not mk.endswith("curve")}}
+        "adapters": {k: {"name": v.name, "method": v.manifest.method,
+                         "wall_time_s": v.manifest.wall_time_s,
+                         "window": v.manifest.dataset.window if v.manifest.dataset else None,
+                         "calibration": (v.calibration.model_dump(mode="json")
+                                         if v.calibration else None),
+                         "metrics": v.manifest.metrics.summary()}
                      for k, v in adapters.items()},
         "evaluations": evaluations,
         "f1_per_window": per_window,

@@ -33,16 +33,16 @@ def test_interrupted_ray_train_run_resumes_from_its_checkpoint(tiny_overrides, t
     resumed = run_training(config, workers=1, fail_once_at_step=3,
                            storage_path=tmp_path / "ray_results")
     assert (tmp_path / "ray_results" / resumed.name / "scratch" / "failed-rank0").read_text() == "3"
-    assert resumed.manifest["resumed_from_step"] == 2
-    assert resumed.manifest["metrics"]["steps"] == 4
+    assert resumed.manifest.resumed_from_step == 2
+    assert resumed.manifest.metrics.steps == 4
 
     import ray
 
     ray.shutdown()  # the local Ray run_training started; later tests start their own
     straight = run_training(config, local=True)
-    assert straight.manifest["resumed_from_step"] is None
-    assert resumed.manifest["metrics"]["loss_curve"] == pytest.approx(
-        straight.manifest["metrics"]["loss_curve"], abs=1e-4)
+    assert straight.manifest.resumed_from_step is None
+    assert resumed.manifest.metrics.loss_curve == pytest.approx(
+        straight.manifest.metrics.loss_curve, abs=1e-4)
 
 
 def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_overrides,
@@ -72,8 +72,8 @@ def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_
     scratch = tmp_path / "ray_results" / resumed.name / "scratch"
     assert (scratch / "failed-rank1").read_text() == "3"
     assert not (scratch / "failed-rank0").exists()  # only one of the two was killed
-    assert resumed.manifest["resumed_from_step"] == 2
-    assert resumed.manifest["metrics"]["steps"] == 4
+    assert resumed.manifest.resumed_from_step == 2
+    assert resumed.manifest.metrics.steps == 4
     assert resumed.manifest["metrics"]["world_size"] == 2
 
 

@@ -17,14 +17,14 @@ def test_adapter_version_layout_and_manifest(trained_adapter, registry_dir, base
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (16, 32, 0.1)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     manifest = trained_adapter.manifest
-    assert manifest["method"] == "lora"
-    assert manifest["base_model"] == str(base_model_dir.resolve())
-    assert manifest["dataset"]["split"] == "train"
-    assert manifest["dataset"]["window"] == ["1987-02-26", "1987-03-26"]
-    assert manifest["dataset"]["examples"] == 16 and manifest["dataset"]["signals"] == 8
-    assert manifest["hyperparameters"]["rank"] == 16
-    assert manifest["metrics"]["steps"] == 4 and len(manifest["metrics"]["loss_curve"]) == 4
-    assert manifest["created_at"] and manifest["name"] == trained_adapter.name
+    assert manifest.method == "lora"
+    assert manifest.base_model == base_model_dir.resolve()
+    assert manifest.dataset.split == "train"
+    assert manifest.dataset.window == ["1987-02-26", "1987-03-26"]
+    assert manifest.dataset.examples == 16 and manifest.dataset.signals == 8
+    assert manifest.hyperparameters.rank == 16
+    assert manifest.metrics.steps == 4 and len(manifest.metrics.loss_curve) == 4
+    assert manifest.created_at and manifest.name == trained_adapter.name
     assert AdapterRegistry(registry_dir).get(trained_adapter.name).manifest == manifest
 
 
