@@ -65,9 +65,9 @@ def cmd_data_reuters(args: argparse.Namespace) -> int:
     manifest = build_dataset(args.reuters_dir or paths.reuters_dir, out, force=args.force)
     print(f"dataset {out}")
     print(f"{'split':<10}{'articles':>10}{'signals':>10}{'rate':>8}  dates")
-    for name, split in manifest["splits"].items():
-        print(f"{name:<10}{split['count']:>10}{split['signals']:>10}{split['signal_rate']:>8.3f}"
-              f"  {split['date_from']} .. {split['date_to']}")
+    for name, split in manifest.splits.items():
+        print(f"{name:<10}{split.count:>10}{split.signals:>10}{split.signal_rate:>8.3f}"
+              f"  {split.date_from} .. {split.date_to}")
     return 0
 
 

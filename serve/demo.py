@@ -114,9 +114,9 @@ def run_demo(options: DemoOptions) -> int:
     console.rule("2. Reuters-21578 dataset")
     dataset_dir = paths.datasets_dir / DATASET_NAME
     manifest = build_dataset(paths.reuters_dir, dataset_dir)
-    for name, split in manifest["splits"].items():
-        console.print(f"{name:>8}: {split['count']:>5} articles, "
-                      f"{split['signal_rate']:.1%} signals")
+    for name, split in manifest.splits.items():
+        console.print(f"{name:>8}: {split.count:>5} articles, "
+                      f"{split.signal_rate:.1%} signals")
 
     console.rule("3. LoRA adapter")
     from train.config import load_config

@@ -123,7 +123,7 @@ def load_experiment_config(path: Path | None, overrides: Sequence[str] = ()) -> 
     except ValidationError as error:
         raise ConfigError("invalid experiment config: " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
-    splits = read_manifest(config.dataset)["splits"] if (config.dataset / "manifest.json").is_file() else {}
+    splits = read_manifest(config.dataset).splits if (config.dataset / "manifest.json").is_file() else {}
     for name in [config.train_split, *config.eval_splits, *filter(None, [config.update_split])]:
         if splits and name not in splits:
             raise ConfigError(f"split {name!r} is not in {config.dataset} ({', '.join(splits)})")

@@ -151,7 +151,7 @@ def load_window(dataset: Path, split: str, date_from: date | None = None,
         raise ValueError(f"no labelled articles in {dataset.name}/{split} between "
                          f"{date_from or 'its start'} and {date_to or 'its end'}")
     days = [published_day(a) for a in articles]
-    return WindowArticles(chosen, manifest.get("name", dataset.name), dataset.resolve(), split,
+    return WindowArticles(chosen, manifest.name, dataset.resolve(), split,
                           date_from or min(days), date_to or max(days))
 
 

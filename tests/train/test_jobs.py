@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import yaml
@@ -74,7 +75,7 @@ def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_
     assert not (scratch / "failed-rank0").exists()  # only one of the two was killed
     assert resumed.manifest.resumed_from_step == 2
     assert resumed.manifest.metrics.steps == 4
-    assert resumed.manifest["metrics"]["world_size"] == 2
+    assert resumed.manifest.metrics.world_size == 2
 
 
 @contextmanager
@@ -162,7 +163,7 @@ def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, t
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
     registry = AdapterRegistry(tmp_path / "registry")
     [version] = registry.list()
-    assert version.manifest["metrics"]["world_size"] == 2
+    assert version.manifest.metrics.world_size == 2
     assert f"adapter {version.name} written" in logs
 
 
@@ -223,8 +224,8 @@ def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
     [version] = AdapterRegistry(registry_dir).list()
     assert version.name in logs
-    assert version.manifest["dataset"]["split"] == retrain.split
-    assert version.manifest["dataset"]["path"] == str(retrain.dataset_dir)
+    assert version.manifest.dataset.split == retrain.split
+    assert version.manifest.dataset.path == Path(retrain.dataset_dir).resolve()
 
 
 # --- what Ray Train workers ask for: configuration, not the cluster's current state ------
