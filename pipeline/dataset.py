@@ -37,6 +37,16 @@ class InvalidDatasetManifest(ValueError):
     """A dataset manifest that is not JSON, or a field that is present but malformed."""
 
 
+def malformed_field(error: ValidationError) -> str:
+    """A manifest's validation error in one line: the first field, what is wrong with
+    it, how many more there are (shared by the dataset and the adapter manifests)."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(the whole manifest)"
+    more = error.error_count() - 1
+    return f"manifest field {field!r} is malformed: {first['msg']}" + (
+        f" (and {more} more)" if more else "")
+
+
 class SplitInfo(BaseModel):
     """One split's file and statistics."""
 
@@ -142,11 +152,7 @@ class DatasetManifest(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(the whole manifest)"
-            raise InvalidDatasetManifest(
-                f"dataset {directory}: manifest field {field!r} is malformed: "
-                f"{first['msg']}") from None
+            raise InvalidDatasetManifest(f"dataset {directory}: {malformed_field(error)}") from None
 
     def write(self, directory: Path) -> None:
         (Path(directory) / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n")

@@ -20,17 +20,13 @@ used as it is. In memory (and in the API's JSON) the paths are always absolute.
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.dataset import IsoTime, malformed_field
 from train.calibration import Calibration
-
-IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str,
-                                              when_used="json")]
-"""A timestamp written back exactly as ``isoformat()`` wrote it (``+00:00``, not ``Z``)."""
 
 
 class InvalidManifest(ValueError):
@@ -183,12 +179,7 @@ class AdapterManifest(_Open):
         try:
             return cls.model_validate(raw)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(the whole manifest)"
-            raise InvalidManifest(
-                f"adapter {name}: manifest field {field!r} is malformed: {first['msg']}"
-                + (f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else "")
-            ) from None
+            raise InvalidManifest(f"adapter {name}: {malformed_field(error)}") from None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON shape: the fields that were given or read, as they were given."""
