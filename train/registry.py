@@ -108,8 +108,9 @@ class AdapterRegistry:
         return path
 
     def publish(self, name: str, manifest: AdapterManifest) -> AdapterVersion:
-        """Write the manifest (named ``name``, paths relative where they can be) into the
-        staging directory and rename it into place."""
+        """Write the manifest (named ``name``, paths relative to the registry root where
+        they lie in the data directory) into the staging directory and rename it into
+        place. The version returned holds the paths absolute, as :meth:`get` does."""
         staging = self.root / f".staging-{validate_name(name)}"
         missing = [f for f in ADAPTER_FILES if not (staging / f).is_file()]
         if missing:
@@ -117,12 +118,12 @@ class AdapterRegistry:
         final = self.root / name
         if final.exists():
             raise FileExistsError(f"adapter version {name} already exists; names are never reused")
-        manifest = manifest.model_copy(update={"name": name})
+        # Paths given relative are the caller's, i.e. relative to the working directory.
+        manifest = manifest.model_copy(update={"name": name}).with_paths(Path.resolve)
         stored = manifest.with_paths(lambda p: relative_to_registry(p, self.root))
         (staging / MANIFEST).write_text(json.dumps(stored.to_json(), indent=2) + "\n")
         staging.rename(final)
-        return AdapterVersion(name=name, path=final, manifest=manifest.with_paths(
-            lambda p: resolve_in_registry(p, self.root)))
+        return AdapterVersion(name=name, path=final, manifest=manifest)
 
     def get(self, name: str) -> AdapterVersion:
         """The version ``name``, its manifest validated and its paths resolved against

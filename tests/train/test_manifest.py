@@ -109,3 +109,12 @@ def test_a_malformed_manifest_is_a_clear_error_and_does_not_hide_the_others(tmp_
     with caplog.at_level(logging.WARNING, logger="train.registry"):
         assert [v.name for v in registry.list()] == ["good"]
     assert "adapter bad" in caplog.text and "adapter broken" in caplog.text
+
+
+def test_a_path_given_relative_is_the_working_directorys(tmp_path, monkeypatch):
+    registry = _data_dir(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")
+    version = _publish(registry, "lora-z", AdapterManifest(base_model="models/base"))
+    assert version.manifest.base_model == (tmp_path / "data" / "models" / "base").resolve()
+    assert json.loads((version.path / "manifest.json").read_text())["base_model"] == "../models/base"
+    assert registry.get("lora-z").manifest == version.manifest
