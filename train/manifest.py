@@ -182,8 +182,12 @@ class AdapterManifest(_Open):
             raise InvalidManifest(f"adapter {name}: {malformed_field(error)}") from None
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON shape: the fields that were given or read, as they were given."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        """The JSON shape: the fields that were given or read, as they were given; the
+        calibration (a closed, fully typed model) whole, as it was always written."""
+        data = self.model_dump(mode="json", exclude_unset=True)
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.model_dump(mode="json")
+        return data
 
     def with_paths(self, convert) -> AdapterManifest:
         """A copy whose ``base_model`` and ``dataset.path`` went through ``convert``."""

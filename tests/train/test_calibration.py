@@ -117,6 +117,10 @@ def test_manifest_accessor(tmp_path):
     calibration = fit_calibration(*_draw(1.0, -1.0, 500, seed=7), window=_window(10, 2))
     with_field = AdapterManifest.parse({"calibration": calibration.model_dump(mode="json")}, "a")
     assert with_field.calibration == calibration
+    assert with_field.to_json()["calibration"] == calibration.model_dump(mode="json")
+    # given as an object (as training does), it is still written whole
+    assert AdapterManifest(calibration=calibration).to_json()["calibration"] == (
+        calibration.model_dump(mode="json"))
     assert AdapterManifest.parse({"method": "lora"}, "old").calibration is None
     with pytest.raises(InvalidManifest, match="adapter bad: manifest field 'calibration.method'"):
         AdapterManifest.parse({"calibration": {"method": "isotonic"}}, "bad")
