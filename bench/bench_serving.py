@@ -234,8 +234,7 @@ def main() -> None:
     april = load_split(paths.datasets_dir / "reuters-acq", "1987-04")
     sample = random.Random(0).sample(april, args.articles)
     records = [a.to_record() for a in sample]
-    trained_limit = source.manifest.get("hyperparameters", {}).get("max_prompt_tokens")
-    limit = min(serve_defaults.max_prompt_tokens, trained_limit or 10**9)
+    limit = min(serve_defaults.max_prompt_tokens, source.max_prompt_tokens or 10**9)
     # Base and adapters get the same prompts here (the API caps both at ``limit``).
     prompts = [encode_prompt(a, tokenizer, limit).token_ids for a in sample]
     lengths = [len(p) for p in prompts]

@@ -61,7 +61,7 @@ def main() -> None:
     version = AdapterRegistry(paths.registry_dir).get(args.adapter)
     tokenizer = AutoTokenizer.from_pretrained(base)
     labels = label_token_ids(tokenizer)
-    limit = version.manifest["hyperparameters"]["max_prompt_tokens"]
+    limit = version.max_prompt_tokens
     april = load_split(paths.datasets_dir / "reuters-acq", "1987-04")
     sample = random.Random(0).sample(april, args.articles)
     prompts = [encode_prompt(a, tokenizer, limit).token_ids for a in sample]

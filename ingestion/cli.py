@@ -126,8 +126,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_dataset(store, args.out, train_end=args.train_end,
                               since=args.since, until=args.until, split_name=args.split)
     print(f"dataset {args.out}")
-    for name, split in manifest["splits"].items():
-        print(f"  {name}: {split['count']} items, {split['signals']} signals")
+    for name, split in manifest.splits.items():
+        print(f"  {name}: {split.count} items, {split.signals} signals")
     return 0
 
 

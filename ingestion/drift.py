@@ -184,7 +184,7 @@ class DriftMonitor(Collector):
         directory = Path(self.config.export_dir) / f"ingest-{split}"
         manifest = export_dataset(self.store, directory, since=since, until=now,
                                   split_name=split)
-        count = manifest["splits"][split]["count"]
+        count = manifest.splits[split].count
         if not count:
             self.retrain_jobs.labels("empty").inc()
             log.warning("drift: no labelled items in %s; nothing to retrain on", split)

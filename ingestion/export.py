@@ -7,13 +7,13 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.dataset import temporal_splits, write_dataset
+from pipeline.dataset import DatasetManifest, temporal_splits, write_dataset
 from ingestion.store import Store
 
 
 def export_dataset(store: Store, directory: Path, train_end: date | None = None,
                    since: datetime | None = None, until: datetime | None = None,
-                   split_name: str | None = None) -> dict[str, Any]:
+                   split_name: str | None = None) -> DatasetManifest:
     """Write the store's labelled items as a pipeline dataset (``pipeline/dataset.py``).
 
     Each item's effective label becomes ``signal``; an undated item takes its reception

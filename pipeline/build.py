@@ -885,17 +885,18 @@ def split_articles(articles: list[Article], split: SplitConfig) -> tuple[dict, i
     return splits, skipped
 
 
-def _write_undated_split(directory: Path, articles: list[Article]) -> dict[str, Any]:
+def _write_undated_split(directory: Path, articles: list[Article]) -> dataset_files.SplitInfo:
     """The ``undated`` split file and its manifest entry (write_dataset's statistics
     need dates, so this split is written here)."""
     path = directory / f"{UNDATED_SPLIT}.jsonl"
     dataset_files.write_jsonl(path, articles)
     labelled = [a for a in articles if a.signal is not None]
     signals = sum(a.signal for a in labelled)
-    return {"file": path.name, "sha256": dataset_files.file_sha256(path),
-            "count": len(articles), "labelled": len(labelled), "signals": signals,
-            "signal_rate": round(signals / len(labelled), 4) if labelled else None,
-            "date_from": None, "date_to": None}
+    return dataset_files.SplitInfo(
+        file=path.name, sha256=dataset_files.file_sha256(path), count=len(articles),
+        labelled=len(labelled), signals=signals,
+        signal_rate=round(signals / len(labelled), 4) if labelled else None,
+        date_from=None, date_to=None)
 
 
 def _replace_dir(staged: Path, target: Path) -> None:
@@ -947,7 +948,8 @@ def _written_links(section: dict[str, Any] | None,
                                       if k in written}}
 
 
-def build_dataset(config: PipelineConfig, force: bool = False, tokenizer: Any = None) -> dict:
+def build_dataset(config: PipelineConfig, force: bool = False,
+                  tokenizer: Any = None) -> dataset_files.DatasetManifest:
     """Build the dataset ``config`` describes; return its manifest.
 
     When the dataset directory already holds a build of the same inputs with the same
@@ -961,7 +963,7 @@ def build_dataset(config: PipelineConfig, force: bool = False, tokenizer: Any = 
     key = build_key(config, reports)
     if not force and (out_dir / "manifest.json").is_file():
         existing = dataset_files.read_manifest(out_dir)
-        if existing.get("build_key") == key:
+        if existing.build_key == key:
             log.info("dataset %s is up to date (build key %s)", out_dir, key[:12])
             return existing
 
@@ -1027,11 +1029,11 @@ def build_dataset(config: PipelineConfig, force: bool = False, tokenizer: Any = 
         dated_splits = {k: v for k, v in splits.items() if k != UNDATED_SPLIT}
         manifest = dataset_files.write_dataset(staged, dated_splits, provenance)
         if UNDATED_SPLIT in splits:
-            manifest["splits"][UNDATED_SPLIT] = _write_undated_split(staged, splits[UNDATED_SPLIT])
+            manifest.splits[UNDATED_SPLIT] = _write_undated_split(staged, splits[UNDATED_SPLIT])
         if config.views.enabled:
-            manifest["views"] = write_views(staged, splits, config.views, tokenizer)
-        manifest["build_seconds"] = round(time.perf_counter() - started, 3)
-        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            manifest.views = write_views(staged, splits, config.views, tokenizer)
+        manifest.build_seconds = round(time.perf_counter() - started, 3)
+        manifest.write(staged)
         _replace_dir(staged, out_dir)
     finally:
         shutil.rmtree(build_root, ignore_errors=True)

@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # the commands import their modules when run, to start fast
+    from pipeline.dataset import DatasetManifest
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,13 @@ def _resolve_dataset(name_or_dir: str) -> Path:
     raise FileNotFoundError(f"no dataset at {path}{also}: missing manifest.json")
 
 
-def _print_splits(manifest: dict[str, Any]) -> None:
+def _print_splits(manifest: DatasetManifest) -> None:
     print(f"{'split':<10}{'articles':>10}{'labelled':>10}{'signals':>9}{'rate':>8}  dates")
-    for name, split in manifest["splits"].items():
-        rate = split.get("signal_rate")
-        print(f"{name:<10}{split['count']:>10}{split['labelled']:>10}{split['signals']:>9}"
-              f"{'–' if rate is None else f'{rate:.3f}':>8}  {split['date_from']} .. "
-              f"{split['date_to']}")
+    for name, split in manifest.splits.items():
+        rate = split.signal_rate
+        print(f"{name:<10}{split.count:>10}{split.labelled:>10}{split.signals:>9}"
+              f"{'–' if rate is None else f'{rate:.3f}':>8}  {split.date_from} .. "
+              f"{split.date_to}")
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -63,15 +66,15 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     if args.datasets_dir:
         config.datasets_dir = args.datasets_dir
     manifest = build_dataset(config, force=args.force)
-    counts = manifest["counts"]
-    print(f"dataset {config.output_dir()} (version {manifest['version']})")
-    for name, source in manifest["sources"].items():
+    counts = manifest.counts
+    print(f"dataset {config.output_dir()} (version {manifest.version})")
+    for name, source in manifest.sources.items():
         print(f"  source {name} ({source['kind']}): {source['articles']} articles, "
               f"{source['skipped']} skipped, {len(source['failed_inputs'])} inputs failed")
     print(f"  read {counts['read']}, dropped {counts['dedupe']['exact']} exact + "
           f"{counts['dedupe']['near']} near duplicates, {counts['empty_skipped']} empty, "
           f"{counts['undated_skipped']} undated; written {counts['written']}")
-    ran = [name for name, stage in manifest["stages"].items() if stage["ran"]]
+    ran = [name for name, stage in manifest.stages.items() if stage["ran"]]
     print(f"  stages run: {', '.join(ran) or 'none'}")
     _print_splits(manifest)
     return 0
@@ -92,17 +95,16 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
     directory = _resolve_dataset(args.dataset)
     manifest = read_manifest(directory)
-    print(f"dataset {directory} (version {manifest.get('version', '–')}, created "
-          f"{manifest.get('created_at')})")
-    print(f"label rule: {manifest.get('label_rule')}")
-    stages = manifest.get("stages")
-    if stages:
+    created = manifest.created_at.isoformat() if manifest.created_at else None
+    print(f"dataset {directory} (version {manifest.version or '–'}, created {created})")
+    print(f"label rule: {manifest.label_rule}")
+    if manifest.stages:
         print("stages: " + ", ".join(f"{n}={'ran' if s['ran'] else 'skipped'}"
-                                     for n, s in stages.items()))
+                                     for n, s in manifest.stages.items()))
     _print_splits(manifest)
-    if "views" in manifest:
+    if manifest.views:
         print("views: " + ", ".join(sorted(
-            entry["file"] for split in manifest["views"]["splits"].values()
+            entry["file"] for split in manifest.views["splits"].values()
             for entry in split.values())))
     return 0
 

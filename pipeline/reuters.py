@@ -21,7 +21,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 from pipeline.article import Article
-from pipeline.dataset import file_sha256, read_manifest, temporal_splits, write_dataset
+from pipeline.dataset import (DatasetManifest, file_sha256, read_manifest, temporal_splits,
+                              write_dataset)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ IMPORTER_VERSION = 3
 
 def build_dataset(
     reuters_dir: Path, out_dir: Path, train_end: date = TRAIN_END, force: bool = False
-) -> dict:
+) -> DatasetManifest:
     """Import the collection into a dataset directory with temporal splits.
 
     Idempotent: when ``out_dir`` already holds a dataset built from the same files with
@@ -173,8 +174,8 @@ def build_dataset(
     sources = {path.name: file_sha256(path) for path in files}
     if not force and (Path(out_dir) / "manifest.json").is_file():
         existing = read_manifest(out_dir)
-        if (existing.get("source_files") == sources and existing.get("train_end") == str(train_end)
-                and existing.get("importer_version") == IMPORTER_VERSION):
+        if (existing.source_files == sources and existing.train_end == train_end
+                and existing.importer_version == IMPORTER_VERSION):
             log.info("dataset %s is up to date", out_dir)
             return existing
     articles = load_labelled_articles(reuters_dir)

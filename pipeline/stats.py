@@ -169,9 +169,9 @@ def dataset_stats(directory: Path) -> dict[str, Any]:
     """The stats report of every split of the dataset at ``directory``; with a
     ``links`` section when the build ran the link stage."""
     manifest = read_manifest(directory)
-    loaded = {name: load_split(directory, name) for name in manifest["splits"]}
+    loaded = {name: load_split(directory, name) for name in manifest.splits}
     splits = {name: split_report(articles) for name, articles in loaded.items()}
-    provenance = (manifest.get("links") or {}).get("provenance")
+    provenance = manifest.links["provenance"] if manifest.links else None
     if provenance is not None:
         for name, articles in loaded.items():
             splits[name]["links"] = link_report(articles, provenance)
@@ -180,10 +180,10 @@ def dataset_stats(directory: Path) -> dict[str, Any]:
     signals = sum(s["signals"] for s in splits.values())
     return {
         "dataset": str(Path(directory)),
-        "name": manifest.get("name"),
-        "version": manifest.get("version"),
-        "label_rule": manifest.get("label_rule"),
-        "build_counts": manifest.get("counts"),
+        "name": manifest.name,
+        "version": manifest.version,
+        "label_rule": manifest.label_rule,
+        "build_counts": manifest.counts,
         "total": {"count": total, "labelled": labelled, "signals": signals,
                   "signal_rate": _rate(signals, labelled)},
         "splits": splits,

@@ -354,7 +354,7 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         """Adapters in the registry with their manifests, the aliases, what is loaded."""
         return {
             "adapters": [{"name": v.name, "loaded": v.name in classifier.loaded,
-                          "manifest": v.manifest} for v in registry.list()],
+                          "manifest": v.manifest.to_json()} for v in registry.list()],
             "aliases": registry.aliases(),
             "loaded": list(classifier.loaded),
         }

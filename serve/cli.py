@@ -65,9 +65,9 @@ def cmd_data_reuters(args: argparse.Namespace) -> int:
     manifest = build_dataset(args.reuters_dir or paths.reuters_dir, out, force=args.force)
     print(f"dataset {out}")
     print(f"{'split':<10}{'articles':>10}{'signals':>10}{'rate':>8}  dates")
-    for name, split in manifest["splits"].items():
-        print(f"{name:<10}{split['count']:>10}{split['signals']:>10}{split['signal_rate']:>8.3f}"
-              f"  {split['date_from']} .. {split['date_to']}")
+    for name, split in manifest.splits.items():
+        print(f"{name:<10}{split.count:>10}{split.signals:>10}{split.signal_rate:>8.3f}"
+              f"  {split.date_from} .. {split.date_to}")
     return 0
 
 
@@ -79,8 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     version = run_training(config, workers=args.workers, ray_address=args.ray_address,
                            local=args.local)
     print(f"adapter {version.name} written to {version.path}")
-    print(json.dumps({k: v for k, v in version.manifest["metrics"].items()
-                      if not k.endswith("curve")}))
+    print(json.dumps(version.manifest.metrics.summary()))
     return 0
 
 
@@ -145,10 +144,10 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
         m = version.manifest
         calibration = version.calibration
         cut = f"{calibration.threshold:.3f}" if calibration else "uncalibrated"
-        window = m.get("dataset", {}).get("window")
-        print(f"{version.name}  method={m.get('method')}  window={window}"
-              f"  steps={m.get('metrics', {}).get('steps')}  threshold={cut}"
-              f"  created={m.get('created_at')}")
+        window = m.dataset.window if m.dataset else None
+        created = m.created_at.isoformat() if m.created_at else None
+        print(f"{version.name}  method={m.method}  window={window}"
+              f"  steps={m.metrics.steps}  threshold={cut}  created={created}")
     return 0
 
 
@@ -156,7 +155,7 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
     from train.registry import AdapterRegistry
 
     version = AdapterRegistry(args.registry or Paths().registry_dir).resolve(args.name)
-    print(json.dumps(version.manifest, indent=2))
+    print(json.dumps(version.manifest.to_json(), indent=2))
     return 0
 
 
@@ -170,7 +169,7 @@ def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
                          args.date_from, args.date_to, args.limit, args.seed)
     version = recalibrate(registry, args.name, window, args.base_model, args.method)
     c = version.calibration
-    print(f"{version.name}: recalibrated from {version.manifest['recalibrated_from']} on "
+    print(f"{version.name}: recalibrated from {version.manifest.recalibrated_from} on "
           f"{c.fitted_on.dataset}/{c.fitted_on.split} {c.fitted_on.date_from}.."
           f"{c.fitted_on.date_to} ({c.fitted_on.n} articles, base rate "
           f"{c.fitted_on.base_rate:.3f})")

@@ -114,9 +114,9 @@ def run_demo(options: DemoOptions) -> int:
     console.rule("2. Reuters-21578 dataset")
     dataset_dir = paths.datasets_dir / DATASET_NAME
     manifest = build_dataset(paths.reuters_dir, dataset_dir)
-    for name, split in manifest["splits"].items():
-        console.print(f"{name:>8}: {split['count']:>5} articles, "
-                      f"{split['signal_rate']:.1%} signals")
+    for name, split in manifest.splits.items():
+        console.print(f"{name:>8}: {split.count:>5} articles, "
+                      f"{split.signal_rate:.1%} signals")
 
     console.rule("3. LoRA adapter")
     from train.config import load_config
@@ -128,10 +128,10 @@ def run_demo(options: DemoOptions) -> int:
         overrides.append(f"max_examples={options.train_examples}")
     config = load_config(options.train_config or DEMO_CONFIG, overrides)
     adapter = train_lora(config)
-    metrics = adapter.manifest["metrics"]
-    console.print(f"adapter {adapter.name}: {metrics['steps']} steps, loss "
-                  f"{metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}, "
-                  f"{adapter.manifest['wall_time_s']:.0f} s (calibration included)")
+    metrics = adapter.manifest.metrics
+    console.print(f"adapter {adapter.name}: {metrics.steps} steps, loss "
+                  f"{metrics.first_loss:.3f} -> {metrics.last_loss:.3f}, "
+                  f"{adapter.manifest.wall_time_s:.0f} s (calibration included)")
     calibration = adapter.calibration
     if calibration is not None:
         window = calibration.fitted_on
@@ -164,7 +164,8 @@ def run_demo(options: DemoOptions) -> int:
         labels = [a.signal for a in sample]
         report = {"split": EVAL_SPLIT, "samples": len(sample), "seed": options.seed,
                   "signals_in_sample": sum(labels), "adapter": adapter.name,
-                  "calibration": adapter.manifest.get("calibration"), "models": {}}
+                  "calibration": (adapter.calibration.model_dump(mode="json")
+                                  if adapter.calibration else None), "models": {}}
         timings = {}
         with Progress(console=console) as progress:
             for name, which in (("base", None), ("lora (calibrated)", adapter.name)):

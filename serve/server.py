@@ -46,10 +46,12 @@ def lora_settings(config: ServeConfig) -> tuple[int, list[str]]:
 
     ranks, modules = [], set()
     for version in AdapterRegistry(config.registry).list():
-        lora = version.manifest.get("lora", {})
-        if lora.get("rank"):
-            ranks.append(int(lora["rank"]))
-        modules.update(_VLLM_MODULES.get(m, m) for m in lora.get("target_modules", []))
+        lora = version.manifest.lora
+        if lora is None:
+            continue
+        if lora.rank:
+            ranks.append(lora.rank)
+        modules.update(_VLLM_MODULES.get(m, m) for m in lora.target_modules)
     if not ranks:
         return config.max_lora_rank, list(config.lora_target_modules)
     # vLLM accepts only these values for --max-lora-rank.

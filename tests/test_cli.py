@@ -89,13 +89,13 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
 
 def test_adapters_promote_show_and_list(tmp_path):
     """Registry commands on a real registry directory (no model needed)."""
-    from train.registry import AdapterRegistry
+    from train.registry import AdapterManifest, AdapterRegistry
 
     registry = AdapterRegistry(tmp_path)
     staging = registry.staging_dir("lora-x-1")
     (staging / "adapter_config.json").write_text("{}")
     (staging / "adapter_model.safetensors").write_bytes(b"")
-    registry.publish("lora-x-1", {"method": "lora", "created_at": "2026-11-21T00:00:00"})
+    registry.publish("lora-x-1", AdapterManifest(method="lora", created_at="2026-11-21T00:00:00"))
     result = signals("adapters", "promote", "lora-x-1", "--alias", "production",
                      "--registry", str(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -31,9 +31,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CALIBRATION_KEY = "calibration"
-"""The key of an adapter manifest that holds its :class:`Calibration`."""
-
 _EPS = 1e-6  # P(signal) is clipped to [eps, 1 - eps] before taking its logit
 
 

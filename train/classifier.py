@@ -154,9 +154,7 @@ class SignalClassifier:
         Rendering an article exactly as during training keeps train and serve prompts
         identical; the server's cap still bounds every request.
         """
-        trained = None
-        if version is not None:
-            trained = version.manifest.get("hyperparameters", {}).get("max_prompt_tokens")
+        trained = version.max_prompt_tokens if version is not None else None
         return min(self.max_prompt_tokens, trained) if trained else self.max_prompt_tokens
 
     async def classify(self, articles: list[Article], adapter: str | None = None,

@@ -14,14 +14,14 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from pipeline.article import Article
-from pipeline.dataset import load_split, read_manifest
+from pipeline.dataset import DatasetManifest, load_split, read_manifest
 from train.config import TrainConfig
-from train.calibration import CALIBRATION_KEY
+from train.manifest import AdapterManifest, DatasetWindow, LoraShape
 from train.registry import AdapterNotFound, AdapterRegistry, AdapterVersion
 from train.validation import (WindowArticles, calibrate_on_window, sample_window,
                               split_off_validation)
@@ -60,7 +60,7 @@ class TrainingData:
     validation window carved from the split's end (never trained on)."""
 
     examples: list[Article]
-    manifest: dict[str, Any]
+    manifest: DatasetManifest
     split: str
     window: tuple[str, str]
     """First and last publication day the training slice was drawn from."""
@@ -91,23 +91,27 @@ def select_examples(articles: list[Article], config: TrainConfig) -> list[Articl
     return chosen
 
 
+def _iso(day: date | None) -> str | None:
+    return day.isoformat() if day else None
+
+
 def load_training_data(config: TrainConfig) -> TrainingData:
     """The training slice and, with ``validation_days``, the validation window carved
     from the end of the split before the slice is drawn."""
     manifest = read_manifest(config.dataset)
-    if config.split not in manifest.get("splits", {}):
+    if config.split not in manifest.splits:
         raise ValueError(f"split: {config.split!r} is not a split of {config.dataset} "
-                         f"(splits: {', '.join(manifest.get('splits', {}))})")
+                         f"(splits: {', '.join(manifest.splits)})")
     articles = load_split(config.dataset, config.split)
-    split_info = manifest["splits"][config.split]
-    window = (split_info["date_from"], split_info["date_to"])
+    split_info = manifest.splits[config.split]
+    window = (_iso(split_info.date_from), _iso(split_info.date_to))
     validation = None
     if config.validation_days is not None:
         articles, held_out, first, last = split_off_validation(articles, config.validation_days)
         window = (window[0], (first - timedelta(days=1)).isoformat())
         validation = WindowArticles(
             sample_window(held_out, config.validation_max_examples, config.seed),
-            manifest.get("name", config.dataset.name), config.dataset, config.split, first, last)
+            manifest.name, config.dataset, config.split, first, last)
     examples = select_examples(articles, config)
     if not examples:
         raise ValueError(f"split {config.split!r} of {config.dataset} has no labelled articles")
@@ -299,32 +303,32 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
     if data.validation is not None:
         calibration = calibrate_on_window(config.base_model, staging, data.validation,
                                           config.max_prompt_tokens, config.calibration_method)
-    manifest: dict[str, Any] = {
-        "method": config.method,
-        "base_model": str(config.base_model.resolve()),
-        "base_model_name": config.base_model.name,
-        "dataset": {
-            "name": data.manifest.get("name", config.dataset.name),
-            "path": str(config.dataset.resolve()),
-            "version": data.manifest.get("version") or data.manifest.get("built_at"),
-            "split": data.split,
-            "window": list(data.window),
-            "examples": len(data.examples),
-            "signals": data.signals,
-        },
-        "hyperparameters": config.model_dump(mode="json"),
-        "lora": {"rank": config.rank, "alpha": config.alpha,
-                 "target_modules": config.target_modules},
-        "metrics": metrics,
-        "tokens_seen": int(tokens_seen),
-        "wall_time_s": round(time.monotonic() - started, 1),
-        "resumed_from_step": context.resumed_from_step,
-        "git_commit": git_commit(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    manifest = AdapterManifest(
+        method=config.method,
+        base_model=config.base_model.resolve(),
+        base_model_name=config.base_model.name,
+        dataset=DatasetWindow(
+            name=data.manifest.name,
+            path=config.dataset.resolve(),
+            version=data.manifest.version or data.manifest.built_at,
+            split=data.split,
+            window=list(data.window),
+            examples=len(data.examples),
+            signals=data.signals,
+        ),
+        hyperparameters=config.model_dump(mode="json"),
+        lora=LoraShape(rank=config.rank, alpha=config.alpha,
+                       target_modules=config.target_modules),
+        metrics=metrics,
+        tokens_seen=int(tokens_seen),
+        wall_time_s=round(time.monotonic() - started, 1),
+        resumed_from_step=context.resumed_from_step,
+        git_commit=git_commit(),
+        created_at=datetime.now(timezone.utc).replace(microsecond=0),
+        # Absent, not null, when there is none: what older versions wrote.
+        **({"calibration": calibration} if calibration is not None else {}),
         **(extra or {}),
-    }
-    if calibration is not None:
-        manifest[CALIBRATION_KEY] = calibration.model_dump(mode="json")
+    )
     version = registry.publish(name, manifest)
-    log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest["wall_time_s"])
+    log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest.wall_time_s)
     return version

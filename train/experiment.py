@@ -123,7 +123,7 @@ def load_experiment_config(path: Path | None, overrides: Sequence[str] = ()) -> 
     except ValidationError as error:
         raise ConfigError("invalid experiment config: " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from None
-    splits = read_manifest(config.dataset)["splits"] if (config.dataset / "manifest.json").is_file() else {}
+    splits = read_manifest(config.dataset).splits if (config.dataset / "manifest.json").is_file() else {}
     for name in [config.train_split, *config.eval_splits, *filter(None, [config.update_split])]:
         if splits and name not in splits:
             raise ConfigError(f"split {name!r} is not in {config.dataset} ({', '.join(splits)})")
@@ -217,7 +217,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     # --- LoRA vs LoRA+ -----------------------------------------------------------
     race: dict[str, Any] = {}
     if {"lora", "loraplus"} <= adapters.keys():
-        curves = {m: adapters[m].manifest["metrics"]["loss_curve"] for m in ("lora", "loraplus")}
+        curves = {m: adapters[m].manifest.metrics.loss_curve for m in ("lora", "loraplus")}
         target = config.target_loss
         if target is None:
             target = round(moving_average(curves["lora"], config.smooth)[-1], 4)
@@ -235,12 +235,12 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
     report = {
         "config": config.model_dump(mode="json"),
-        "adapters": {k: {"name": v.name, "method": v.manifest["method"],
-                         "wall_time_s": v.manifest["wall_time_s"],
-                         "window": v.manifest["dataset"]["window"],
-                         "calibration": v.manifest.get("calibration"),
-                         "metrics": {mk: mv for mk, mv in v.manifest["metrics"].items()
-                                     if not mk.endswith("curve")}}
+        "adapters": {k: {"name": v.name, "method": v.manifest.method,
+                         "wall_time_s": v.manifest.wall_time_s,
+                         "window": v.manifest.dataset.window if v.manifest.dataset else None,
+                         "calibration": (v.calibration.model_dump(mode="json")
+                                         if v.calibration else None),
+                         "metrics": v.manifest.metrics.summary()}
                      for k, v in adapters.items()},
         "evaluations": evaluations,
         "f1_per_window": per_window,

@@ -4,30 +4,38 @@ Layout::
 
     <registry>/<name>/adapter_config.json
                       adapter_model.safetensors
-                      manifest.json        # base model, method, data window, config, metrics
+                      manifest.json        # an AdapterManifest (train/manifest.py)
     <registry>/aliases.json                # {"production": "<name>", "candidate": "<name>"}
 
 A version is assembled in ``<registry>/.staging-<name>/`` and renamed into place only
 when complete (``manifest.json`` written last), so a reader — the serving side's
 watcher included — never sees half an adapter. Names are unique (method, data, UTC
 time, random suffix) and never reused: vLLM caches adapters by name.
+
+Paths in a manifest are written relative to the registry root where they lie in the
+data directory and resolved against it on read (:mod:`train.manifest`), so a copied
+data directory keeps working.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
-from typing import Any
 
-from pydantic import ValidationError
+from train.calibration import Calibration
+from train.manifest import (AdapterManifest, InvalidManifest, relative_to_registry,
+                            resolve_in_registry)
 
-from train.calibration import CALIBRATION_KEY, Calibration
+__all__ = ["AdapterManifest", "AdapterNotFound", "AdapterRegistry", "AdapterVersion",
+           "InvalidAdapterName", "InvalidManifest", "validate_name"]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
@@ -47,29 +55,31 @@ class InvalidAdapterName(ValueError):
     """A name that could escape the registry directory or is otherwise malformed."""
 
 
-class InvalidManifest(ValueError):
-    """A manifest field that is present but does not have the documented shape."""
-
-
 @dataclass(frozen=True)
 class AdapterVersion:
     name: str
     path: Path
-    manifest: dict[str, Any]
+    """The version's directory (``<registry>/<name>``)."""
+    manifest: AdapterManifest
+    """Its manifest, paths resolved (absolute)."""
 
-    @cached_property
+    @property
     def calibration(self) -> Calibration | None:
         """The version's calibration and threshold; None for versions made without one
         (older ones, or trained without a validation window): they serve uncalibrated."""
-        raw = self.manifest.get(CALIBRATION_KEY)
-        if raw is None:
-            return None
-        try:
-            return Calibration.model_validate(raw)
-        except ValidationError as error:
-            raise InvalidManifest(
-                f"adapter {self.name}: manifest field {CALIBRATION_KEY!r} is malformed: "
-                f"{error.errors()[0]['loc']}: {error.errors()[0]['msg']}") from None
+        return self.manifest.calibration
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The prompt cap it was trained with; None when the manifest records none."""
+        return self.manifest.hyperparameters.max_prompt_tokens
+
+
+def _sort_time(created_at: datetime | None) -> datetime:
+    """``created_at`` comparable across versions: none first, naive ones taken as UTC."""
+    if created_at is None:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return created_at if created_at.tzinfo else created_at.replace(tzinfo=timezone.utc)
 
 
 def validate_name(name: str) -> str:
@@ -97,8 +107,10 @@ class AdapterRegistry:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def publish(self, name: str, manifest: dict[str, Any]) -> AdapterVersion:
-        """Write the manifest into the staging directory and rename it into place."""
+    def publish(self, name: str, manifest: AdapterManifest) -> AdapterVersion:
+        """Write the manifest (named ``name``, paths relative to the registry root where
+        they lie in the data directory) into the staging directory and rename it into
+        place. The version returned holds the paths absolute, as :meth:`get` does."""
         staging = self.root / f".staging-{validate_name(name)}"
         missing = [f for f in ADAPTER_FILES if not (staging / f).is_file()]
         if missing:
@@ -106,28 +118,43 @@ class AdapterRegistry:
         final = self.root / name
         if final.exists():
             raise FileExistsError(f"adapter version {name} already exists; names are never reused")
-        manifest = {"name": name, **manifest}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        # Paths given relative are the caller's, i.e. relative to the working directory.
+        manifest = manifest.model_copy(update={"name": name}).with_paths(Path.resolve)
+        stored = manifest.with_paths(lambda p: relative_to_registry(p, self.root))
+        (staging / MANIFEST).write_text(json.dumps(stored.to_json(), indent=2) + "\n")
         staging.rename(final)
         return AdapterVersion(name=name, path=final, manifest=manifest)
 
     def get(self, name: str) -> AdapterVersion:
+        """The version ``name``, its manifest validated and its paths resolved against
+        this registry's root; :class:`InvalidManifest` when the manifest is malformed."""
         path = self.root / validate_name(name)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise AdapterNotFound(f"no adapter named {name!r} in the registry {self.root}")
-        return AdapterVersion(name=name, path=path, manifest=json.loads(manifest_path.read_text()))
+        try:
+            raw = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise InvalidManifest(f"adapter {name}: {manifest_path} is not JSON: {error}") from None
+        manifest = AdapterManifest.parse(raw, name)
+        return AdapterVersion(name=name, path=path, manifest=manifest.with_paths(
+            lambda p: resolve_in_registry(p, self.root)))
 
     def list(self) -> list[AdapterVersion]:
-        """Complete versions, oldest first (staging directories are invisible)."""
+        """Complete versions, oldest first (staging directories are invisible). A version
+        whose manifest is malformed is left out with a warning naming it, so one bad file
+        does not hide the rest; :meth:`get` on it raises the error."""
         if not self.root.is_dir():
             return []
         versions = []
         for path in self.root.iterdir():
             if path.name.startswith(".") or not (path / MANIFEST).is_file():
                 continue
-            versions.append(self.get(path.name))
-        return sorted(versions, key=lambda v: (v.manifest.get("created_at", ""), v.name))
+            try:
+                versions.append(self.get(path.name))
+            except InvalidManifest as error:
+                log.warning("registry %s: version left out: %s", self.root, error)
+        return sorted(versions, key=lambda v: (_sort_time(v.manifest.created_at), v.name))
 
     # --- aliases ("production", "candidate", ...) ---------------------------------
 

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pipeline.article import Article
 from pipeline.dataset import load_split, read_manifest
-from train.calibration import CALIBRATION_KEY, Calibration, CalibrationWindow, fit_calibration
+from train.calibration import Calibration, CalibrationWindow, fit_calibration
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,7 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
 
 def trained_prompt_cap(version: AdapterVersion, server_cap: int | None = None) -> int:
     """The prompt cap an adapter is served with: its training cap, within the server's."""
-    trained = version.manifest.get("hyperparameters", {}).get("max_prompt_tokens")
-    caps = [c for c in (trained, server_cap) if c]
+    caps = [c for c in (version.max_prompt_tokens, server_cap) if c]
     if not caps:
         raise ValueError(f"adapter {version.name} records no max_prompt_tokens; pass one")
     return min(caps)
@@ -152,7 +151,7 @@ def load_window(dataset: Path, split: str, date_from: date | None = None,
         raise ValueError(f"no labelled articles in {dataset.name}/{split} between "
                          f"{date_from or 'its start'} and {date_to or 'its end'}")
     days = [published_day(a) for a in articles]
-    return WindowArticles(chosen, manifest.get("name", dataset.name), dataset.resolve(), split,
+    return WindowArticles(chosen, manifest.name, dataset.resolve(), split,
                           date_from or min(days), date_to or max(days))
 
 
@@ -161,20 +160,18 @@ def recalibrate(registry: AdapterRegistry, name_or_alias: str, window: WindowArt
                 method: Literal["platt", "temperature"] | None = None) -> AdapterVersion:
     """Fit ``name_or_alias``'s calibration on ``window``; publish it as a new version."""
     source = registry.resolve(name_or_alias)
-    base_model = Path(base_model or source.manifest["base_model"])
+    base_model = base_model or source.manifest.base_model
+    if base_model is None:
+        raise ValueError(f"adapter {source.name} records no base_model; pass one")
     previous = source.calibration
     method = method or (previous.method if previous else "platt")
     calibration = calibrate_on_window(base_model, source.path, window,
                                       trained_prompt_cap(source), method)
-    name = registry.new_name(source.manifest.get("method", "adapter"),
+    name = registry.new_name(source.manifest.method or "adapter",
                              f"recal-{window.dataset}-{window.split}")
     staging = registry.staging_dir(name)
     for file in ADAPTER_FILES:
         shutil.copy2(source.path / file, staging / file)
-    manifest: dict[str, Any] = {k: v for k, v in source.manifest.items() if k != "name"}
-    manifest.update({
-        CALIBRATION_KEY: calibration.model_dump(mode="json"),
-        "recalibrated_from": source.name,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
-    return registry.publish(name, manifest)
+    return registry.publish(name, source.manifest.model_copy(update={
+        "calibration": calibration, "recalibrated_from": source.name,
+        "created_at": datetime.now(timezone.utc).replace(microsecond=0)}))

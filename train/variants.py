@@ -22,5 +22,5 @@ def publish_variant(registry_dir: Path, source: AdapterVersion, tag: str,
     weights = load_file(source.path / "adapter_model.safetensors")
     save_file({k: v * scale if "lora_B" in k else v for k, v in weights.items()},
               staging / "adapter_model.safetensors")
-    manifest = {k: v for k, v in source.manifest.items() if k != "name"}
-    return registry.publish(name, {**manifest, "variant_of": source.name, "scale": scale})
+    return registry.publish(name, source.manifest.model_copy(
+        update={"variant_of": source.name, "scale": scale}))

@@ -102,7 +102,7 @@ def test_build_counts_dedupes_keeps_earliest_and_skips_broken_inputs(
     directory = tmp_path / "datasets" / "newsletters"
     assert read_manifest(directory) == manifest
 
-    sources = manifest["sources"]
+    sources = manifest.sources
     assert {n: (s["articles"], s["skipped"], len(s["failed_inputs"]))
             for n, s in sources.items()} == {
         "tidemark": (3, 0, 0), "ledger": (3, 0, 0),
@@ -115,7 +115,7 @@ def test_build_counts_dedupes_keeps_earliest_and_skips_broken_inputs(
     # The failures were logged, not just counted.
     assert "HTTP 500" in caplog.text and "missing.eml" in caplog.text
 
-    counts = manifest["counts"]
+    counts = manifest.counts
     assert counts["read"] == 26 and counts["skipped_items"] == 3
     assert counts["failed_inputs"] == 2
     assert counts["empty_skipped"] == 1  # arc-9006 has a blank title and text
@@ -127,13 +127,13 @@ def test_build_counts_dedupes_keeps_earliest_and_skips_broken_inputs(
     assert counts["undated_skipped"] == 5
     assert counts["written"] == 16
 
-    kinds = {(d["id"], d["kind"], d["duplicate_of"]) for d in manifest["dedupe"]["duplicates"]}
+    kinds = {(d["id"], d["kind"], d["duplicate_of"]) for d in manifest.dedupe["duplicates"]}
     assert ("arc-9001", "exact", "tidemark-2024-05-2281") in kinds  # the feed's copy is earlier
     assert ("tidemark-2024-06-0117", "near", "arc-9002") in kinds  # the archive's is earlier
 
     train = load_split(directory, "train")
     june = load_split(directory, "2024-06")
-    assert list(manifest["splits"]) == ["train", "2024-06"]
+    assert list(manifest.splits) == ["train", "2024-06"]
     assert [a.id for a in train] and {a.id for a in train} == EXPECTED_TRAIN
     assert {a.id for a in june} == EXPECTED_JUNE
     assert len(train) + len(june) == counts["written"]  # no id twice
@@ -150,19 +150,19 @@ def test_build_counts_dedupes_keeps_earliest_and_skips_broken_inputs(
     assert sable.source == "archive" and sable.signal == 0
 
     # Provenance: every input file and feed body, by sha256.
-    files = manifest["source_files"]
+    files = manifest.source_files
     for name in ("build_archive.jsonl", "records.jsonl", "records.csv", "digest.mbox",
                  "unknown_charset.eml"):
         assert files[str(FIXTURES / name)] == sha256(FIXTURES / name)
     assert files[f"{feed_server}/wire"] == sha256(FIXTURES / "build_wire.xml")
     assert files[f"{feed_server}/truncated"] == hashlib.sha256(truncated_rss20()).hexdigest()
-    for name, split in manifest["splits"].items():
-        assert split["sha256"] == sha256(directory / split["file"])
-    assert manifest["date_from"] == "2024-05-02" and manifest["date_to"] == "2024-06-15"
-    assert manifest["train_end"] == "2024-05-31"
-    assert all(not stage["ran"] for stage in manifest["stages"].values())
-    assert "the records' own `signal` field" in manifest["label_rule"]
-    assert manifest["config"]["dedupe"]["threshold"] == 0.8
+    for name, split in manifest.splits.items():
+        assert split.sha256 == sha256(directory / split.file)
+    assert manifest.date_from == "2024-05-02" and manifest.date_to == "2024-06-15"
+    assert str(manifest.train_end) == "2024-05-31"
+    assert all(not stage["ran"] for stage in manifest.stages.values())
+    assert "the records' own `signal` field" in manifest.label_rule
+    assert manifest.config["dedupe"]["threshold"] == 0.8
     assert not (tmp_path / "datasets" / ".newsletters.build").exists()
 
 
@@ -186,21 +186,21 @@ def test_second_build_does_no_work_and_a_changed_input_rebuilds(feed_server, tmp
                                  "text": "Fenner Steel agreed to sell its rail unit.",
                                  "signal": 1}) + "\n")
     changed = build_dataset(config)
-    assert changed["build_key"] != first["build_key"]
-    assert changed["counts"]["written"] == first["counts"]["written"] + 1
+    assert changed.build_key != first.build_key
+    assert changed.counts["written"] == first.counts["written"] + 1
     assert "arc-9100" in {a.id for a in load_split(train_file.parent, "train")}
-    assert build_dataset(config, force=True)["created_at"] >= changed["created_at"]
+    assert build_dataset(config, force=True).created_at >= changed.created_at
 
 
 def test_views_hold_labelled_rows_with_the_true_label_chosen(feed_server, tmp_path, tokenizer):
     config = config_for(feed_server, tmp_path, views={"enabled": True, "max_prompt_tokens": 192})
     manifest = build_dataset(config, tokenizer=tokenizer)
     directory = tmp_path / "datasets" / "newsletters"
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         articles = {str(a.id): a for a in load_split(directory, split) if a.signal is not None}
         rows = {}
         for view in ("sft", "dpo", "reward"):
-            entry = manifest["views"]["splits"][split][view]
+            entry = manifest.views["splits"][split][view]
             path = directory / entry["file"]
             assert entry["sha256"] == sha256(path)
             rows[view] = [json.loads(line) for line in path.read_text().splitlines()]
@@ -215,8 +215,8 @@ def test_views_hold_labelled_rows_with_the_true_label_chosen(feed_server, tmp_pa
                 sft["id"], prompt, truth, other)
             assert (reward["chosen"], reward["rejected"]) == (prompt + truth, prompt + other)
             assert "prompt" not in reward  # TRL's implicit-prompt preference format
-    assert manifest["views"]["splits"]["train"]["sft"]["rows"] == 7
-    assert manifest["views"]["splits"]["2024-06"]["sft"]["rows"] == 2
+    assert manifest.views["splits"]["train"]["sft"]["rows"] == 7
+    assert manifest.views["splits"]["2024-06"]["sft"]["rows"] == 2
 
 
 def test_undated_articles_can_go_to_their_own_split(feed_server, tmp_path):
@@ -227,7 +227,7 @@ def test_undated_articles_can_go_to_their_own_split(feed_server, tmp_path):
     assert {a.id for a in undated} == {"mkt-5105", "6204", "arc-9005",
                                        "seedline-77@seedline.example#1",
                                        "seedline-77@seedline.example#2"}
-    assert manifest["counts"]["undated_skipped"] == 0 and manifest["counts"]["written"] == 21
+    assert manifest.counts["undated_skipped"] == 0 and manifest.counts["written"] == 21
 
 
 def test_strict_build_fails_on_a_missing_file(feed_server, tmp_path):
@@ -253,7 +253,7 @@ def test_id_clash_between_different_articles_renames_the_later_one(tmp_path):
                     {"kind": "jsonl", "name": "b", "paths": str(second)}],
         "split": {"train_end": "2024-12-31"}})
     manifest = build_dataset(config)
-    assert manifest["counts"]["ids_renamed"] == 1
+    assert manifest.counts["ids_renamed"] == 1
     assert [a.id for a in load_split(tmp_path / "ds" / "clash", "train")] == [7, "b/7"]
 
 
@@ -275,10 +275,10 @@ def test_reuters_source_reads_every_document_of_real_sgml(reuters_dir, tmp_path)
         "sources": [{"kind": "reuters", "directory": str(tmp_path), "indexed_only": False}],
         "split": {"train_end": "1987-02-26"}})
     manifest = build_dataset(config)
-    assert manifest["counts"]["read"] == 12
-    assert manifest["source_files"] == {str(tmp_path / "reut2-000.sgm"):
+    assert manifest.counts["read"] == 12
+    assert manifest.source_files == {str(tmp_path / "reut2-000.sgm"):
                                         sha256(tmp_path / "reut2-000.sgm")}
-    assert "indexed under 'acq'" in manifest["label_rule"]
+    assert "indexed under 'acq'" in manifest.label_rule
 
 
 def test_stage_output_is_cached_by_input_and_settings(tmp_path):
@@ -361,15 +361,15 @@ def test_label_stage_combines_teacher_and_trend_votes_and_is_cached(tmp_path):
                                str(FIXTURES / "records.jsonl")]}],
         "labels": labels, "split": {"train_end": "2024-05-31"}}
     manifest = build_dataset(PipelineConfig.model_validate(data))
-    stage = manifest["stages"]["labels"]
+    stage = manifest.stages["labels"]
     assert stage["ran"] and not stage["cached"] and stage["settings"] == labels
     assert stage["counts"]["votes"]["teacher"] == {"1": 3, "0": 3, "abstain": 2}
-    assert manifest["label_rule"] == LabelConfig.model_validate(labels).describe()
-    assert {n: s["ran"] for n, s in manifest["stages"].items()} == {
+    assert manifest.label_rule == LabelConfig.model_validate(labels).describe()
+    assert {n: s["ran"] for n, s in manifest.stages.items()} == {
         "relevance": False, "topics": False, "trends": False, "teacher": False, "labels": True}
 
     directory = tmp_path / "ds" / "labelled"
-    signals = {a.id: a.signal for name in manifest["splits"] for a in load_split(directory, name)}
+    signals = {a.id: a.signal for name in manifest.splits for a in load_split(directory, name)}
     # lab-1: teacher 0 but sustained trend growth -> 1 (any); lab-3: both 0; lab-4: nobody
     # voted, the record's own label stays; 5101: teacher 1, trend 0 -> 1.
     assert signals == {"lab-1": 1, "lab-2": 1, "lab-3": 0, "lab-4": 1,
@@ -386,9 +386,9 @@ def test_label_stage_combines_teacher_and_trend_votes_and_is_cached(tmp_path):
     # A new cut-off rebuilds the dataset but the label stage's output comes from its cache.
     data["split"] = {"train_end": "2024-05-06"}
     rebuilt = build_dataset(PipelineConfig.model_validate(data))
-    assert rebuilt["stages"]["labels"]["cached"] is True
-    assert rebuilt["build_key"] != manifest["build_key"]
-    assert rebuilt["splits"]["train"]["count"] == 4
+    assert rebuilt.stages["labels"]["cached"] is True
+    assert rebuilt.build_key != manifest.build_key
+    assert rebuilt.splits["train"].count == 4
 
 
 def test_stage_runner_of_a_missing_module_is_none_with_a_log_line(caplog):
@@ -416,16 +416,16 @@ def test_imap_mailbox_source_is_read_hashed_and_a_dead_server_counted(
                         **imap, "port": free_port(), "timeout_s": 2}}],
         "split": {"train_end": "2030-01-01", "undated": "split"}})
     manifest = build_dataset(config)
-    harbor, dead = manifest["sources"]["harbor"], manifest["sources"]["dead"]
+    harbor, dead = manifest.sources["harbor"], manifest.sources["dead"]
     assert harbor["articles"] == 5 and len(harbor["inputs"]) == 1
     assert len(harbor["inputs"][0]["sha256"]) == 64
     assert dead["articles"] == 0 and "cannot connect" in dead["failed_inputs"][0]["reason"]
-    articles = [a for name in manifest["splits"]
+    articles = [a for name in manifest.splits
                 for a in load_split(tmp_path / "ds" / "mail", name)]
-    assert len(articles) == manifest["counts"]["written"] == 5
+    assert len(articles) == manifest.counts["written"] == 5
     assert {a.source for a in articles} == {"harbor"}
     # Read-only (mark_seen off): the same messages next time, so nothing is rebuilt.
-    assert build_dataset(config)["created_at"] == manifest["created_at"]
+    assert build_dataset(config).created_at == manifest.created_at
 
 
 # --------------------------------------------------------------------------- stage wiring
@@ -440,7 +440,7 @@ def wire_config(tmp_path: Path, **stages) -> PipelineConfig:
 
 
 def staged_articles(tmp_path: Path, manifest: dict) -> dict:
-    return {a.id: a for name in manifest["splits"]
+    return {a.id: a for name in manifest.splits
             for a in load_split(tmp_path / "ds" / "staged", name)}
 
 
@@ -458,7 +458,7 @@ def test_relevance_and_topics_stages_run_on_the_real_embedding_model(tmp_path):
         "references": str(references), "threshold": 0.25, "top_k": 2, "show_progress": False},
         topics={"max_topics": 4})
     manifest = build_dataset(config)
-    relevance, topics = manifest["stages"]["relevance"], manifest["stages"]["topics"]
+    relevance, topics = manifest.stages["relevance"], manifest.stages["topics"]
     assert relevance["ran"] and topics["ran"] and not relevance["cached"]
     assert relevance["counts"] == {"kept": 1, "rejected": 8, "skipped": 0}
     assert relevance["articles_in"] == 9 and topics["articles_in"] == 1
@@ -471,8 +471,8 @@ def test_relevance_and_topics_stages_run_on_the_real_embedding_model(tmp_path):
     articles = staged_articles(tmp_path, manifest)
     assert articles[5101].topics == ["power purchase agreement", "data centers"]
     assert articles["arc-9004"].topics and len(articles["arc-9004"].topics) <= 4
-    assert manifest["stages"]["topics"]["counts"]["kept_existing"] == 3  # 5101, 5102, 5104
-    assert manifest["stages"]["topics"]["counts"]["articles"] == 6
+    assert manifest.stages["topics"]["counts"]["kept_existing"] == 3  # 5101, 5102, 5104
+    assert manifest.stages["topics"]["counts"]["articles"] == 6
 
 
 def test_teacher_stage_votes_over_a_real_openai_compatible_endpoint(tmp_path):
@@ -500,7 +500,7 @@ def test_teacher_stage_votes_over_a_real_openai_compatible_endpoint(tmp_path):
             "cache_path": str(tmp_path / "teacher.sqlite")},
             labels={"sources": ["teacher"], "combine": {"rule": "any"}})
         manifest = build_dataset(config)
-    teacher = manifest["stages"]["teacher"]
+    teacher = manifest.stages["teacher"]
     assert teacher["ran"] and teacher["counts"]["answered"] == teacher["articles_in"] == len(asked)
     articles = staged_articles(tmp_path, manifest)
     helix = articles["arc-9001"]
@@ -508,7 +508,7 @@ def test_teacher_stage_votes_over_a_real_openai_compatible_endpoint(tmp_path):
     assert helix.signal == 1
     # Corbel's CFO appointment: the records said 0, and so did the teacher.
     assert articles[5102].signal == 0
-    assert "teacher" in manifest["stages"]["labels"]["counts"]["votes"]
+    assert "teacher" in manifest.stages["labels"]["counts"]["votes"]
 
 
 def test_trends_then_labels_stages_over_recorded_google_answers(tmp_path):
@@ -533,14 +533,14 @@ def test_trends_then_labels_stages_over_recorded_google_answers(tmp_path):
             "labels": {"sources": ["trend"], "combine": {"when_undecided": "unknown"}},
             "split": {"train_end": "2023-12-31"}})
         manifest = build_dataset(config)
-    assert manifest["stages"]["trends"]["ran"]
-    assert manifest["stages"]["trends"]["counts"]["topics_measured"] == 2
+    assert manifest.stages["trends"]["ran"]
+    assert manifest.stages["trends"]["counts"]["topics_measured"] == 2
     articles = {a.id: a for a in load_split(tmp_path / "ds" / "trended", "train")}
     assert articles[1].growth[SSB].ten_years is not None
     # Sustained growth of solid-state batteries: signal; a recent EV surge only: not;
     # no trend data: no label.
     assert {i: a.signal for i, a in articles.items()} == {1: 1, 2: 0, 3: None}
-    assert manifest["splits"]["train"]["labelled"] == 2
+    assert manifest.splits["train"].labelled == 2
 
 
 def test_stage_settings_are_validated_when_the_config_loads(tmp_path):

@@ -48,16 +48,16 @@ def test_build_then_rebuild_then_stats_and_show(feed_url, tmp_path, capsys):
                     "--datasets-dir", str(datasets)]) == 0
     out = capsys.readouterr().out
     manifest = read_manifest(datasets / "cli-set")
-    assert f"dataset {datasets / 'cli-set'} (version {manifest['version']})" in out
+    assert f"dataset {datasets / 'cli-set'} (version {manifest.version})" in out
     assert "source tidemark (rss): 3 articles, 0 skipped, 0 inputs failed" in out
     assert "dropped 1 exact + 1 near duplicates, 1 empty, 1 undated; written 5" in out
     assert "stages run: none" in out
-    assert manifest["counts"]["written"] == 5
+    assert manifest.counts["written"] == 5
 
-    created = manifest["created_at"]
+    created = manifest.created_at
     assert run_cli(["data", "build", "--config", str(config),
                     "--datasets-dir", str(datasets)]) == 0
-    assert read_manifest(datasets / "cli-set")["created_at"] == created  # nothing rebuilt
+    assert read_manifest(datasets / "cli-set").created_at == created  # nothing rebuilt
     capsys.readouterr()
 
     report = tmp_path / "report"
@@ -148,7 +148,7 @@ def test_build_with_views_flag_writes_the_views(feed_url, tmp_path, base_model_d
         "views": {"tokenizer": str(base_model_dir), "max_prompt_tokens": 128}}))
     assert run_cli(["data", "build", "--config", str(config), "--views"]) == 0
     manifest = read_manifest(tmp_path / "datasets" / "with-views")
-    assert manifest["config"]["views"]["enabled"] is True
+    assert manifest.config["views"]["enabled"] is True
     rows = (tmp_path / "datasets" / "with-views" / "views" / "train.dpo.jsonl").read_text()
     assert [json.loads(line)["chosen"] for line in rows.splitlines()] == ["1", "0", "1"]
     capsys.readouterr()

@@ -37,12 +37,12 @@ def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_pa
         manifest = build_dataset(config)
         requests = dict(site.requests)
 
-    links_section = manifest["links"]
+    links_section = manifest.links
     assert links_section["counts"]["input"] == 6 and links_section["counts"]["kept"] == 5
     assert links_section["counts"]["same_article"] == 1
     assert links_section["counts"]["fetch_status"] == {
         "ok": 3, "extraction_failed": 1, "robots_disallowed": 1, "http_error": 1}
-    assert manifest["counts"]["empty_skipped"] == 1 and manifest["counts"]["written"] == 4
+    assert manifest.counts["empty_skipped"] == 1 and manifest.counts["written"] == 4
     assert requests.get("/private/x") is None and requests["/robots.txt"] == 1
     directory = tmp_path / "datasets" / "linked"
     train = [json.loads(line) for line in (directory / "train.jsonl").read_text().splitlines()]

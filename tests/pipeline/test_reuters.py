@@ -9,14 +9,14 @@ README_WINDOWS = {"train": (8269, 0.173), "1987-04": (3255, 0.158), "1987-06": (
 
 def test_counts_per_window_match_the_data_readme(reuters_dataset):
     manifest = read_manifest(reuters_dataset)
-    assert set(manifest["splits"]) == set(README_WINDOWS)
+    assert set(manifest.splits) == set(README_WINDOWS)
     for split, (count, rate) in README_WINDOWS.items():
-        stats = manifest["splits"][split]
-        assert stats["count"] == count, split
-        assert round(stats["signal_rate"], 3) == rate, split
-    assert sum(s["count"] for s in manifest["splits"].values()) == 12257
-    assert manifest["splits"]["train"]["date_to"] == "1987-03-31"
-    assert len(manifest["source_files"]) == 19
+        stats = manifest.splits[split]
+        assert stats.count == count, split
+        assert round(stats.signal_rate, 3) == rate, split
+    assert sum(s.count for s in manifest.splits.values()) == 12257
+    assert str(manifest.splits["train"].date_to) == "1987-03-31"
+    assert len(manifest.source_files) == 19
 
 
 def test_split_files_hold_contract_articles(reuters_dataset):

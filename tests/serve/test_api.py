@@ -334,15 +334,15 @@ def _uncalibrated_copy(registry_dir, source):
     """The same adapter weights published as an older version would be: no calibration."""
     import shutil
 
-    from train.registry import AdapterRegistry
+    from train.registry import AdapterManifest, AdapterRegistry
 
     registry = AdapterRegistry(registry_dir)
     name = registry.new_name("lora", "old-manifest")
     staging = registry.staging_dir(name)
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(source.path / file, staging)
-    manifest = {k: v for k, v in source.manifest.items() if k not in ("name", "calibration")}
-    return registry.publish(name, manifest)
+    old = {k: v for k, v in source.manifest.to_json().items() if k != "calibration"}
+    return registry.publish(name, AdapterManifest.model_validate(old))
 
 
 @pytest.fixture(scope="module")

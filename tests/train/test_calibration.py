@@ -7,7 +7,7 @@ import pytest
 
 from train.calibration import (Calibration, CalibrationWindow, f1_optimal_threshold,
                                fit_calibration, fit_logit_scaling, logit, prior_shift)
-from train.registry import AdapterVersion, InvalidManifest
+from train.registry import AdapterManifest, InvalidManifest
 
 
 def _window(n=1, signals=0):
@@ -115,12 +115,15 @@ def test_prior_shift_is_bayes_on_the_odds():
 
 def test_manifest_accessor(tmp_path):
     calibration = fit_calibration(*_draw(1.0, -1.0, 500, seed=7), window=_window(10, 2))
-    with_field = AdapterVersion("a", tmp_path, {"calibration": calibration.model_dump(mode="json")})
+    with_field = AdapterManifest.parse({"calibration": calibration.model_dump(mode="json")}, "a")
     assert with_field.calibration == calibration
-    assert AdapterVersion("old", tmp_path, {"method": "lora"}).calibration is None
-    broken = AdapterVersion("bad", tmp_path, {"calibration": {"method": "isotonic"}})
-    with pytest.raises(InvalidManifest, match="bad"):
-        broken.calibration
+    assert with_field.to_json()["calibration"] == calibration.model_dump(mode="json")
+    # given as an object (as training does), it is still written whole
+    assert AdapterManifest(calibration=calibration).to_json()["calibration"] == (
+        calibration.model_dump(mode="json"))
+    assert AdapterManifest.parse({"method": "lora"}, "old").calibration is None
+    with pytest.raises(InvalidManifest, match="adapter bad: manifest field 'calibration.method'"):
+        AdapterManifest.parse({"calibration": {"method": "isotonic"}}, "bad")
 
 
 def test_logit_is_clipped():

@@ -35,16 +35,16 @@ def test_interrupted_ray_train_run_resumes_from_its_checkpoint(tiny_overrides, t
     resumed = run_training(config, workers=1, fail_once_at_step=3,
                            storage_path=tmp_path / "ray_results")
     assert (tmp_path / "ray_results" / resumed.name / "scratch" / "failed-rank0").read_text() == "3"
-    assert resumed.manifest["resumed_from_step"] == 2
-    assert resumed.manifest["metrics"]["steps"] == 4
+    assert resumed.manifest.resumed_from_step == 2
+    assert resumed.manifest.metrics.steps == 4
 
     import ray
 
     ray.shutdown()  # the local Ray run_training started; later tests start their own
     straight = run_training(config, local=True)
-    assert straight.manifest["resumed_from_step"] is None
-    assert resumed.manifest["metrics"]["loss_curve"] == pytest.approx(
-        straight.manifest["metrics"]["loss_curve"], abs=1e-4)
+    assert straight.manifest.resumed_from_step is None
+    assert resumed.manifest.metrics.loss_curve == pytest.approx(
+        straight.manifest.metrics.loss_curve, abs=1e-4)
 
 
 def in_fresh_process(function: str, **kwargs) -> object:
@@ -71,7 +71,7 @@ def _two_worker_run_killed_once(overrides: list[str], ray_address: str,
     config = load_config(None, overrides)
     resumed = run_training(config, workers=2, cpus_per_worker=0.5, ray_address=ray_address,
                            fail_once_at_step=3, fail_rank=1, storage_path=Path(storage_path))
-    return {"name": resumed.name, "manifest": resumed.manifest}
+    return {"name": resumed.name, "manifest": resumed.manifest.to_json()}
 
 
 def test_two_worker_run_with_one_worker_killed_resumes_from_its_checkpoint(tiny_overrides,
@@ -178,7 +178,7 @@ def test_signals_train_submitted_as_a_ray_job_with_two_workers(tiny_overrides, t
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
     registry = AdapterRegistry(tmp_path / "registry")
     [version] = registry.list()
-    assert version.manifest["metrics"]["world_size"] == 2
+    assert version.manifest.metrics.world_size == 2
     assert f"adapter {version.name} written" in logs
 
 
@@ -239,8 +239,8 @@ def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
     [version] = AdapterRegistry(registry_dir).list()
     assert version.name in logs
-    assert version.manifest["dataset"]["split"] == retrain.split
-    assert version.manifest["dataset"]["path"] == str(retrain.dataset_dir)
+    assert version.manifest.dataset.split == retrain.split
+    assert version.manifest.dataset.path == Path(retrain.dataset_dir).resolve()
 
 
 # --- what Ray Train workers ask for: configuration, not the cluster's current state ------

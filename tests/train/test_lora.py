@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from safetensors import safe_open
 
 from train.registry import AdapterRegistry
@@ -17,15 +18,46 @@ def test_adapter_version_layout_and_manifest(trained_adapter, registry_dir, base
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (16, 32, 0.1)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     manifest = trained_adapter.manifest
-    assert manifest["method"] == "lora"
-    assert manifest["base_model"] == str(base_model_dir.resolve())
-    assert manifest["dataset"]["split"] == "train"
-    assert manifest["dataset"]["window"] == ["1987-02-26", "1987-03-26"]
-    assert manifest["dataset"]["examples"] == 16 and manifest["dataset"]["signals"] == 8
-    assert manifest["hyperparameters"]["rank"] == 16
-    assert manifest["metrics"]["steps"] == 4 and len(manifest["metrics"]["loss_curve"]) == 4
-    assert manifest["created_at"] and manifest["name"] == trained_adapter.name
+    assert manifest.method == "lora"
+    assert manifest.base_model == base_model_dir.resolve()
+    assert manifest.dataset.split == "train"
+    assert manifest.dataset.window == ["1987-02-26", "1987-03-26"]
+    assert manifest.dataset.examples == 16 and manifest.dataset.signals == 8
+    assert manifest.hyperparameters.rank == 16
+    assert manifest.metrics.steps == 4 and len(manifest.metrics.loss_curve) == 4
+    assert manifest.created_at and manifest.name == trained_adapter.name
     assert AdapterRegistry(registry_dir).get(trained_adapter.name).manifest == manifest
+
+
+def test_a_copied_registry_and_dataset_resolve_and_serve_from_the_copy(
+        trained_adapter, registry_dir, reuters_dataset, base_model_dir, tmp_path):
+    """The manifest's dataset path is relative to the registry root, so the data copied
+    to another volume points at the copy (the base model here lives outside the data
+    dir and stays absolute); the copied adapter answers as the original does."""
+    import shutil
+
+    from pipeline.dataset import load_split
+    from train.evaluate import InProcessScorer
+
+    stored = json.loads((trained_adapter.path / "manifest.json").read_text())
+    assert stored["dataset"]["path"] == f"../{reuters_dataset.parent.name}/reuters-acq"
+    volume = tmp_path / "other-volume"
+    copied_registry = volume / registry_dir.name
+    shutil.copytree(registry_dir, copied_registry)
+    shutil.copytree(reuters_dataset, volume / reuters_dataset.parent.name / "reuters-acq")
+    copy = AdapterRegistry(copied_registry).get(trained_adapter.name)
+    assert copy.path == copied_registry / trained_adapter.name
+    assert copy.manifest.dataset.path == (volume / reuters_dataset.parent.name
+                                          / "reuters-acq").resolve()
+    assert copy.manifest.base_model == base_model_dir.resolve()
+    articles = load_split(copy.manifest.dataset.path, "1987-04")[:4]
+    original = InProcessScorer(base_model_dir, registry_dir, 192).classify(
+        articles, trained_adapter.name)
+    copied = InProcessScorer(copy.manifest.base_model, copied_registry, 192).classify(
+        articles, copy.name)
+    assert [c.p_signal for c in copied] == pytest.approx([o.p_signal for o in original],
+                                                         abs=1e-6)
+    assert copied[0].threshold == trained_adapter.calibration.threshold
 
 
 def test_training_changed_the_lora_weights(trained_adapter):

@@ -34,11 +34,11 @@ def sft_adapter(tiny_model_dir, reuters_dataset, tmp_path_factory):
 
 def test_lora_manifest(sft_adapter, tiny_model_dir):
     m = sft_adapter.manifest
-    assert m["method"] == "lora" and m["metrics"]["steps"] == 2
-    assert len(m["metrics"]["loss_curve"]) == 2 and m["tokens_seen"] > 0
-    assert m["base_model"] == str(tiny_model_dir.resolve())
-    assert m["dataset"]["window"] == ["1987-02-26", "1987-03-26"]
-    assert m["hyperparameters"]["learning_rate"] == 1e-3 and m["wall_time_s"] > 0
+    assert m.method == "lora" and m.metrics.steps == 2
+    assert len(m.metrics.loss_curve) == 2 and m.tokens_seen > 0
+    assert m.base_model == tiny_model_dir.resolve()
+    assert m.dataset.window == ["1987-02-26", "1987-03-26"]
+    assert m.hyperparameters.learning_rate == 1e-3 and m.wall_time_s > 0
     assert any(v.abs().sum() > 0 for k, v in _weights(sft_adapter).items() if "lora_B" in k)
     # calibrated on the held-out last 5 days of March, after training
     calibration = sft_adapter.calibration
@@ -94,8 +94,8 @@ def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_datas
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",
         "method=loraplus", "max_examples=8", "sampling=balanced", "max_steps=2",
         "batch_size=4", "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16"]))
-    assert version.manifest["method"] == "loraplus"
-    assert version.manifest["hyperparameters"]["loraplus_lr_ratio"] == 16
+    assert version.manifest.method == "loraplus"
+    assert version.manifest.hyperparameters.loraplus_lr_ratio == 16
 
 
 def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
@@ -107,8 +107,8 @@ def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
         "max_examples=8", "sampling=balanced", "max_steps=2", "batch_size=4",
         "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16", "learning_rate=1e-2"]))
     m = version.manifest
-    assert m["method"] == "dpo" and m["init_adapter"] == sft_adapter.name
-    assert m["metrics"]["steps"] == 2 and len(m["metrics"]["reward_accuracy_curve"]) == 2
+    assert m.method == "dpo" and m.init_adapter == sft_adapter.name
+    assert m.metrics.steps == 2 and len(m.metrics.reward_accuracy_curve) == 2
     # Only the trained adapter is saved (not TRL's frozen "ref" copy), and it moved.
     weights = _weights(version)
     assert not any(".ref." in k for k in weights)
@@ -125,9 +125,9 @@ def test_rlhf_reward_model_then_rloo(sft_adapter, tiny_model_dir, reuters_datase
         "num_generations=2", "batch_size=4", "max_prompt_tokens=160", "bf16=false", "validation_max_examples=16",
         "learning_rate=1e-2"]))
     m = version.manifest
-    assert m["method"] == "rlhf" and m["algorithm"] == "rloo"
-    assert m["metrics"]["steps"] == 2 and len(m["metrics"]["reward_curve"]) == 2
-    assert m["metrics"]["reward_model"]["steps"] == 2
+    assert m.method == "rlhf" and m.algorithm == "rloo"
+    assert m.metrics.steps == 2 and len(m.metrics.reward_curve) == 2
+    assert m.metrics.reward_model["steps"] == 2
     assert (version.path / "reward_model" / "adapter_config.json").is_file()
     assert _changed(_weights(version), _weights(sft_adapter))
 
@@ -147,7 +147,7 @@ def test_qlora_trains_on_a_4bit_base(tiny_model_dir, reuters_dataset, tmp_path):
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantised, "the base's linear layers should be 4-bit"
     version = train_lora(config)
-    assert version.manifest["hyperparameters"]["load_in_4bit"] is True
+    assert version.manifest.hyperparameters.load_in_4bit is True
     assert any(v.abs().sum() > 0 for k, v in _weights(version).items() if "lora_B" in k)
 
 
@@ -161,7 +161,7 @@ def test_adapters_load_in_the_in_process_backend(sft_adapter, tiny_model_dir, re
     scorer = InProcessScorer(tiny_model_dir, sft_adapter.path.parent, 160)
     base = scorer.p_signal(articles, None)
     versions = AdapterRegistry(sft_adapter.path.parent).list()
-    assert {v.manifest["method"] for v in versions} >= {"lora"}
+    assert {v.manifest.method for v in versions} >= {"lora"}
     for version in versions:
         p = scorer.p_signal(articles, version.name)
         assert all(0.0 < x < 1.0 for x in p)

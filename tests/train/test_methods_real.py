@@ -59,5 +59,5 @@ def test_every_method_serves_on_vllm_as_in_process(method_adapters, vllm_server,
     local = asyncio.run(probabilities(InProcessBackend(base_model_dir, labels)))
     for method in method_adapters:
         assert served[method] == pytest.approx(local[method], abs=2e-3), method
-    assert method_adapters["rlhf"].manifest["metrics"]["reward_model"]["steps"] == 1
-    assert method_adapters["qlora"].manifest["hyperparameters"]["load_in_4bit"] is True
+    assert method_adapters["rlhf"].manifest.metrics.reward_model["steps"] == 1
+    assert method_adapters["qlora"].manifest.hyperparameters.load_in_4bit is True

@@ -20,7 +20,7 @@ def test_calibrate_command_publishes_a_new_version(trained_adapter, registry_dir
     (new_name,) = {v.name for v in registry.list()} - names_before
     assert new_name in capsys.readouterr().out
     new = registry.get(new_name)
-    assert new.manifest["recalibrated_from"] == trained_adapter.name
+    assert new.manifest.recalibrated_from == trained_adapter.name
     window = new.calibration.fitted_on
     assert (window.split, window.n) == ("1987-04", 32)
     assert (window.date_from, window.date_to) == (date(1987, 4, 1), date(1987, 4, 8))
@@ -29,7 +29,9 @@ def test_calibrate_command_publishes_a_new_version(trained_adapter, registry_dir
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         assert filecmp.cmp(trained_adapter.path / file, new.path / file, shallow=False)
     assert (trained_adapter.path / "manifest.json").read_text() == before
-    assert new.manifest["dataset"] == json.loads(before)["dataset"]
+    stored = json.loads((new.path / "manifest.json").read_text())
+    assert stored["dataset"] == json.loads(before)["dataset"]
+    assert new.manifest.dataset == trained_adapter.manifest.dataset
 
 
 def test_calibrate_command_rejects_an_empty_window(trained_adapter, registry_dir,

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from train.registry import AdapterNotFound, AdapterRegistry, InvalidAdapterName
+from train.registry import (AdapterManifest, AdapterNotFound, AdapterRegistry,
+                            InvalidAdapterName)
 
 
 def _stage(registry, name):
@@ -19,7 +20,8 @@ def test_staged_versions_are_invisible_until_published(tmp_path):
     assert registry.list() == []
     with pytest.raises(AdapterNotFound):
         registry.get(name)
-    version = registry.publish(name, {"method": "lora", "created_at": "2026-01-01T00:00:00"})
+    version = registry.publish(name, AdapterManifest(method="lora",
+                                                     created_at="2026-01-01T00:00:00"))
     assert [v.name for v in registry.list()] == [name]
     assert json.loads((version.path / "manifest.json").read_text())["name"] == name
     assert not (tmp_path / f".staging-{name}").exists()
@@ -31,17 +33,17 @@ def test_names_are_unique_and_never_reused(tmp_path):
     assert len(names) == 50
     name = names.pop()
     _stage(registry, name)
-    registry.publish(name, {})
+    registry.publish(name, AdapterManifest())
     _stage(registry, name)
     with pytest.raises(FileExistsError):
-        registry.publish(name, {})
+        registry.publish(name, AdapterManifest())
 
 
 def test_publish_refuses_incomplete_adapter(tmp_path):
     registry = AdapterRegistry(tmp_path)
     registry.staging_dir("lora-x")
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
-        registry.publish("lora-x", {})
+        registry.publish("lora-x", AdapterManifest())
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "..", ".hidden", "", "x" * 200, "a\\b", "a b"])
