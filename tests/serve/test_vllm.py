@@ -214,41 +214,6 @@ def test_new_registry_version_is_served_without_any_call(vllm_api, vllm_server, 
         time.sleep(0.2)
 
 
-def test_supervisor_restarts_a_killed_vllm_and_adapters_come_back(
-        base_model_dir, registry_dir, tokenizer, trained_adapter, tmp_path):
-    """SIGKILL the vLLM process group: the supervisor restarts it, the API recovers."""
-    import asyncio
-    import os
-    import signal
-    import time
-
-    from serve.vllm_server import VLLMServer
-    from tests.conftest import free_port
-
-    server = VLLMServer(base_model_dir, free_port(), "base", max_loras=1,
-                        log_path=tmp_path / "vllm.log")
-    with server:
-        server.supervise(check_every_s=0.5)
-        backend = VLLMBackend(server.url, "base", label_token_ids(tokenizer), timeout_s=120)
-        classifier = build_classifier(backend, base_model_dir, registry_dir, 512, 0.5)
-        article = Article(id="k", title="Acme buys Beta", text="Acme said it bought Beta.")
-
-        async def scenario():
-            async def classify():
-                return (await classifier.classify([article], trained_adapter.name))[0].p_signal
-
-            before = await classify()
-            os.killpg(server.process.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 300
-            while not (server.restarts and await backend.healthy()):
-                assert time.monotonic() < deadline, "vLLM was not restarted"
-                await asyncio.sleep(1)
-            # the restarted vLLM has no adapters; the classifier loads it again by itself
-            assert await classify() == pytest.approx(before, abs=1e-5)
-
-        asyncio.run(scenario())
-
-
 def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
         vllm_api, trained_adapter, articles, base_model_dir, registry_dir):
     """One adapter, one behaviour: vLLM's answer is what `signals eval` computes."""
