@@ -85,6 +85,10 @@ class DriftConfig(BaseModel):
     train_config: Path = Path("train/configs/demo.yaml")
     """Training YAML given to ``signals train --config`` in the retraining job."""
 
+    retrain_workers: int = Field(default=1, ge=1, le=64)
+    """Ray Train workers of the retraining job (data-parallel, ``signals train
+    --workers``); each asks for the cluster's per-worker resources."""
+
     retrain_window_days: float = Field(default=30.0, gt=0)
     """The labelled items of this many latest days become the retraining dataset."""
 

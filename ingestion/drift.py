@@ -88,9 +88,11 @@ def evaluate_rules(store: Store, config: DriftConfig,
     return results
 
 
-def retrain_entrypoint(train_config: Path, dataset_dir: Path, split: str) -> str:
+def retrain_entrypoint(train_config: Path, dataset_dir: Path, split: str,
+                       workers: int = 1) -> str:
     """The shell command the retraining Ray job runs."""
     return shlex.join(["signals", "train", "--config", str(train_config),
+                       *(["--workers", str(workers)] if workers > 1 else []),
                        "--set", f"dataset={dataset_dir}", "--set", f"split={split}"])
 
 
@@ -191,7 +193,8 @@ class DriftMonitor(Collector):
             return None
         request = RetrainRequest(directory.resolve(), split,
                                  retrain_entrypoint(self.config.train_config,
-                                                    directory.resolve(), split), count, None)
+                                                    directory.resolve(), split,
+                                                    self.config.retrain_workers), count, None)
         self.retrains.append(request)
         return request
 
