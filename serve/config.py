@@ -36,6 +36,12 @@ class ServeConfig(BaseSettings):
     """URL of a running vLLM server (e.g. in Kubernetes). None: ``signals serve``
     starts and supervises one on ``vllm_port``."""
 
+    vllm_replicas: str | None = None
+    """URL whose host name resolves to every vLLM replica, one address each (a headless
+    Service, e.g. ``http://vllm-replicas:8000``): adapter loads and unloads go to each
+    address found at the time of the call, classification still to ``vllm_url``. None:
+    loads and unloads go to ``vllm_url`` too (one vLLM server)."""
+
     vllm_port: int = Field(default=8100, ge=1, le=65535)
     vllm_served_name: str = "base"
     """Name under which vLLM serves the base model."""

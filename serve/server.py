@@ -26,7 +26,8 @@ def make_backend(config: ServeConfig, vllm_url: str | None) -> Backend:
     if config.backend == "inprocess":
         return InProcessBackend(config.base_model, labels)
     return VLLMBackend(vllm_url, config.vllm_served_name, labels,
-                       timeout_s=config.backend_timeout_s, api_key=config.vllm_api_key)
+                       timeout_s=config.backend_timeout_s, api_key=config.vllm_api_key,
+                       replicas=config.vllm_replicas if config.vllm_url else None)
 
 
 # peft module names -> the fused modules vLLM applies LoRA to.

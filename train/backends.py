@@ -7,7 +7,8 @@ any normalisation of the log-probabilities.
 * :class:`VLLMBackend` asks a vLLM OpenAI-compatible server (the ``openai`` async
   client) for one generated token with ``logprob_token_ids`` set to the two label
   tokens; LoRA adapters are addressed by name (``model=<adapter>``) and hot-loaded
-  with ``/v1/load_lora_adapter``.
+  with ``/v1/load_lora_adapter``; with several replicas behind a Service, loads and
+  unloads go to each replica (``replicas``) and completions to the Service.
 * :class:`InProcessBackend` runs transformers + peft in this process: several
   adapters on one base, mixed batches via ``adapter_names``. Same numbers, for
   laptops and tests without vLLM.
@@ -18,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -72,19 +75,41 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
+async def resolve_replicas(url: str) -> list[str]:
+    """One base URL per address that ``url``'s host name resolves to.
+
+    A Kubernetes headless Service's name resolves to the address of every ready pod, so
+    ``http://vllm-replicas:8000`` becomes ``http://10.0.0.5:8000``, ``http://10.0.0.6:8000``.
+    Plain HTTP inside the cluster: the URLs name addresses, not a certificate's host.
+    """
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    infos = await asyncio.get_running_loop().getaddrinfo(parsed.host, port,
+                                                          type=socket.SOCK_STREAM)
+    addresses = sorted({info[4][0] for info in infos})
+    return [str(parsed.copy_with(host=address, port=port)).rstrip("/") for address in addresses]
+
+
 class VLLMBackend:
     """A vLLM OpenAI-compatible server with runtime LoRA updating enabled."""
 
     name = "vllm"
 
     def __init__(self, base_url: str, served_model: str, labels: LabelTokens,
-                 timeout_s: float = 60.0, api_key: str | None = None):
+                 timeout_s: float = 60.0, api_key: str | None = None,
+                 replicas: str | Sequence[str] | None = None):
         from openai import AsyncOpenAI
 
         self.base_url = base_url.rstrip("/")
         self.served_model = served_model
         self.labels = labels
         self.timeout_s = timeout_s
+        # ``replicas``: where adapter loads and unloads go. A load-balancing Service sends
+        # each call to one replica, so with several replicas an unload sent to
+        # ``base_url`` would leave the adapter on the others. A string is a URL whose
+        # host name resolves to one address per replica (a headless Service), resolved
+        # at every call so scaled or restarted replicas are found; a list is fixed URLs.
+        self.replicas = replicas
         # ``api_key``: vLLM's --api-key; both clients send it as a bearer token.
         self._client = AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key or "EMPTY",
                                    timeout=timeout_s, max_retries=0)
@@ -136,28 +161,68 @@ class VLLMBackend:
                 results[i] = p
         return results
 
-    async def _admin(self, route: str, payload: dict) -> httpx.Response:
+    async def replica_urls(self) -> list[str]:
+        """The vLLM servers an adapter load or unload must reach (``base_url`` alone
+        when no replicas are configured)."""
+        if self.replicas is None:
+            return [self.base_url]
+        if isinstance(self.replicas, str):
+            try:
+                return await resolve_replicas(self.replicas)
+            except OSError as error:
+                raise BackendUnavailable(
+                    f"cannot resolve the vLLM replicas at {self.replicas}: {error}") from error
+        return [url.rstrip("/") for url in self.replicas]
+
+    async def _admin(self, url: str, route: str, payload: dict) -> httpx.Response:
         try:
-            return await self._http.post(route, json=payload)
+            return await self._http.post(f"{url}{route}", json=payload)
         except httpx.TimeoutException as error:
-            raise BackendTimeout(f"vLLM at {self.base_url} timed out on {route}") from error
+            raise BackendTimeout(f"vLLM at {url} timed out on {route}") from error
         except httpx.TransportError as error:
-            raise BackendUnavailable(f"vLLM at {self.base_url} is unreachable: {error}") from error
+            raise BackendUnavailable(f"vLLM at {url} is unreachable: {error}") from error
+
+    async def _on_every_replica(self, route: str, payload: dict,
+                                accept: Callable[[httpx.Response], bool]) -> None:
+        """POST ``route`` to every replica at once; ``accept`` says which answers succeed.
+
+        Every replica is tried; then the failures, if any, raise one error naming each.
+        A retry is safe: loading a loaded adapter and unloading an absent one succeed.
+        """
+        urls = await self.replica_urls()
+        if not urls:
+            raise BackendUnavailable(f"no vLLM replica found at {self.replicas}")
+        outcomes = await asyncio.gather(*(self._admin(url, route, payload) for url in urls),
+                                        return_exceptions=True)
+        unreachable: list[Exception] = []
+        messages = []
+        for url, outcome in zip(urls, outcomes):
+            if isinstance(outcome, (BackendUnavailable, BackendTimeout)):
+                unreachable.append(outcome)
+                messages.append(str(outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            elif not accept(outcome):
+                messages.append(f"vLLM at {url} answered {outcome.status_code} on {route}: "
+                                f"{outcome.text[:500]}")
+        if not messages:
+            return
+        detail = "; ".join(messages)
+        if len(urls) > 1:
+            detail = f"{len(messages)} of {len(urls)} vLLM replicas failed: {detail}"
+        if len(unreachable) == len(messages):  # only unreachable: the backend is down
+            raise type(unreachable[0])(detail)
+        raise AdapterLoadError(detail)
 
     async def load_adapter(self, name: str, path: Path) -> None:
-        response = await self._admin("/v1/load_lora_adapter",
-                                     {"lora_name": name, "lora_path": str(Path(path).resolve())})
-        if response.status_code == 400 and "already been loaded" in response.text:
-            return
-        if response.status_code != 200:
-            raise AdapterLoadError(f"vLLM refused adapter {name!r} ({response.status_code}): "
-                                   f"{response.text[:500]}")
+        await self._on_every_replica(
+            "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(path).resolve())},
+            lambda r: r.status_code == 200
+            or (r.status_code == 400 and "already been loaded" in r.text))
 
     async def unload_adapter(self, name: str) -> None:
-        response = await self._admin("/v1/unload_lora_adapter", {"lora_name": name})
-        if response.status_code not in (200, 404):
-            raise AdapterLoadError(f"vLLM could not unload {name!r} ({response.status_code}): "
-                                   f"{response.text[:500]}")
+        await self._on_every_replica("/v1/unload_lora_adapter", {"lora_name": name},
+                                     lambda r: r.status_code in (200, 404))
 
     async def healthy(self) -> bool:
         try:

@@ -13,6 +13,7 @@ import re
 import shlex
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -197,6 +198,7 @@ def test_service_urls_in_the_configs_name_services_and_ports_that_exist():
     urls = []
     for _, container in _containers("base"):
         urls += [a for a in argv(container, _dockerfile(container["image"])) if "://" in a]
+        urls += [e["value"] for e in container.get("env", []) if "://" in e.get("value", "")]
     def strings(value):
         if isinstance(value, dict):
             return [s for v in value.values() for s in strings(v)]
@@ -211,6 +213,27 @@ def test_service_urls_in_the_configs_name_services_and_ports_that_exist():
         assert match, f"not an in-cluster service URL: {url}"
         host, port = match.group(1), int(match.group(2))
         assert port in services.get(host, set()), f"{url}: no Service {host} on port {port}"
+
+
+@pytest.mark.parametrize("kustomization", STACKS)
+def test_adapter_loads_reach_every_vllm_replica(kustomization):
+    """The classifier's replica URL names a headless Service over exactly the pods the
+    balancing Service/vllm-url reaches, on the same port, and ServeConfig reads it."""
+    from serve.config import ServeConfig
+
+    objects = render(kustomization)
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    (classifier,) = [c for p, c in _containers(kustomization) if p.owner == "Deployment/classifier"]
+    command = argv(classifier, _dockerfile(classifier["image"]))
+    balanced = httpx.URL(command[command.index("--vllm-url") + 1])
+    replicas_url = env_value(classifier, "SIGNALS_SERVE_VLLM_REPLICAS")["value"]
+    replicas = httpx.URL(replicas_url)
+    headless, balancing = services[replicas.host]["spec"], services[balanced.host]["spec"]
+    assert headless.get("clusterIP") == "None", f"Service/{replicas.host} is not headless"
+    assert headless["selector"] == balancing["selector"]
+    assert replicas.port == balanced.port and \
+        replicas.port in {p["port"] for p in headless["ports"]}
+    assert ServeConfig(vllm_replicas=replicas_url).vllm_replicas == replicas_url
 
 
 # --- commands ---------------------------------------------------------------------------
