@@ -1,5 +1,7 @@
-"""``signals data …`` commands of the pipeline (registered by ``serve/cli.py``).
+"""``signals data …``: the pipeline's commands, added to ``signals`` by :func:`register`
+(``signals/cli.py``).
 
+    signals data reuters [--reuters-dir DIR] [--out DIR] [--force]
     signals data build --config pipeline/configs/example.yaml [--force] [--views]
     signals data stats DATASET_DIR [--out DIR]
     signals data import INPUT [--kind K] [--source NAME] --out FILE.jsonl
@@ -55,6 +57,21 @@ def _print_splits(manifest: DatasetManifest) -> None:
         print(f"{name:<10}{split.count:>10}{split.labelled:>10}{split.signals:>9}"
               f"{'–' if rate is None else f'{rate:.3f}':>8}  {split.date_from} .. "
               f"{split.date_to}")
+
+
+def cmd_data_reuters(args: argparse.Namespace) -> int:
+    from pipeline.reuters import DATASET_NAME, build_dataset
+    from pipeline.settings import Paths
+
+    paths = Paths()
+    out = args.out or paths.datasets_dir / DATASET_NAME
+    manifest = build_dataset(args.reuters_dir or paths.reuters_dir, out, force=args.force)
+    print(f"dataset {out}")
+    print(f"{'split':<10}{'articles':>10}{'signals':>10}{'rate':>8}  dates")
+    for name, split in manifest.splits.items():
+        print(f"{name:<10}{split.count:>10}{split.signals:>10}{split.signal_rate:>8.3f}"
+              f"  {split.date_from} .. {split.date_to}")
+    return 0
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -164,8 +181,20 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
-    """Add ``build``, ``stats``, ``import`` and ``show`` to the ``signals data`` parser."""
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``data reuters|build|stats|show|import`` to ``signals``."""
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    reuters = data_commands.add_parser(
+        "reuters", help="import Reuters-21578 (acq = signal) with the temporal split")
+    reuters.add_argument("--reuters-dir", type=Path,
+                         help="folder of reut2-*.sgm (default: $SIGNALS_REUTERS_DIR or "
+                         "../shared/data/reuters21578)")
+    reuters.add_argument("--out", type=Path, help="dataset directory "
+                         "(default: $SIGNALS_DATA_DIR/datasets/reuters-acq)")
+    reuters.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    reuters.set_defaults(func=cmd_data_reuters)
+
     build = data_commands.add_parser(
         "build", help="build a dataset from a pipeline config (sources → dedupe → stages → "
         "temporal splits + views)")

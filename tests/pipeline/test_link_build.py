@@ -64,7 +64,7 @@ def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_pa
     assert "## Text from linked pages" in stats_markdown(stats)
 
     # `signals data stats` prints the same report
-    from serve.cli import build_parser
+    from signals.cli import build_parser
 
     args = build_parser().parse_args(["data", "stats", str(directory),
                                       "--out", str(tmp_path / "report")])

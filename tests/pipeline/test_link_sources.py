@@ -173,7 +173,7 @@ def test_signals_data_import_reads_a_link_list_and_newsletter_links(tmp_path, ca
     """The issue's new user: ``signals data import links.csv`` used to skip every row
     with ``invalid id: Field required``."""
     from pipeline.dataset import read_jsonl
-    from serve.cli import build_parser
+    from signals.cli import build_parser
 
     def run_cli(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)
