@@ -75,7 +75,8 @@ def cmd_data_reuters(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from pipeline.build import build_dataset, load_pipeline_config
+    from pipeline.build import build_dataset
+    from pipeline.build_config import load_pipeline_config
 
     config = load_pipeline_config(args.config)
     if args.views:
@@ -199,7 +200,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "build", help="build a dataset from a pipeline config (sources → dedupe → stages → "
         "temporal splits + views)")
     build.add_argument("--config", type=Path, required=True,
-                       help="YAML pipeline config (fields of pipeline.build.PipelineConfig)")
+                       help="YAML pipeline config (fields of pipeline.build_config.PipelineConfig)")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument("--views", action="store_true",
                        help="also write the SFT/DPO/reward views (needs the base model)")

@@ -9,7 +9,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from pipeline.build import PipelineConfig, build_dataset
+from pipeline.build import build_dataset
+from pipeline.build_config import PipelineConfig
 from pipeline.stats import dataset_stats, stats_markdown
 from tests.pipeline.link_site import BODY, serve_link_site, story_lead
 
