@@ -2,8 +2,9 @@
 
 Owns the contract every other package imports: the article record (``article.py``),
 the prompt and label tokens (``prompt.py``: the only place an article becomes a
-prompt), the readers of feeds, e-mail and files (``sources.py``, ``imap.py``), the
-one near-duplicate test (``dedupe.py``), the stage interface (``stage.py``), the
+prompt), the readers of feeds, e-mail and files (``sources.py``: the result they all
+return; ``feeds.py``, ``emails.py``, ``imap.py``, ``records.py``; ``html_text.py``),
+the one near-duplicate test (``dedupe.py``), the stage interface (``stage.py``), the
 dataset build (``build.py``, step by step, over ``build_config.py``: its settings;
 ``collect.py``: reading sources; ``normalise.py``; ``stage_runner.py``: the optional
 stages, cached; ``views.py``: training rows and their files), dataset directories

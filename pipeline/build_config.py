@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic import model_validator
 
-from pipeline import sources as readers
+from pipeline.feeds import DEFAULT_FEED_TIMEOUT_S
 from pipeline.links import LinkSettings
 from pipeline.settings import Paths
 from pipeline.stage import STAGES
@@ -39,7 +39,7 @@ class FeedSource(_Strict):
     kind: Literal["rss"] = "rss"
     name: str = Field(description="Source name written into each article's `source`.")
     url: str = Field(description="The feed's URL.")
-    timeout_s: float = Field(default=readers.DEFAULT_FEED_TIMEOUT_S, gt=0,
+    timeout_s: float = Field(default=DEFAULT_FEED_TIMEOUT_S, gt=0,
                              description="Seconds to wait for the feed before giving up.")
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import dataset as dataset_files
-from pipeline import sources as readers
 from pipeline.article import Article
+from pipeline.emails import read_eml, read_mbox
+from pipeline.feeds import FeedError, fetch_feed, parse_feed
+from pipeline.records import read_csv, read_jsonl
+from pipeline.sources import ReadResult
 from pipeline.build_config import FeedSource, FileSource, ImapSource, PipelineConfig, ReutersSource
 from pipeline.link_sources import read_link_list, read_newsletter_links
 from pipeline.settings import Paths
@@ -40,7 +43,7 @@ class SourceReport:
     problems: int = 0
     failed_inputs: list[dict[str, str]] = field(default_factory=list)
 
-    def add(self, result: readers.ReadResult) -> None:
+    def add(self, result: ReadResult) -> None:
         self.articles.extend(result.articles)
         self.skipped += result.skipped
         self.problems += len(result.problems)
@@ -74,9 +77,9 @@ def _expand(patterns: list[str]) -> list[tuple[str, list[Path]]]:
     return expanded
 
 
-_FILE_READERS: dict[str, Callable[[Path, str], readers.ReadResult]] = {
-    "eml": readers.read_eml, "mbox": readers.read_mbox,
-    "jsonl": readers.read_jsonl, "csv": readers.read_csv,
+_FILE_READERS: dict[str, Callable[[Path, str], ReadResult]] = {
+    "eml": read_eml, "mbox": read_mbox,
+    "jsonl": read_jsonl, "csv": read_csv,
     "links": read_link_list, "newsletter-links": read_newsletter_links,
 }
 
@@ -103,19 +106,19 @@ def _read_files(source: FileSource, report: SourceReport, strict: bool) -> None:
 
 def _read_feed(source: FeedSource, report: SourceReport, strict: bool) -> None:
     try:
-        response = readers.fetch_feed(source.url, source.timeout_s)
-    except readers.FeedError as exc:
+        response = fetch_feed(source.url, source.timeout_s)
+    except FeedError as exc:
         report.fail(source.url, exc.reason, strict)
         return
     report.inputs.append({"url": source.url, "sha256": _sha256(response.content),
                           "bytes": len(response.content)})
-    report.add(readers.parse_feed(response.content, source.name, url=str(response.url),
+    report.add(parse_feed(response.content, source.name, url=str(response.url),
                                   http_charset=response.charset_encoding))
 
 
 def read_reuters(directory: Path, source: str = "reuters21578", indexed_only: bool = True,
                  annotate_acq: bool = True, limit: int | None = None,
-                 progress: bool = False) -> readers.ReadResult:
+                 progress: bool = False) -> ReadResult:
     """Reuters-21578 documents as articles: every ``<REUTERS>`` element of every
     ``reut2-*.sgm``; unindexed ones are left out (``indexed_only``, counted as skipped)
     or kept unlabelled. Indexed ones carry their topics and, with ``annotate_acq``, the
@@ -128,7 +131,7 @@ def read_reuters(directory: Path, source: str = "reuters21578", indexed_only: bo
     files = sorted(Path(directory).glob("reut2-*.sgm"))
     if not files:
         raise FileNotFoundError(f"no reut2-*.sgm files in {directory}")
-    result = readers.ReadResult()
+    result = ReadResult()
     unindexed = 0
     for path in tqdm(files, desc="parse reut2-*.sgm", unit="file", disable=not progress):
         # The collection is Latin-1; reading it as such never fails on a byte.

@@ -139,7 +139,9 @@ def detect_kind(target: str) -> str:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from pipeline import sources as readers
+    from pipeline.emails import read_eml, read_mbox
+    from pipeline.feeds import FeedError, read_feed
+    from pipeline.records import drop_unclassifiable, read_csv, read_json_array, read_jsonl
     from pipeline.dataset import write_jsonl
 
     kind = args.kind or detect_kind(args.input)
@@ -153,24 +155,24 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     if kind == "rss":
         if is_url:
             try:
-                result = readers.read_feed(args.input, source, timeout_s=args.timeout)
-            except readers.FeedError as exc:
+                result = read_feed(args.input, source, timeout_s=args.timeout)
+            except FeedError as exc:
                 raise RuntimeError(str(exc)) from exc
         else:
-            result = readers.read_feed(Path(args.input).read_bytes(), source)
+            result = read_feed(Path(args.input).read_bytes(), source)
     else:
         if not Path(args.input).is_file():
             raise FileNotFoundError(f"no such file: {args.input}")
         from pipeline import link_sources
 
-        reader = {"eml": readers.read_eml, "mbox": readers.read_mbox,
-                  "jsonl": readers.read_jsonl, "json": readers.read_json_array,
-                  "csv": readers.read_csv,
+        reader = {"eml": read_eml, "mbox": read_mbox,
+                  "jsonl": read_jsonl, "json": read_json_array,
+                  "csv": read_csv,
                   "links": link_sources.read_link_list,
                   "newsletter-links": link_sources.read_newsletter_links}[kind]
         result = reader(args.input, source)
     if kind not in ("links", "newsletter-links"):  # a link is the content of a link list:
-        readers.drop_unclassifiable(result, args.input)  # the link stage fills it in
+        drop_unclassifiable(result, args.input)  # the link stage fills it in
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = args.out.with_name(f".{args.out.name}.tmp")
     write_jsonl(staging, result.articles)

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 
 from pipeline.link_sources import is_link_list, read_link_list, read_newsletter_links
 from pipeline.links import LinkCounters, LinkSettings, enrich_articles, url_id
-from pipeline.sources import read_csv
+from pipeline.records import read_csv
 from tests.pipeline.link_site import serve_link_site, story_lead, story_title
 
 SENT = datetime(2024, 3, 6, 7, 30, tzinfo=timezone.utc)
