@@ -4,13 +4,13 @@
 in order:
 
 1. **collect** (:mod:`pipeline.collect`): read every configured source (feeds over
-   HTTP, ``.eml``/mbox files or globs, JSONL/CSV record files, the Reuters-21578 collection, an IMAP mailbox). Each
-   raw input is hashed (sha256 of the file or of the feed's HTTP body) before it is
-   parsed. A source that cannot be read at all (missing file, HTTP error, timeout) is
-   skipped with a log line and counted; the others go on.
-2. **normalise** (:mod:`pipeline.normalise`): dates to aware UTC datetimes, whitespace trimmed, an item with
-   neither title nor text skipped (counted), an id clash between different items
-   resolved by prefixing the later one's source (logged, counted).
+   HTTP, ``.eml``/mbox files or globs, JSONL/CSV record files, the Reuters-21578
+   collection, an IMAP mailbox). Each raw input is hashed (sha256 of the file or of the
+   feed's HTTP body) before it is parsed. A source that cannot be read at all (missing
+   file, HTTP error, timeout) is skipped with a log line and counted; the others go on.
+2. **normalise** (:mod:`pipeline.normalise`): dates to aware UTC datetimes, whitespace
+   trimmed, an item with neither title nor text skipped (counted), an id clash between
+   different items resolved by prefixing the later one's source (logged, counted).
 2b. **links** (when ``links`` is set): items whose text is short or a teaser get their
    link followed and the article's main text extracted (:mod:`pipeline.links`); the
    same article reached through two links is kept once (canonical URL). Each item's
@@ -26,7 +26,8 @@ in order:
    line. The manifest records which stages ran, with which settings and counts.
 5. **split and write**: temporal splits (:func:`pipeline.dataset.temporal_splits`),
    written atomically with :func:`pipeline.dataset.write_dataset`, plus, when asked,
-   the training views beside them (:func:`pipeline.views.write_views`): ``views/<split>.sft.jsonl`` (prompt/completion),
+   the training views beside them (:func:`pipeline.views.write_views`):
+   ``views/<split>.sft.jsonl`` (prompt/completion),
    ``views/<split>.dpo.jsonl`` (prompt/chosen/rejected) and
    ``views/<split>.reward.jsonl`` (chosen/rejected full texts: TRL 1.16
    ``RewardTrainer``'s implicit-prompt preference format).
