@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettin
 from pipeline.build_config import FeedSource
 from pipeline.dedupe import DEFAULT_NUM_PERM
 from pipeline.imap import ImapConfig
-from pipeline.links import LinkSettings
+from pipeline.link_settings import LinkSettings
 from pipeline.settings import Paths
 
 _paths = Paths()

@@ -67,7 +67,8 @@ from pipeline.build_config import (
 )
 from pipeline.collect import SourceReport, collect_sources
 from pipeline.dedupe import carry_labels_from_duplicates, deduplicate
-from pipeline.links import LinkCounters, LinkSettings, drop_link_duplicates, enrich_articles
+from pipeline.link_settings import LinkSettings
+from pipeline.links import LinkCounters, drop_link_duplicates, enrich_articles
 from pipeline.normalise import normalise_articles
 from pipeline.stage import STAGES
 from pipeline.stage_runner import run_stages, stage_code_hash

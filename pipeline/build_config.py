@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic import model_validator
 
 from pipeline.feeds import DEFAULT_FEED_TIMEOUT_S
-from pipeline.links import LinkSettings
+from pipeline.link_settings import LinkSettings
 from pipeline.settings import Paths
 from pipeline.stage import STAGES
 
@@ -142,7 +142,7 @@ class ViewsConfig(_Strict):
 
 
 class LinkStageConfig(LinkSettings):
-    """The link stage of the build: :class:`pipeline.links.LinkSettings` (what to fetch,
+    """The link stage of the build: :class:`pipeline.link_settings.LinkSettings` (what to fetch,
     how politely) plus how long the whole stage may take."""
 
     model_config = ConfigDict(extra="forbid")

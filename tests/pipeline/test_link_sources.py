@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 
 from pipeline.link_sources import is_link_list, read_link_list, read_newsletter_links
-from pipeline.links import LinkCounters, LinkSettings, enrich_articles, url_id
+from pipeline.link_settings import LinkSettings
+from pipeline.links import LinkCounters, enrich_articles, url_id
 from pipeline.records import read_csv
 from tests.pipeline.link_site import serve_link_site, story_lead, story_title
 
