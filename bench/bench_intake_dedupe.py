@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.build import read_reuters  # noqa: E402
+from pipeline.collect import read_reuters  # noqa: E402
 from pipeline.dedupe import NearDuplicateIndex  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
 

@@ -65,7 +65,8 @@ from ingestion.api import create_ingest_app  # noqa: E402
 from ingestion.config import IngestConfig  # noqa: E402
 from pipeline.article import Article  # noqa: E402
 from serve.local_http import free_port, serve_app  # noqa: E402
-from pipeline.links import LinkEnricher, LinkSettings, extract_article  # noqa: E402
+from pipeline.link_settings import LinkSettings  # noqa: E402
+from pipeline.links import LinkEnricher, extract_article  # noqa: E402
 from pipeline.reuters import read_collection  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
 

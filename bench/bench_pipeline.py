@@ -2,7 +2,7 @@
 for topics or not), in two parts measured separately:
 
 a. **parse + normalise + dedupe**: the SGML of all ``reut2-*.sgm`` into contract
-   articles (:func:`pipeline.build.read_reuters`), :func:`pipeline.build.normalise_articles`,
+   articles (:func:`pipeline.collect.read_reuters`), :func:`pipeline.normalise.normalise_articles`,
    then exact + near-duplicate removal (:func:`pipeline.dedupe.deduplicate`, the
    build's defaults: threshold 0.8, 256 permutations, 5-word shingles);
 b. **embedding**: title + text of the same articles with the sentence-transformers
@@ -42,8 +42,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress, TextColumn  # noqa: E402
 
-from pipeline.build import DedupeConfig, normalise_articles, read_reuters  # noqa: E402
+from pipeline.build_config import DedupeConfig  # noqa: E402
+from pipeline.collect import read_reuters  # noqa: E402
 from pipeline.dedupe import deduplicate  # noqa: E402
+from pipeline.normalise import normalise_articles  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

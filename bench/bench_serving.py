@@ -158,7 +158,7 @@ def lora_op_microbench(threads: int, tokens: int = 1024, repeats: int = 5) -> di
 def start_api(vllm_url: str, registry: Path, adapters: list[str], port: int,
               log_path: Path) -> subprocess.Popen:
     """``signals serve --vllm-url``: the product's API process, on loopback."""
-    command = [sys.executable, "-m", "serve.cli", "serve", "--vllm-url", vllm_url,
+    command = [sys.executable, "-m", "signals", "serve", "--vllm-url", vllm_url,
                "--host", "127.0.0.1", "--port", str(port)]
     for name in adapters:
         command += ["--adapter", name]

@@ -1,9 +1,10 @@
 """The ingestion service: polls and accepts items, classifies them through the API, stores
 predictions, joins feedback, and exports online quality, drift and a replay feed.
 
-Owns: the service and its HTTP app, its SQLite/SQL store, drift rules, online
-precision/recall, the replay feed, its config and the ``signals ingest`` commands.
+Owns: the service and its HTTP app, its SQLite/SQL store (``store.py`` over the tables
+of ``schema.py``), drift rules, online precision/recall, the replay feed, its config
+and the ``signals ingest`` commands.
 May import: ``pipeline`` (article contract, readers, dedupe, labels), ``train`` and
-``serve`` (the shared HTTP error shape). Nothing below imports this package, except
-the ``signals`` CLI (``serve/cli.py``), which composes every command.
+``serve`` (the shared HTTP error shape). Nothing below imports this package; only the
+``signals`` command (``signals/cli.py``), right of it, adds its commands (``cli.py``).
 """

@@ -40,7 +40,7 @@ from ingestion.config import IngestConfig
 from ingestion.feedback import FeedbackEntry
 from ingestion.online_metrics import online_quality, window_name
 from ingestion.service import IngestionService
-from ingestion.store import MAX_ITEM_ID
+from ingestion.schema import MAX_ITEM_ID
 
 log = logging.getLogger(__name__)
 

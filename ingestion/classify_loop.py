@@ -19,7 +19,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from ingestion.config import IngestConfig
 from ingestion.metrics import IngestMetrics
-from ingestion.store import NewPrediction, Role, Store, StoredItem
+from ingestion.schema import Role
+from ingestion.store import NewPrediction, Store, StoredItem
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
     signals ingest feedback-import verdicts.jsonl   bulk feedback into the store
     signals ingest export --out DIR --train-end 2026-10-31   labelled items as a dataset
 
-Wired into ``serve/cli.py`` by :func:`add_ingest_commands`; ``python -m ingestion.cli``
+Added to ``signals`` by :func:`register` (``signals/cli.py``); ``python -m ingestion.cli``
 runs the same commands stand-alone.
 """
 
@@ -145,7 +145,7 @@ def _utc_datetime(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def add_ingest_commands(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     """Add ``signals ingest run|replay|feedback-import|export`` to ``signals``."""
     ingest = commands.add_parser(
         "ingest", help="the ingestion service: feeds/newsletters -> classification -> store, "
@@ -205,7 +205,7 @@ def add_ingest_commands(commands: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: ``python -m ingestion.cli run ...``."""
     parser = argparse.ArgumentParser(prog="signals")
-    add_ingest_commands(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["ingest", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -15,10 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
-from pipeline.build import FeedSource
+from pipeline.build_config import FeedSource
 from pipeline.dedupe import DEFAULT_NUM_PERM
 from pipeline.imap import ImapConfig
-from pipeline.links import LinkSettings
+from pipeline.link_settings import LinkSettings
 from pipeline.settings import Paths
 
 _paths = Paths()
@@ -26,7 +26,7 @@ _paths = Paths()
 
 class FeedSourceConfig(FeedSource):
     """An RSS/Atom feed polled over HTTP: the pipeline's own feed settings
-    (``pipeline.build.FeedSource``: ``name``, ``url``, ``timeout_s``) and a schedule.
+    (``pipeline.build_config.FeedSource``: ``name``, ``url``, ``timeout_s``) and a schedule.
     Without its own ``timeout_s`` a feed gets the service's ``feed_timeout_s``."""
 
     interval_s: float = Field(default=300.0, gt=0)

@@ -35,7 +35,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ingestion.config import DriftConfig
 from ingestion.online_metrics import quality_from_confusion
 from ingestion.export import export_dataset
-from ingestion.store import Store, utcnow
+from ingestion.schema import utcnow
+from ingestion.store import Store
 
 log = logging.getLogger(__name__)
 

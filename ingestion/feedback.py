@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipeline.article import Article
 from pipeline.labels import LabelVote
 from ingestion.metrics import IngestMetrics
-from ingestion.store import MAX_ITEM_ID, Store
+from ingestion.schema import MAX_ITEM_ID
+from ingestion.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,8 @@ from datetime import datetime, timedelta
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ingestion.store import ROLES, ConfusionRow, Store, utcnow
+from ingestion.schema import ROLES, utcnow
+from ingestion.store import ConfusionRow, Store
 
 
 def _rates(tp: float, fp: float, fn: float) -> dict[str, float | None]:

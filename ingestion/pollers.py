@@ -1,6 +1,6 @@
 """Pollers: the sources the service reads on a schedule, parsed by the pipeline's readers.
 
-RSS/Atom feeds (``pipeline.sources.read_feed``), IMAP mailboxes (``pipeline.imap``)
+RSS/Atom feeds (``pipeline.feeds.read_feed``), IMAP mailboxes (``pipeline.imap``)
 and a drop directory of ``.eml``/``.mbox``/``.jsonl``/``.csv`` files (a CSV/JSONL of
 URLs is a link list, one item per link; with the link stage on, an ``.eml`` is a
 newsletter read as one item per linked story). Every poll hands
@@ -22,8 +22,10 @@ from typing import Any
 from pipeline.article import Article
 from pipeline.imap import ImapError, read_imap
 from pipeline.link_sources import is_link_list, read_link_list, read_newsletter_links
-from pipeline.sources import FeedError, ReadResult, read_csv, read_eml, read_feed, read_jsonl
-from pipeline.sources import read_mbox
+from pipeline.emails import read_eml, read_mbox
+from pipeline.feeds import FeedError, read_feed
+from pipeline.records import read_csv, read_jsonl
+from pipeline.sources import ReadResult
 from ingestion.config import FeedSourceConfig, ImapSourceConfig
 from ingestion.intake import Accepted
 from ingestion.metrics import IngestMetrics

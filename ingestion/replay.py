@@ -31,7 +31,7 @@ from fastapi.responses import Response
 from feedgen.feed import FeedGenerator
 
 from pipeline.article import Article
-from ingestion.store import published_datetime, utcnow
+from ingestion.schema import published_datetime, utcnow
 
 log = logging.getLogger(__name__)
 

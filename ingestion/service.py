@@ -35,7 +35,8 @@ from ingestion.intake import Accepted, Intake
 from ingestion.metrics import IngestMetrics, LinkMetricsCollector
 from ingestion.online_metrics import OnlineQualityCollector
 from ingestion.pollers import Pollers, every
-from ingestion.store import Role, Store
+from ingestion.schema import Role
+from ingestion.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
-"""``signals data …`` commands of the pipeline (registered by ``serve/cli.py``).
+"""``signals data …``: the pipeline's commands, added to ``signals`` by :func:`register`
+(``signals/cli.py``).
 
+    signals data reuters [--reuters-dir DIR] [--out DIR] [--force]
     signals data build --config pipeline/configs/example.yaml [--force] [--views]
     signals data stats DATASET_DIR [--out DIR]
     signals data import INPUT [--kind K] [--source NAME] --out FILE.jsonl
@@ -57,8 +59,24 @@ def _print_splits(manifest: DatasetManifest) -> None:
               f"{split.date_to}")
 
 
+def cmd_data_reuters(args: argparse.Namespace) -> int:
+    from pipeline.reuters import DATASET_NAME, build_dataset
+    from pipeline.settings import Paths
+
+    paths = Paths()
+    out = args.out or paths.datasets_dir / DATASET_NAME
+    manifest = build_dataset(args.reuters_dir or paths.reuters_dir, out, force=args.force)
+    print(f"dataset {out}")
+    print(f"{'split':<10}{'articles':>10}{'signals':>10}{'rate':>8}  dates")
+    for name, split in manifest.splits.items():
+        print(f"{name:<10}{split.count:>10}{split.signals:>10}{split.signal_rate:>8.3f}"
+              f"  {split.date_from} .. {split.date_to}")
+    return 0
+
+
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from pipeline.build import build_dataset, load_pipeline_config
+    from pipeline.build import build_dataset
+    from pipeline.build_config import load_pipeline_config
 
     config = load_pipeline_config(args.config)
     if args.views:
@@ -121,7 +139,9 @@ def detect_kind(target: str) -> str:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from pipeline import sources as readers
+    from pipeline.emails import read_eml, read_mbox
+    from pipeline.feeds import FeedError, read_feed
+    from pipeline.records import drop_unclassifiable, read_csv, read_json_array, read_jsonl
     from pipeline.dataset import write_jsonl
 
     kind = args.kind or detect_kind(args.input)
@@ -135,24 +155,24 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     if kind == "rss":
         if is_url:
             try:
-                result = readers.read_feed(args.input, source, timeout_s=args.timeout)
-            except readers.FeedError as exc:
+                result = read_feed(args.input, source, timeout_s=args.timeout)
+            except FeedError as exc:
                 raise RuntimeError(str(exc)) from exc
         else:
-            result = readers.read_feed(Path(args.input).read_bytes(), source)
+            result = read_feed(Path(args.input).read_bytes(), source)
     else:
         if not Path(args.input).is_file():
             raise FileNotFoundError(f"no such file: {args.input}")
         from pipeline import link_sources
 
-        reader = {"eml": readers.read_eml, "mbox": readers.read_mbox,
-                  "jsonl": readers.read_jsonl, "json": readers.read_json_array,
-                  "csv": readers.read_csv,
+        reader = {"eml": read_eml, "mbox": read_mbox,
+                  "jsonl": read_jsonl, "json": read_json_array,
+                  "csv": read_csv,
                   "links": link_sources.read_link_list,
                   "newsletter-links": link_sources.read_newsletter_links}[kind]
         result = reader(args.input, source)
     if kind not in ("links", "newsletter-links"):  # a link is the content of a link list:
-        readers.drop_unclassifiable(result, args.input)  # the link stage fills it in
+        drop_unclassifiable(result, args.input)  # the link stage fills it in
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = args.out.with_name(f".{args.out.name}.tmp")
     write_jsonl(staging, result.articles)
@@ -164,13 +184,25 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
-    """Add ``build``, ``stats``, ``import`` and ``show`` to the ``signals data`` parser."""
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``data reuters|build|stats|show|import`` to ``signals``."""
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    reuters = data_commands.add_parser(
+        "reuters", help="import Reuters-21578 (acq = signal) with the temporal split")
+    reuters.add_argument("--reuters-dir", type=Path,
+                         help="folder of reut2-*.sgm (default: $SIGNALS_REUTERS_DIR or "
+                         "../shared/data/reuters21578)")
+    reuters.add_argument("--out", type=Path, help="dataset directory "
+                         "(default: $SIGNALS_DATA_DIR/datasets/reuters-acq)")
+    reuters.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    reuters.set_defaults(func=cmd_data_reuters)
+
     build = data_commands.add_parser(
         "build", help="build a dataset from a pipeline config (sources → dedupe → stages → "
         "temporal splits + views)")
     build.add_argument("--config", type=Path, required=True,
-                       help="YAML pipeline config (fields of pipeline.build.PipelineConfig)")
+                       help="YAML pipeline config (fields of pipeline.build_config.PipelineConfig)")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument("--views", action="store_true",
                        help="also write the SFT/DPO/reward views (needs the base model)")

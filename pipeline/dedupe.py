@@ -47,7 +47,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timezone
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -304,3 +304,39 @@ def deduplicate(
              "(threshold %.2f, %d bands x %d rows)", len(articles), len(result.kept),
              result.exact_count, result.near_count, threshold, index.lsh.b, index.lsh.r)
     return result
+
+
+LABEL_FIELDS = ("signal", "gpt_signal")
+
+
+def carry_labels_from_duplicates(result: DedupeResult) -> tuple[list[Article], dict[str, int]]:
+    """The kept articles, each given the labels of its dropped copies where it has none.
+
+    The earliest copy is kept for its date, but a later copy may be the one that was
+    labelled (an annotated archive re-filing a wire story): dropping that label would
+    lose accepted data. When copies disagree, the kept copy's own label stands (the
+    disagreement is counted); among dropped copies the first one in input order wins.
+    """
+    positions = {id(article): i for i, article in enumerate(result.kept)}
+    updates: dict[int, dict[str, Any]] = {}
+    counts = {"labels_carried": 0, "label_conflicts": 0}
+    for duplicate in result.duplicates:
+        position = positions[id(duplicate.duplicate_of)]
+        kept = result.kept[position]
+        pending = updates.setdefault(position, {})
+        for name in LABEL_FIELDS:
+            theirs = getattr(duplicate.article, name)
+            mine = pending.get(name, getattr(kept, name))
+            if theirs is None:
+                continue
+            if mine is None:
+                pending[name] = theirs
+                counts["labels_carried"] += 1
+            elif mine != theirs:
+                counts["label_conflicts"] += 1
+                log.warning("copies disagree on %s: %r (kept, %s) vs %r (dropped %r, %s); "
+                            "the kept copy's label stands", name, kept.id, mine,
+                            duplicate.article.id, theirs)
+    articles = [a.model_copy(update=updates[i]) if updates.get(i) else a
+                for i, a in enumerate(result.kept)]
+    return articles, counts

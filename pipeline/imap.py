@@ -3,7 +3,7 @@
 A subscription address collects newsletters in a mailbox; this reader logs in, selects
 the mailbox, asks the server for the messages matching a SEARCH criterion (``UNSEEN``,
 ``SINCE 1-Nov-2026``, ...) and parses each one with the very code that reads ``.eml``
-files (:func:`pipeline.sources.read_message_bytes`): HTML preferred, one item per
+files (:func:`pipeline.emails.read_message_bytes`): HTML preferred, one item per
 heading, several items per newsletter. The result is the same
 :class:`~pipeline.sources.ReadResult` as every other reader's, with skipped items and
 problems counted.
@@ -32,7 +32,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.sources import ReadResult, read_message_bytes
+from pipeline.emails import read_message_bytes
+from pipeline.sources import ReadResult
 
 log = logging.getLogger(__name__)
 

@@ -452,7 +452,8 @@ def _vote(source: str, article: Article, config: LabelConfig,
 
 
 def run_stage(articles: list[Article], settings: dict[str, Any]):
-    """The label stage of :mod:`pipeline.build` (``labels:`` section = a LabelConfig)."""
+    """The label stage of the build, run by :mod:`pipeline.stage_runner` (``labels:``
+    section = a LabelConfig)."""
     config = LabelConfig.model_validate(settings)
     labelled, report = label_articles(articles, config)
     counts = {"articles": report.articles, "signals": report.signals,

@@ -39,7 +39,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.article import Article, Label
 from pipeline.links import canonical_url, url_id
-from pipeline.sources import ReadResult, normalise_whitespace
+from pipeline.html_text import normalise_whitespace
+from pipeline.sources import ReadResult
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sentence_transformers import SentenceTransformer, util
 
 from pipeline.article import Article
-from pipeline.sources import read_jsonl
+from pipeline.records import read_jsonl
 
 log = logging.getLogger(__name__)
 

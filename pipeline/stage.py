@@ -3,8 +3,8 @@
 A stage (relevance filter, topics, trends, teacher, labels) is a function
 ``run_stage(articles, settings) -> StageOutput``: it gets the articles and its section
 of the pipeline config, and hands on the articles (possibly fewer, possibly annotated)
-with its counts. Stage modules import this module, never ``pipeline.build``, so the
-build can import them without a cycle.
+with its counts. Stage modules import this module, never ``pipeline.stage_runner`` or
+``pipeline.build``, so the runner can import them without a cycle.
 """
 
 from __future__ import annotations

@@ -652,7 +652,8 @@ def add_growth_with_ray(articles: Sequence[Article], config: TrendConfig, *, sha
 
 
 def run_stage(articles: list[Article], settings: dict):
-    """The trends stage of :mod:`pipeline.build` (``trends:`` section = a TrendConfig)."""
+    """The trends stage of the build, run by :mod:`pipeline.stage_runner` (``trends:``
+    section = a TrendConfig)."""
     config = TrendConfig.model_validate(settings)
     if config.ray_shards:
         import ray

@@ -147,7 +147,7 @@ def run_demo(options: DemoOptions) -> int:
     url = f"http://127.0.0.1:{options.port}"
     admin_token = os.environ.get("SIGNALS_SERVE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     server = subprocess.Popen(
-        [sys.executable, "-m", "serve.cli", "serve", "--port", str(options.port),
+        [sys.executable, "-m", "signals", "serve", "--port", str(options.port),
          "--vllm-port", str(options.vllm_port)],
         env={**os.environ, "SIGNALS_DATA_DIR": str(paths.data_dir),
              "SIGNALS_SERVE_ADMIN_TOKEN": admin_token})

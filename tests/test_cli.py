@@ -8,7 +8,7 @@ import pytest
 
 
 def signals(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "serve.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "signals", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -66,7 +66,7 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
     env = {**os.environ, "SIGNALS_SERVE_BASE_MODEL": str(base_model_dir),
            "SIGNALS_SERVE_REGISTRY": str(registry_dir), "SIGNALS_SERVE_ADMIN_TOKEN": "t0k",
            "SIGNALS_SERVE_MAX_LORAS": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "serve.cli", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "signals", "serve", "--port", str(port),
                                "--vllm-port", str(vllm_port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:

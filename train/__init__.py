@@ -5,7 +5,9 @@ Owns: one flat module per method (``lora.py``, ``loraplus.py``, ``dpo.py``,
 jobs (``jobs.py``), the adapter registry (``registry.py``) and its typed manifest
 (``manifest.py``), the classifier over its backends (``classifier.py``,
 ``backends.py``: vLLM through the ``openai`` client, in-process transformers + peft),
-which evaluation uses and serving serves, evaluation (``evaluate.py``) and the method comparison (``experiment.py``).
+which evaluation uses and serving serves, evaluation (``evaluate.py``), the method
+comparison (``experiment.py``) and the ``signals model|train|eval|experiment|adapters``
+commands (``cli.py``, added to ``signals`` by ``signals/cli.py``).
 
 May import: ``pipeline`` and ``train``. Never ``serve`` or ``ingestion``.
 """

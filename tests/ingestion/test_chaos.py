@@ -27,7 +27,8 @@ from sqlalchemy import func, select
 
 from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
-from ingestion.store import Store, feedback, items, predictions
+from ingestion.schema import feedback, items, predictions
+from ingestion.store import Store
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
 from serve.vllm_server import VLLMServer, wait_until_ok

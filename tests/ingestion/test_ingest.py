@@ -28,7 +28,8 @@ from pipeline.dedupe import deduplicate
 from ingestion.api import create_ingest_app
 from ingestion.config import DriftConfig, FeedSourceConfig, IngestConfig
 from ingestion.replay import Replay, create_replay_app
-from ingestion.store import Store, item_aliases, items, predictions
+from ingestion.schema import item_aliases, items, predictions
+from ingestion.store import Store
 from tests.conftest import free_port, publish_variant, serve_app
 from tests.ingestion.test_ingest_support import (
     classification_api,

@@ -21,10 +21,12 @@ from sqlalchemy import select
 
 from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
-from ingestion.store import Store, item_links, items
+from ingestion.schema import item_links, items
+from ingestion.store import Store
 from pipeline.article import Article
 from pipeline.dedupe import content_hash
-from pipeline.links import LinkProvenance, LinkSettings
+from pipeline.link_settings import LinkSettings
+from pipeline.links import LinkProvenance
 from tests.conftest import free_port, serve_app
 from tests.ingestion.test_ingest_support import (
     classification_api,

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from ingestion.replay import Replay
 from pipeline.article import Article
-from pipeline.sources import parse_feed
+from pipeline.feeds import parse_feed
 
 
 def test_replay_feed_is_rss_the_pipeline_reads_newest_first():

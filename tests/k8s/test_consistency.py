@@ -239,17 +239,17 @@ def test_adapter_loads_reach_every_vllm_replica(kustomization):
 # --- commands ---------------------------------------------------------------------------
 
 class NotWiredYet(Exception):
-    """A `signals` subcommand that the CLI contract promises but serve/cli.py lacks."""
+    """A `signals` subcommand that the CLI contract promises but signals/cli.py lacks."""
 
 
 def _parse_signals(args: list[str], where: str) -> argparse.Namespace:
-    from serve.cli import build_parser
+    from signals.cli import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if args[0] not in commands.choices:
         if args[0] == "ingest":
-            raise NotWiredYet(f"`signals ingest` is not wired into serve/cli.py yet ({where})")
+            raise NotWiredYet(f"`signals ingest` is not wired into signals/cli.py yet ({where})")
         raise AssertionError(f"{where}: `signals {args[0]}` is not a command")
     stderr = io.StringIO()
     try:

@@ -16,15 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.article import Article
-from pipeline.build import (
-    PipelineConfig,
-    StageOutput,
-    build_dataset,
-    load_pipeline_config,
-    read_reuters,
-    reward_rows,
-    run_cached_stage,
-)
+from pipeline.build import build_dataset
+from pipeline.build_config import PipelineConfig, load_pipeline_config
+from pipeline.collect import read_reuters
+from pipeline.stage import StageOutput
+from pipeline.stage_runner import run_cached_stage
+from pipeline.views import reward_rows
 from pipeline.dataset import load_split, read_manifest
 from pipeline.prompt import encode_prompt
 from tests.conftest import serve_routes
@@ -318,7 +315,7 @@ def test_example_configs_load_and_bad_fields_are_named(tmp_path):
 
     stage_configs = {"relevance": RelevanceConfig, "topics": TopicConfig, "trends": TrendConfig,
                      "teacher": TeacherConfig, "labels": LabelConfig}
-    adapter_keys = {"references", "keep_existing"}  # read by pipeline.build's adapters
+    adapter_keys = {"references", "keep_existing"}  # read by pipeline.stage_runner's adapters
     for path in examples:
         config = load_pipeline_config(path)
         assert config.sources and config.split.train_end
@@ -392,7 +389,8 @@ def test_label_stage_combines_teacher_and_trend_votes_and_is_cached(tmp_path):
 
 
 def test_stage_runner_of_a_missing_module_is_none_with_a_log_line(caplog):
-    from pipeline.build import STAGES, _stage_runner
+    from pipeline.stage import STAGES
+    from pipeline.stage_runner import _stage_runner
 
     assert _stage_runner("no_such_stage") is None
     assert "cannot be imported" in caplog.text

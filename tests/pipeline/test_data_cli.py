@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.data_cli import detect_kind
-from serve.cli import build_parser
+from signals.cli import build_parser
 from tests.conftest import serve_routes
 from pipeline.dataset import read_jsonl, read_manifest
 

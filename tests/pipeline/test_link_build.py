@@ -9,7 +9,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from pipeline.build import PipelineConfig, build_dataset
+from pipeline.build import build_dataset
+from pipeline.build_config import PipelineConfig
 from pipeline.stats import dataset_stats, stats_markdown
 from tests.pipeline.link_site import BODY, serve_link_site, story_lead
 
@@ -64,7 +65,7 @@ def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_pa
     assert "## Text from linked pages" in stats_markdown(stats)
 
     # `signals data stats` prints the same report
-    from serve.cli import build_parser
+    from signals.cli import build_parser
 
     args = build_parser().parse_args(["data", "stats", str(directory),
                                       "--out", str(tmp_path / "report")])

@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 
 from pipeline.link_sources import is_link_list, read_link_list, read_newsletter_links
-from pipeline.links import LinkCounters, LinkSettings, enrich_articles, url_id
-from pipeline.sources import read_csv
+from pipeline.link_settings import LinkSettings
+from pipeline.links import LinkCounters, enrich_articles, url_id
+from pipeline.records import read_csv
 from tests.pipeline.link_site import serve_link_site, story_lead, story_title
 
 SENT = datetime(2024, 3, 6, 7, 30, tzinfo=timezone.utc)
@@ -173,7 +174,7 @@ def test_signals_data_import_reads_a_link_list_and_newsletter_links(tmp_path, ca
     """The issue's new user: ``signals data import links.csv`` used to skip every row
     with ``invalid id: Field required``."""
     from pipeline.dataset import read_jsonl
-    from serve.cli import build_parser
+    from signals.cli import build_parser
 
     def run_cli(argv: list[str]) -> int:
         args = build_parser().parse_args(argv)

@@ -15,11 +15,11 @@ from email.utils import format_datetime
 import pytest
 
 from pipeline.article import Article
+from pipeline.link_settings import LinkSettings
 from pipeline.links import (
     EXTRACTOR,
     LinkCounters,
     LinkEnricher,
-    LinkSettings,
     canonical_url,
     drop_link_duplicates,
     enrich_articles,

@@ -16,20 +16,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.article import Article
-from pipeline.sources import (
-    FeedError,
+from pipeline.emails import read_eml, read_mbox
+from pipeline.feeds import FeedError, read_feed
+from pipeline.html_text import html_sections, html_to_text
+from pipeline.records import (
     drop_unclassifiable,
-    html_sections,
-    ReadResult,
-    html_to_text,
     iter_json_array,
     read_csv,
-    read_eml,
-    read_feed,
     read_json_array,
     read_jsonl,
-    read_mbox,
 )
+from pipeline.sources import ReadResult
 from tests.conftest import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"

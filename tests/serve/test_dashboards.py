@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingestion.api import create_ingest_app
 from ingestion.config import IngestConfig
-from pipeline.links import LinkSettings
+from pipeline.link_settings import LinkSettings
 from tests.conftest import serve_app
 from tests.ingestion.test_ingest_support import classification_api, make_classifier, wait_for
 from tests.pipeline.link_site import serve_link_site

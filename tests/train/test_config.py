@@ -81,7 +81,7 @@ def test_bad_config_fails_before_any_work(tmp_path, base_model_dir, reuters_data
         args = [f"base_model={base_model_dir}", f"dataset={reuters_dataset}",
                 f"registry={registry}", override]
         done = subprocess.run(
-            [sys.executable, "-m", "serve.cli", "train", *sum((["--set", a] for a in args), [])],
+            [sys.executable, "-m", "signals", "train", *sum((["--set", a] for a in args), [])],
             capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert field in done.stderr and "Traceback" not in done.stderr

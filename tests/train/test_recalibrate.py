@@ -4,7 +4,7 @@ import filecmp
 import json
 from datetime import date
 
-from serve.cli import main
+from signals.cli import main
 from train.registry import AdapterRegistry
 
 
