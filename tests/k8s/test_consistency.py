@@ -238,18 +238,12 @@ def test_adapter_loads_reach_every_vllm_replica(kustomization):
 
 # --- commands ---------------------------------------------------------------------------
 
-class NotWiredYet(Exception):
-    """A `signals` subcommand that the CLI contract promises but signals/cli.py lacks."""
-
-
 def _parse_signals(args: list[str], where: str) -> argparse.Namespace:
     from signals.cli import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if args[0] not in commands.choices:
-        if args[0] == "ingest":
-            raise NotWiredYet(f"`signals ingest` is not wired into signals/cli.py yet ({where})")
         raise AssertionError(f"{where}: `signals {args[0]}` is not a command")
     stderr = io.StringIO()
     try:
@@ -294,7 +288,7 @@ def test_every_container_command_parses_with_the_real_parser(kustomization, vllm
     from serve.config import ServeConfig
 
     defaults = ServeConfig()
-    seen, not_wired = [], []
+    seen = []
     for pod, container in _containers(kustomization):
         if pod.owner.startswith(("RayJob/", "RayCluster/")):
             continue  # KubeRay runs `ray start` in these; the entrypoints are checked below
@@ -308,11 +302,7 @@ def test_every_container_command_parses_with_the_real_parser(kustomization, vllm
             assert "exec signals " in script, f"{pod.owner}: {script}"
             command = shlex.split(script.split("exec ", 1)[1])
         if command[0] == "signals":
-            try:
-                args = _parse_signals(command[1:], pod.owner)
-            except NotWiredYet as reason:
-                not_wired.append(str(reason))
-                continue
+            args = _parse_signals(command[1:], pod.owner)
             seen.append(args.command)
             if args.command == "serve":
                 assert args.host == "0.0.0.0", f"{pod.owner}: must listen on all interfaces"
@@ -348,9 +338,7 @@ def test_every_container_command_parses_with_the_real_parser(kustomization, vllm
                        if p.owner == "Deployment/classifier"]
         assert env_value(classifiers[0], "SIGNALS_SERVE_BASE_MODEL")["value"] == model
     if kustomization in STACKS:
-        assert {"serve", "vllm"} <= set(seen), seen
-    if not_wired:  # everything else was checked; say what could not be
-        pytest.skip("; ".join(not_wired))
+        assert {"serve", "vllm", "ingest"} <= set(seen), seen
 
 
 @pytest.mark.parametrize("kustomization", [k for k in ALL if k.endswith("jobs")])
