@@ -103,7 +103,9 @@ def _table(report: dict) -> Table:
 
 
 def run_demo(options: DemoOptions) -> int:
-    console = Console()
+    # Written to a log or a pipe, rich assumes 80 columns and cuts the results
+    # table's headers and numbers; a terminal keeps its own width.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     paths = Paths()
     started = time.monotonic()
 
