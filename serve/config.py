@@ -40,7 +40,8 @@ class ServeConfig(BaseSettings):
     """URL whose host name resolves to every vLLM replica, one address each (a headless
     Service, e.g. ``http://vllm-replicas:8000``): adapter loads and unloads go to each
     address found at the time of the call, classification still to ``vllm_url``. None:
-    loads and unloads go to ``vllm_url`` too (one vLLM server)."""
+    loads and unloads go to ``vllm_url`` too (one vLLM server). Read only with
+    ``vllm_url``: a vLLM that ``signals serve`` starts itself is a single server."""
 
     vllm_port: int = Field(default=8100, ge=1, le=65535)
     vllm_served_name: str = "base"
