@@ -149,3 +149,19 @@ def test_replicas_come_from_every_address_of_a_name():
     assert "http://127.0.0.1:8000" in urls
     assert all(url.endswith(":8000") for url in urls)
     assert asyncio.run(resolve_replicas("http://10.1.2.3:8000")) == ["http://10.1.2.3:8000"]
+
+
+def test_a_replica_name_that_does_not_resolve_is_a_clear_unavailable_error():
+    """A wrong SIGNALS_SERVE_VLLM_REPLICAS: the admin call fails naming the URL and the
+    resolver's reason (503 at the API), instead of silently reaching no replica."""
+    async def unload():
+        backend = VLLMBackend("http://127.0.0.1:9", "base", None,
+                              replicas="http://no-such-host.invalid:8000")
+        try:
+            await backend.unload_adapter("x")
+        finally:
+            await backend.close()
+
+    with pytest.raises(BackendUnavailable, match="cannot resolve the vLLM replicas at "
+                                                 "http://no-such-host.invalid:8000"):
+        asyncio.run(unload())
