@@ -241,14 +241,18 @@ class InProcessBackend:
 
     name = "inprocess"
 
-    def __init__(self, base_model: Path, labels: LabelTokens, batch_size: int = 8):
+    def __init__(self, base_model: Path, labels: LabelTokens, batch_size: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
         self.labels = labels
-        self.batch_size = batch_size
+        # A CUDA GPU when there is one (training jobs evaluate where they train), else CPU.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Articles per forward: 8 keeps a 2-core CPU responsive; a GPU takes far more.
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self._torch = torch
-        self._model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        self._model = AutoModelForCausalLM.from_pretrained(
+            base_model, dtype=torch.float32).to(self.device)
         self._model.eval()
         self._pad_id = 0
         self._adapters: set[str] = set()
@@ -263,8 +267,10 @@ class InProcessBackend:
             names = adapters[start:start + self.batch_size]
             width = max(len(p) for p in chunk)
             # Left padding puts every answer position at the last column.
-            ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            ids = torch.tensor([[self._pad_id] * (width - len(p)) + p for p in chunk],
+                               device=self.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
+                                device=self.device)
             kwargs = {}
             if self._adapters:
                 kwargs["adapter_names"] = [n if n is not None else "__base__" for n in names]

@@ -106,7 +106,7 @@ class InProcessScorer:
     """The serving classifier on the in-process backend, loaded once for many evaluations."""
 
     def __init__(self, base_model: Path, registry: Path, max_prompt_tokens: int,
-                 batch_size: int = 8):
+                 batch_size: int | None = None):
         from transformers import AutoTokenizer
 
         from pipeline.prompt import label_token_ids

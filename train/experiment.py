@@ -54,10 +54,14 @@ class ExperimentConfig(BaseModel):
 
     train_split: str = "train"
     """The early window every method trains on."""
-    train_examples: int = Field(default=320, ge=2)
-    """Size of the training slice (the same articles for every method)."""
+    train_examples: int | None = Field(default=320, ge=2)
+    """Size of the training slice (the same articles for every method); None: the whole
+    training window except its validation days."""
     sampling: str = "balanced"
     """Slice drawing: ``balanced`` (half signals) or ``random``."""
+    validation_max_examples: int | None = Field(default=None, ge=2)
+    """Fit each adapter's calibration on a seeded sample of at most this many articles of
+    its validation window (the last 5 days of its training split); None: all of them."""
     max_prompt_tokens: int = Field(default=192, ge=32)
     """Prompt cap for training and evaluation alike."""
     batch_size: int = Field(default=8, ge=1)
@@ -74,7 +78,12 @@ class ExperimentConfig(BaseModel):
     smooth: int = Field(default=5, ge=1)
     """Moving-average window over the per-step loss before steps-to-target is read."""
     target_loss: float | None = None
-    """Loss both SFT runs race to; default: where LoRA's smoothed curve ends."""
+    """Loss both SFT runs race to; default: the highest end of any run's smoothed curve
+    (so every LoRA and LoRA+ run reaches it)."""
+    race_seeds: list[int] = []
+    """Further seeds on which LoRA and LoRA+ are trained again (another slice draw, order
+    and initialisation), for the mean and spread of their steps-to-target and F1; these
+    adapters are evaluated like the others (``lora-s<seed>``, ``loraplus-s<seed>``)."""
 
     dpo_steps: int = Field(default=20, ge=1)
     """DPO steps (from the LoRA adapter)."""
@@ -93,8 +102,8 @@ class ExperimentConfig(BaseModel):
 
     update_split: str | None = "1987-04"
     """The next window the LoRA adapter is updated on (None: no temporal part)."""
-    update_examples: int = Field(default=160, ge=2)
-    """Size of the update slice."""
+    update_examples: int | None = Field(default=160, ge=2)
+    """Size of the update slice (None: the whole update window but its validation days)."""
     update_steps: int = Field(default=20, ge=1)
     """Optimiser steps of the update."""
 
@@ -143,7 +152,7 @@ def shared_train_config(config: ExperimentConfig) -> TrainConfig:
         "registry": config.registry, "max_prompt_tokens": config.max_prompt_tokens,
         "batch_size": config.batch_size, "seed": config.seed, "sampling": config.sampling,
         "split": config.train_split, "max_examples": config.train_examples,
-        "save_steps": 10})
+        "validation_max_examples": config.validation_max_examples, "save_steps": 10})
 
 
 def _train(config: ExperimentConfig, shared: TrainConfig, **update: Any):
@@ -169,34 +178,40 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     shared = shared_train_config(config)
 
     # --- train -------------------------------------------------------------------
+    # progress.json is rewritten after every training and evaluation, so a run that is
+    # cut off (a time limit, a lost machine) still leaves what it finished.
     adapters: dict[str, Any] = {}
+    evaluations: dict[str, dict[str, Any]] = {}
+
+    def train(label: str, **update: Any) -> None:
+        adapters[label] = _train(config, shared, **update)
+        _write_progress(out, config, adapters, evaluations)
+
+    sft = {"max_steps": config.sft_steps, "learning_rate": config.learning_rate}
+    plus = {**sft, "method": "loraplus", "loraplus_lr_ratio": config.loraplus_lr_ratio}
     if "lora" in config.methods:
-        adapters["lora"] = _train(config, shared, method="lora", max_steps=config.sft_steps,
-                                  learning_rate=config.learning_rate)
+        train("lora", method="lora", **sft)
     if "loraplus" in config.methods:
-        adapters["loraplus"] = _train(
-            config, shared, method="loraplus", max_steps=config.sft_steps,
-            learning_rate=config.learning_rate, loraplus_lr_ratio=config.loraplus_lr_ratio)
+        train("loraplus", **plus)
+    for seed in config.race_seeds if {"lora", "loraplus"} <= set(config.methods) else ():
+        train(f"lora-s{seed}", method="lora", seed=seed, **sft)
+        train(f"loraplus-s{seed}", seed=seed, **plus)
     if "dpo" in config.methods:
-        adapters["dpo"] = _train(
-            config, shared, method="dpo", init_adapter=adapters["lora"].name,
-            max_steps=config.dpo_steps, learning_rate=config.dpo_learning_rate,
-            beta=config.dpo_beta)
+        train("dpo", method="dpo", init_adapter=adapters["lora"].name,
+              max_steps=config.dpo_steps, learning_rate=config.dpo_learning_rate,
+              beta=config.dpo_beta)
     if "rlhf" in config.methods:
-        adapters["rlhf"] = _train(
-            config, shared, method="rlhf", init_adapter=adapters["lora"].name,
-            reward_steps=config.reward_steps, max_steps=config.rl_steps,
-            learning_rate=config.rl_learning_rate, num_generations=config.num_generations)
+        train("rlhf", method="rlhf", init_adapter=adapters["lora"].name,
+              reward_steps=config.reward_steps, max_steps=config.rl_steps,
+              learning_rate=config.rl_learning_rate, num_generations=config.num_generations)
     if config.update_split and "lora" in adapters:
-        adapters["lora-updated"] = _train(
-            config, shared, method="lora", split=config.update_split,
-            max_examples=config.update_examples, init_adapter=adapters["lora"].name,
-            max_steps=config.update_steps, learning_rate=config.learning_rate)
+        train("lora-updated", method="lora", split=config.update_split,
+              max_examples=config.update_examples, init_adapter=adapters["lora"].name,
+              max_steps=config.update_steps, learning_rate=config.learning_rate)
 
     # --- evaluate ----------------------------------------------------------------
     scorer = InProcessScorer(config.base_model, config.registry, config.max_prompt_tokens)
     train_articles = load_split(config.dataset, config.train_split)
-    evaluations: dict[str, dict[str, Any]] = {}
     for split in config.eval_splits:
         articles = sample_articles(load_split(config.dataset, split), config.eval_per_split,
                                    config.seed)
@@ -204,11 +219,13 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         results = {"tfidf-logreg": tfidf_baseline(train_articles, articles, split,
                                                   baseline_threshold)}
         results["base"] = scorer.evaluate(articles, None, split, config.threshold)
+        evaluations[split] = {k: v.metrics for k, v in results.items()}
         for label, version in adapters.items():
             if label == "lora-updated" and split <= config.update_split:
                 continue  # it has seen this window
             results[label] = scorer.evaluate(articles, version.name, split, config.threshold)
-        evaluations[split] = {k: v.metrics for k, v in results.items()}
+            evaluations[split][label] = results[label].metrics
+            _write_progress(out, config, adapters, evaluations)
         cut = "per model" if config.threshold is None else config.threshold
         plot_confusion_matrices(evaluations[split], f"{config.dataset.name} {split}: "
                                 f"{len(articles)} articles, threshold {cut}",
@@ -217,15 +234,9 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     # --- LoRA vs LoRA+ -----------------------------------------------------------
     race: dict[str, Any] = {}
     if {"lora", "loraplus"} <= adapters.keys():
-        curves = {m: adapters[m].manifest.metrics.loss_curve for m in ("lora", "loraplus")}
-        target = config.target_loss
-        if target is None:
-            target = round(moving_average(curves["lora"], config.smooth)[-1], 4)
-        steps = {m: steps_to_target(c, target, config.smooth) for m, c in curves.items()}
-        race = {"target_loss": target, "smooth": config.smooth, "steps_to_target": steps,
-                "speedup": (round(steps["lora"] / steps["loraplus"], 2)
-                            if steps["lora"] and steps["loraplus"] else None)}
-        plot_loss_curves(curves, out / "loss-lora-vs-loraplus.png", target, config.smooth)
+        race = lora_race(config, adapters, evaluations)
+        plot_loss_curves({m: adapters[m].manifest.metrics.loss_curve for m in ("lora", "loraplus")},
+                         out / "loss-lora-vs-loraplus.png", race["target_loss"], config.smooth)
 
     per_window = {model: {split: evaluations[split].get(model, {}).get("f1")
                           for split in config.eval_splits}
@@ -235,30 +246,94 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
     report = {
         "config": config.model_dump(mode="json"),
-        "adapters": {k: {"name": v.name, "method": v.manifest.method,
-                         "wall_time_s": v.manifest.wall_time_s,
-                         "window": v.manifest.dataset.window if v.manifest.dataset else None,
-                         "calibration": (v.calibration.model_dump(mode="json")
-                                         if v.calibration else None),
-                         "metrics": v.manifest.metrics.summary()}
-                     for k, v in adapters.items()},
+        "adapters": adapter_rows(adapters),
         "evaluations": evaluations,
         "f1_per_window": per_window,
         "lora_vs_loraplus": race,
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "quality.json").write_text(json.dumps(quality_table(report), indent=2))
     (out / "report.md").write_text(render_markdown(report))
     log.info("experiment report in %s", out)
     report["out_dir"] = str(out)
     return report
 
 
+QUALITY_FIELDS = ("n", "threshold", "precision", "recall", "f1", "best_f1", "roc_auc", "ece")
+
+
+def quality_table(report: dict[str, Any]) -> dict[str, Any]:
+    """The machine-readable summary (``bench/results/quality.json``): per model and window,
+    precision, recall, F1 at the model's own threshold, best F1, ROC-AUC, ECE."""
+    models: dict[str, dict[str, Any]] = {}
+    for split, results in report["evaluations"].items():
+        for model, m in results.items():
+            models.setdefault(model, {})[split] = {k: m.get(k) for k in QUALITY_FIELDS}
+    return {"config": {k: report["config"][k] for k in (
+                "train_split", "train_examples", "sampling", "max_prompt_tokens", "seed",
+                "race_seeds", "eval_splits", "eval_per_split")},
+            "adapters": {k: v["name"] for k, v in report["adapters"].items()},
+            "models": models}
+
+
+def adapter_rows(adapters: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the report says of each trained adapter (its loss curve included)."""
+    return {k: {"name": v.name, "method": v.manifest.method,
+                "wall_time_s": v.manifest.wall_time_s,
+                "window": v.manifest.dataset.window if v.manifest.dataset else None,
+                "calibration": (v.calibration.model_dump(mode="json")
+                                if v.calibration else None),
+                "metrics": v.manifest.metrics.summary(),
+                "loss_curve": v.manifest.metrics.loss_curve}
+            for k, v in adapters.items()}
+
+
+def _write_progress(out: Path, config: ExperimentConfig, adapters: dict[str, Any],
+                    evaluations: dict[str, dict[str, Any]]) -> None:
+    (out / "progress.json").write_text(json.dumps(
+        {"config": config.model_dump(mode="json"), "adapters": adapter_rows(adapters),
+         "evaluations": evaluations}, indent=2))
+
+
+def lora_race(config: ExperimentConfig, adapters: dict[str, Any],
+              evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """LoRA vs LoRA+ over every seed: optimiser steps until the smoothed training loss
+    reaches one common target, and F1 per window; mean and spread (min..max) per method."""
+    from statistics import mean
+
+    seeds = [config.seed, *config.race_seeds]
+    labels = {m: [m] + [f"{m}-s{s}" for s in config.race_seeds] for m in ("lora", "loraplus")}
+    curves = {label: adapters[label].manifest.metrics.loss_curve
+              for runs in labels.values() for label in runs}
+    target = config.target_loss
+    if target is None:
+        target = round(max(moving_average(c, config.smooth)[-1] for c in curves.values()), 4)
+    steps = {label: steps_to_target(c, target, config.smooth) for label, c in curves.items()}
+
+    def spread(values: list[float | int | None]) -> dict[str, Any]:
+        known = [v for v in values if v is not None]
+        return {"values": values, "mean": round(mean(known), 4) if known else None,
+                "min": min(known, default=None), "max": max(known, default=None)}
+
+    per_method = {m: {"steps_to_target": spread([steps[label] for label in runs]),
+                      "f1": {split: spread([evaluations[split].get(label, {}).get("f1")
+                                            for label in runs])
+                             for split in evaluations}}
+                  for m, runs in labels.items()}
+    lora_mean = per_method["lora"]["steps_to_target"]["mean"]
+    plus_mean = per_method["loraplus"]["steps_to_target"]["mean"]
+    return {"target_loss": target, "smooth": config.smooth, "seeds": seeds,
+            "steps_to_target": {"lora": steps["lora"], "loraplus": steps["loraplus"]},
+            "per_method": per_method,
+            "speedup": round(lora_mean / plus_mean, 2) if lora_mean and plus_mean else None}
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The comparison as markdown tables (what bench/RESULTS.md quotes)."""
     config = report["config"]
     lines = [f"# Experiment: {Path(config['dataset']).name}, trained on `{config['train_split']}`"
-             f" ({config['train_examples']} {config['sampling']} examples, "
+             f" ({config['train_examples'] or 'all'} {config['sampling']} examples, "
              f"{config['max_prompt_tokens']}-token prompts)", ""]
     for split, models in report["evaluations"].items():
         n = next(iter(models.values()))["n"]
@@ -289,7 +364,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## LoRA vs LoRA+", "",
                   f"Steps until the loss (moving average of {race['smooth']}) reaches "
                   f"{race['target_loss']}: LoRA {s['lora'] or 'never'}, LoRA+ "
-                  f"{s['loraplus'] or 'never'}; speed-up {race['speedup'] or '-'}x."]
+                  f"{s['loraplus'] or 'never'}"
+                  + (f" (seed {race['seeds'][0]})" if len(race.get("seeds", [])) > 1 else "")
+                  + f"; speed-up {race['speedup'] or '-'}x (mean over seeds)."]
+        if len(race.get("seeds", [])) > 1:
+            splits_f1 = list(race["per_method"]["lora"]["f1"])
+            lines += ["", f"Over seeds {race['seeds']} (mean, min..max):", "",
+                      "| method | steps to target | " + " | ".join(
+                          f"F1 {split}" for split in splits_f1) + " |",
+                      "|---|---|" + "---|" * len(splits_f1)]
+            for method, row in race["per_method"].items():
+                cells = [row["steps_to_target"]] + [row["f1"][x] for x in splits_f1]
+                lines.append(f"| {method} | " + " | ".join(
+                    "-" if c["mean"] is None else f"{c['mean']} ({c['min']}..{c['max']})"
+                    for c in cells) + " |")
     lines += ["", "## Training runs", "", "| model | adapter | window | wall time (s) | metrics |",
               "|---|---|---|---|---|"]
     for label, a in report["adapters"].items():

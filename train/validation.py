@@ -86,7 +86,7 @@ def sample_window(articles: Sequence[Article], limit: int | None, seed: int) -> 
 
 
 def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article],
-                 max_prompt_tokens: int, batch_size: int = 8) -> list[float]:
+                 max_prompt_tokens: int, batch_size: int | None = None) -> list[float]:
     """Uncalibrated P(signal) of ``articles`` under an adapter directory, computed the
     way the API's in-process backend computes it (same prompt, same two-token softmax)."""
     from tqdm import tqdm

@@ -28,13 +28,17 @@ def test_method_picks_the_config_class(base_model_dir, reuters_dataset):
 def test_every_shipped_config_validates(base_model_dir, reuters_dataset):
     from pathlib import Path
 
+    from train.experiment import load_experiment_config
+
     configs = sorted((Path(__file__).parents[2] / "train" / "configs").glob("*.yaml"))
-    methods = set()
+    methods, experiments = set(), []
     for path in configs:
-        if path.name == "experiment.yaml":
+        if path.name.startswith("experiment"):  # the method comparisons
+            experiments.append(load_experiment_config(path, _ok(base_model_dir, reuters_dataset)))
             continue
         methods.add(load_config(path, _ok(base_model_dir, reuters_dataset)).method)
     assert methods == {"lora", "loraplus", "qlora", "dpo", "rlhf"}
+    assert sorted(e.eval_per_split is None for e in experiments) == [False, True]  # -full: whole windows
 
 
 @pytest.mark.parametrize("override, field", [
