@@ -1,0 +1,102 @@
+"""``bench/results/quality.json``: per model and window, precision, recall, F1 at the model's
+own threshold, best F1, ROC-AUC and ECE, beside two TF-IDF + logistic-regression baselines
+computed here on the same whole windows:
+
+* ``tfidf-logreg``: trained on the whole training split, cut at 0.5 (the experiment's
+  baseline, ``train.evaluate.tfidf_baseline``);
+* ``tfidf-logreg-validated``: trained on the training split without its validation days
+  and cut at the F1-optimal threshold of that validation window: the same protocol the
+  adapters' calibration follows, so the fairest comparison.
+
+    python bench/quality_table.py EVALUATION.json [...] [--report report.json|progress.json]
+        [--dataset DIR] [--out bench/results/quality.json]
+
+EVALUATION.json files are what ``signals eval ... --out DIR`` writes (DIR/evaluation.json);
+a report's ``evaluations`` (``signals experiment``) are read too. Models are named by their
+registry name's method prefix (``lora-reuters-...`` -> ``lora``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.dataset import load_split
+from pipeline.settings import Paths
+from train.calibration import f1_optimal_threshold
+from train.evaluate import binary_metrics, tfidf_baseline
+from train.experiment import QUALITY_FIELDS
+from train.validation import split_off_validation
+
+VALIDATION_DAYS = 5  # TrainConfig.validation_days' default: what the adapters were fitted on
+
+
+def _row(metrics: dict) -> dict:
+    return {k: metrics.get(k) for k in QUALITY_FIELDS}
+
+
+def tfidf_validated(train, test, threshold_from) -> dict:
+    """TF-IDF + LR on ``train`` minus its validation days, threshold chosen there."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    def text(a):
+        return f"{a.title}\n{a.text}"
+
+    before, window, _, _ = split_off_validation(train, VALIDATION_DAYS)
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                          LogisticRegression(max_iter=2000))
+    model.fit([text(a) for a in before], [a.signal for a in before])
+    threshold, _ = threshold_from([a.signal for a in window],
+                                  model.predict_proba([text(a) for a in window])[:, 1].tolist())
+    return {split: binary_metrics([a.signal for a in arts],
+                                  model.predict_proba([text(a) for a in arts])[:, 1].tolist(),
+                                  threshold)
+            for split, arts in test.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("evaluations", nargs="*", type=Path, help="signals eval outputs")
+    parser.add_argument("--report", type=Path, help="an experiment's report or progress JSON")
+    parser.add_argument("--dataset", type=Path, default=Paths().datasets_dir / "reuters-acq")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
+    args = parser.parse_args()
+
+    models: dict[str, dict[str, dict]] = {}
+    names: dict[str, str] = {}
+    for path in args.evaluations:
+        for name, result in json.loads(path.read_text()).items():
+            label = name.split("-reuters-")[0]
+            names[label] = name
+            models.setdefault(label, {})[result["split"]] = _row(result["metrics"])
+    if args.report:
+        report = json.loads(args.report.read_text())
+        for split, results in report.get("evaluations", {}).items():
+            for label, metrics in results.items():
+                models.setdefault(label, {}).setdefault(split, _row(metrics))
+    splits = sorted({s for windows in models.values() for s in windows})
+    if not splits:
+        raise SystemExit("no evaluations given")
+    train = load_split(args.dataset, args.train_split)
+    test = {s: load_split(args.dataset, s) for s in splits}
+    models["tfidf-logreg"] = {s: _row(tfidf_baseline(train, arts, s, 0.5).metrics)
+                              for s, arts in test.items()}
+    models["tfidf-logreg-validated"] = {
+        s: _row(m) for s, m in tfidf_validated(train, test, f1_optimal_threshold).items()}
+    table = {"dataset": args.dataset.name, "windows": {s: len(a) for s, a in test.items()},
+             "adapters": names, "models": models}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"{'model':24} " + " ".join(f"{s + ' F1':>11} {'ECE':>6}" for s in splits))
+    for label, windows in models.items():
+        print(f"{label:24} " + " ".join(
+            f"{windows[s]['f1']:>11.3f} {windows[s]['ece']:>6.3f}" if s in windows else
+            f"{'-':>11} {'-':>6}" for s in splits))
+
+
+if __name__ == "__main__":
+    main()
