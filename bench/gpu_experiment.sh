@@ -41,17 +41,25 @@ echo "experiment wall time: $(( $(date +%s) - start )) s (exit status $status)"
 # after every training and evaluation).
 [ -f "$run/report.md" ] && cp "$run/report.md" "$out/"
 tar -czf "$out/report.tgz" -C "$run" .
-[ "$status" = 0 ] || exit "$status"
-"$py" - "$run/report.json" "$out" "${ADAPTERS-}" <<'PY'
+# The adapters trained so far, from the report or (a run cut off) from progress.json.
+"$py" - "$run" "$out" "${ADAPTERS-}" <<'PY'
 import json, os, subprocess, sys
 from pathlib import Path
-report = json.loads(Path(sys.argv[1]).read_text())
+run = Path(sys.argv[1])
+source = run / "report.json" if (run / "report.json").is_file() else run / "progress.json"
+if not source.is_file():
+    sys.exit(f"{run} has neither report.json nor progress.json: nothing was trained")
+report = json.loads(source.read_text())
 wanted = (sys.argv[3].split() if sys.argv[3] else
           [k for k in report["adapters"] if "-s" not in k])
 registry = Path(os.environ["SIGNALS_DATA_DIR"]) / "registry"
 for label in wanted:
+    if label not in report["adapters"]:
+        print(f"adapter {label} was not trained; not archived")
+        continue
     name = report["adapters"][label]["name"]
     subprocess.run(["tar", "-czf", f"{sys.argv[2]}/adapter-{label}.tgz", "-C", str(registry),
                     name], check=True)
 PY
 ls -la "$out"
+exit "$status"
