@@ -25,34 +25,27 @@ from pathlib import Path
 from pipeline.dataset import load_split
 from pipeline.settings import Paths
 from train.calibration import f1_optimal_threshold
-from train.evaluate import binary_metrics, tfidf_baseline
+from train.config import TrainConfig
+from train.evaluate import binary_metrics, tfidf_baseline, tfidf_model, tfidf_p_signal
 from train.experiment import QUALITY_FIELDS
 from train.validation import split_off_validation
 
-VALIDATION_DAYS = 5  # TrainConfig.validation_days' default: what the adapters were fitted on
+# TrainConfig.validation_days' default: the window the adapters were calibrated on
+VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
 
 
 def _row(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in QUALITY_FIELDS}
 
 
-def tfidf_validated(train, test, threshold_from) -> dict:
-    """TF-IDF + LR on ``train`` minus its validation days, threshold chosen there."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    def text(a):
-        return f"{a.title}\n{a.text}"
-
+def tfidf_validated(train, test: dict) -> dict:
+    """TF-IDF + LR on ``train`` minus its validation days, cut at the F1-optimal threshold
+    of that window: the protocol the adapters' calibration follows."""
     before, window, _, _ = split_off_validation(train, VALIDATION_DAYS)
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
-                          LogisticRegression(max_iter=2000))
-    model.fit([text(a) for a in before], [a.signal for a in before])
-    threshold, _ = threshold_from([a.signal for a in window],
-                                  model.predict_proba([text(a) for a in window])[:, 1].tolist())
-    return {split: binary_metrics([a.signal for a in arts],
-                                  model.predict_proba([text(a) for a in arts])[:, 1].tolist(),
+    model = tfidf_model(before)
+    threshold, _ = f1_optimal_threshold([a.signal for a in window],
+                                        tfidf_p_signal(model, window))
+    return {split: binary_metrics([a.signal for a in arts], tfidf_p_signal(model, arts),
                                   threshold)
             for split, arts in test.items()}
 
@@ -86,7 +79,7 @@ def main() -> None:
     models["tfidf-logreg"] = {s: _row(tfidf_baseline(train, arts, s, 0.5).metrics)
                               for s, arts in test.items()}
     models["tfidf-logreg-validated"] = {
-        s: _row(m) for s, m in tfidf_validated(train, test, f1_optimal_threshold).items()}
+        s: _row(m) for s, m in tfidf_validated(train, test).items()}
     table = {"dataset": args.dataset.name, "windows": {s: len(a) for s, a in test.items()},
              "adapters": names, "models": models}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -162,21 +162,32 @@ class InProcessScorer:
                           by_month=per_month(articles, p, applied), p_signal=p, labels=labels)
 
 
-def tfidf_baseline(train: Sequence[Article], test: Sequence[Article], split: str,
-                   threshold: float = 0.5) -> Evaluation:
-    """TF-IDF (uni+bigram, sublinear tf) + logistic regression, trained on ``train``."""
+def _tfidf_text(article: Article) -> str:
+    return f"{article.title}\n{article.text}"
+
+
+def tfidf_model(train: Sequence[Article]):
+    """TF-IDF (uni+bigram, sublinear tf) + logistic regression fitted on the labelled
+    articles of ``train``; ``tfidf_p_signal`` scores articles with it."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    def text(a: Article) -> str:
-        return f"{a.title}\n{a.text}"
-
     labelled = [a for a in train if a.signal is not None]
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
                           LogisticRegression(max_iter=2000))
-    model.fit([text(a) for a in labelled], [a.signal for a in labelled])
-    p = model.predict_proba([text(a) for a in test])[:, 1].tolist()
+    return model.fit([_tfidf_text(a) for a in labelled], [a.signal for a in labelled])
+
+
+def tfidf_p_signal(model, articles: Sequence[Article]) -> list[float]:
+    """P(signal) of ``articles`` under a :func:`tfidf_model`."""
+    return model.predict_proba([_tfidf_text(a) for a in articles])[:, 1].tolist()
+
+
+def tfidf_baseline(train: Sequence[Article], test: Sequence[Article], split: str,
+                   threshold: float = 0.5) -> Evaluation:
+    """TF-IDF + logistic regression (:func:`tfidf_model`) trained on ``train``."""
+    p = tfidf_p_signal(tfidf_model(train), test)
     labels = [a.signal for a in test]
     return Evaluation(model="tfidf-logreg", split=split,
                       metrics=binary_metrics(labels, p, threshold),

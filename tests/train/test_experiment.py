@@ -55,3 +55,16 @@ def test_quality_table_lists_every_model_per_window_with_its_own_threshold():
         "n", "threshold", "precision", "recall", "f1", "best_f1", "roc_auc", "ece")}}
     assert table["models"]["base"]["1987-04"]["threshold"] == 0.5
     assert set(table["models"]["base"]) == {"1987-04", "1987-06"}
+
+
+def test_tfidf_baseline_and_its_model_agree_on_real_reuters_windows(reuters_dataset):
+    """The baseline the experiment reports and the model bench/quality_table.py re-cuts
+    are one TF-IDF + LR: same P(signal); it separates June's acquisitions from the rest."""
+    from pipeline.dataset import load_split
+    from train.evaluate import tfidf_baseline, tfidf_model, tfidf_p_signal
+
+    train = load_split(reuters_dataset, "train")[:3000]
+    june = load_split(reuters_dataset, "1987-06")
+    evaluation = tfidf_baseline(train, june, "1987-06")
+    assert tfidf_p_signal(tfidf_model(train), june) == evaluation.p_signal
+    assert evaluation.metrics["n"] == len(june) and evaluation.metrics["roc_auc"] > 0.9
