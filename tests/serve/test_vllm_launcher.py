@@ -1,0 +1,37 @@
+"""The launcher's switch that keeps vLLM's torch.compile on with LoRA (CPU build), on
+vLLM's own config code: the CPU platform's check turns compilation off whenever LoRA
+is enabled, and with the switch it keeps the mode it picks for the model."""
+
+import pytest
+
+from serve import vllm_launcher
+
+pytest.importorskip("vllm")
+
+
+def _compilation_mode(base_model_dir) -> str:
+    from vllm.engine.arg_utils import EngineArgs
+
+    config = EngineArgs(model=str(base_model_dir), enable_lora=True, max_lora_rank=16,
+                        max_model_len=512, dtype="float32").create_engine_config()
+    assert config.lora_config is not None  # put back after the check
+    return config.compilation_config.mode.name
+
+
+def test_compile_with_lora_is_off_unless_asked(base_model_dir, monkeypatch):
+    vllm_launcher.patch_version_lookup()
+    if not vllm_launcher.is_cpu_build():
+        pytest.skip("the switch acts on the CPU build only")
+    from vllm.platforms import cpu
+
+    # the same classmethod, recorded so that the switch's replacement is undone after
+    monkeypatch.setattr(cpu.CpuPlatform, "check_and_update_config",
+                        cpu.CpuPlatform.__dict__["check_and_update_config"])
+    monkeypatch.delenv(vllm_launcher.CPU_COMPILE_WITH_LORA_ENV, raising=False)
+    assert not vllm_launcher.patch_cpu_compile_with_lora()
+    assert _compilation_mode(base_model_dir) == "NONE"
+
+    monkeypatch.setenv(vllm_launcher.CPU_COMPILE_WITH_LORA_ENV, "1")
+    assert vllm_launcher.patch_cpu_compile_with_lora()
+    assert vllm_launcher.patch_cpu_compile_with_lora()  # a second call changes nothing
+    assert _compilation_mode(base_model_dir) != "NONE"
