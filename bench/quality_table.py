@@ -24,11 +24,9 @@ from pathlib import Path
 
 from pipeline.dataset import load_split
 from pipeline.settings import Paths
-from train.calibration import f1_optimal_threshold
 from train.config import TrainConfig
-from train.evaluate import binary_metrics, tfidf_baseline, tfidf_model, tfidf_p_signal
+from train.evaluate import TfidfBaseline
 from train.experiment import QUALITY_FIELDS
-from train.validation import split_off_validation
 
 # TrainConfig.validation_days' default: the window the adapters were calibrated on
 VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
@@ -36,18 +34,6 @@ VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
 
 def _row(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in QUALITY_FIELDS}
-
-
-def tfidf_validated(train, test: dict) -> dict:
-    """TF-IDF + LR on ``train`` minus its validation days, cut at the F1-optimal threshold
-    of that window: the protocol the adapters' calibration follows."""
-    before, window, _, _ = split_off_validation(train, VALIDATION_DAYS)
-    model = tfidf_model(before)
-    threshold, _ = f1_optimal_threshold([a.signal for a in window],
-                                        tfidf_p_signal(model, window))
-    return {split: binary_metrics([a.signal for a in arts], tfidf_p_signal(model, arts),
-                                  threshold)
-            for split, arts in test.items()}
 
 
 def main() -> None:
@@ -76,10 +62,9 @@ def main() -> None:
         raise SystemExit("no evaluations given")
     train = load_split(args.dataset, args.train_split)
     test = {s: load_split(args.dataset, s) for s in splits}
-    models["tfidf-logreg"] = {s: _row(tfidf_baseline(train, arts, s, 0.5).metrics)
-                              for s, arts in test.items()}
-    models["tfidf-logreg-validated"] = {
-        s: _row(m) for s, m in tfidf_validated(train, test).items()}
+    for baseline in (TfidfBaseline(train), TfidfBaseline(train, VALIDATION_DAYS)):
+        models[baseline.name] = {s: _row(baseline.evaluate(arts, s).metrics)
+                                 for s, arts in test.items()}
     table = {"dataset": args.dataset.name, "windows": {s: len(a) for s, a in test.items()},
              "adapters": names, "models": models}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,11 @@ what an update on newer data recovers.
    starting from the LoRA adapter.
 2. **Temporal part**: the LoRA adapter, trained on the early window, is updated on the
    next window (``update_split``) and evaluated again on the windows after it.
-3. **Evaluate** every model (and the TF-IDF + logistic-regression baseline) on the same
-   seeded sample of each later window, through the serving classifier in-process.
+3. **Evaluate** every model on the same seeded sample of each later window, through the
+   serving classifier in-process, each adapter as soon as it is trained; beside two
+   TF-IDF + logistic-regression baselines: trained on the whole training split and cut
+   at 0.5, and (``tfidf-logreg-validated``) under the adapters' own protocol, trained
+   before the validation days and cut at the threshold chosen there.
 4. **Report**: ``report.json``, ``report.md`` (comparison table, per-window F1 table,
    LoRA vs LoRA+ steps-to-target-loss) and PNG plots, in ``out_dir``.
 """
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 _paths = Paths()
 
-MODELS_IN_ORDER = ("tfidf-logreg", "base", "lora", "loraplus", "dpo", "rlhf", "lora-updated")
+MODELS_IN_ORDER = ("tfidf-logreg", "tfidf-logreg-validated", "base", "lora", "loraplus", "dpo", "rlhf", "lora-updated")
 
 
 class ExperimentConfig(BaseModel):
@@ -81,9 +84,10 @@ class ExperimentConfig(BaseModel):
     """Loss both SFT runs race to; default: the highest end of any run's smoothed curve
     (so every LoRA and LoRA+ run reaches it)."""
     race_seeds: list[int] = []
-    """Further seeds on which LoRA and LoRA+ are trained again (another slice draw, order
-    and initialisation), for the mean and spread of their steps-to-target and F1; these
-    adapters are evaluated like the others (``lora-s<seed>``, ``loraplus-s<seed>``)."""
+    """Further seeds on which LoRA and LoRA+ (those of ``methods``) are trained again
+    (another slice draw, order and initialisation), for the mean and spread of their
+    steps-to-target and F1; these adapters are evaluated like the others
+    (``lora-s<seed>``, ``loraplus-s<seed>``)."""
 
     dpo_steps: int = Field(default=20, ge=1)
     """DPO steps (from the LoRA adapter)."""
@@ -168,7 +172,7 @@ def _train(config: ExperimentConfig, shared: TrainConfig, **update: Any):
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Train, evaluate and report; returns the report dict (also written to out_dir)."""
-    from train.evaluate import InProcessScorer, sample_articles, tfidf_baseline
+    from train.evaluate import InProcessScorer, TfidfBaseline, sample_articles
     from train.plots import plot_confusion_matrices, plot_loss_curves, plot_per_window
 
     started = time.monotonic()
@@ -177,15 +181,37 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     shared = shared_train_config(config)
 
-    # --- train -------------------------------------------------------------------
-    # progress.json is rewritten after every training and evaluation, so a run that is
-    # cut off (a time limit, a lost machine) still leaves what it finished.
+    # --- the baselines ------------------------------------------------------------
+    # Every adapter is evaluated as soon as it is trained, and progress.json is rewritten
+    # after every training and evaluation, so a run that is cut off (a time limit, a lost
+    # machine) still leaves every model it finished, evaluated.
     adapters: dict[str, Any] = {}
-    evaluations: dict[str, dict[str, Any]] = {}
+    evaluations: dict[str, dict[str, Any]] = {split: {} for split in config.eval_splits}
+    windows = {split: sample_articles(load_split(config.dataset, split), config.eval_per_split,
+                                      config.seed) for split in config.eval_splits}
+    train_articles = load_split(config.dataset, config.train_split)
+    baselines = [TfidfBaseline(train_articles,
+                               threshold=0.5 if config.threshold is None else config.threshold)]
+    if shared.validation_days and config.threshold is None:
+        baselines.append(TfidfBaseline(train_articles, shared.validation_days))
+    scorer = InProcessScorer(config.base_model, config.registry, config.max_prompt_tokens)
+    for split, articles in windows.items():
+        for baseline in baselines:
+            evaluations[split][baseline.name] = baseline.evaluate(articles, split).metrics
+        evaluations[split]["base"] = scorer.evaluate(articles, None, split,
+                                                     config.threshold).metrics
+    _write_progress(out, config, adapters, evaluations)
 
+    # --- train and evaluate ---------------------------------------------------------
     def train(label: str, **update: Any) -> None:
-        adapters[label] = _train(config, shared, **update)
+        adapters[label] = version = _train(config, shared, **update)
         _write_progress(out, config, adapters, evaluations)
+        for split, articles in windows.items():
+            if label == "lora-updated" and split <= config.update_split:
+                continue  # it has seen this window
+            evaluations[split][label] = scorer.evaluate(articles, version.name, split,
+                                                        config.threshold).metrics
+            _write_progress(out, config, adapters, evaluations)
 
     sft = {"max_steps": config.sft_steps, "learning_rate": config.learning_rate}
     plus = {**sft, "method": "loraplus", "loraplus_lr_ratio": config.loraplus_lr_ratio}
@@ -193,9 +219,11 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         train("lora", method="lora", **sft)
     if "loraplus" in config.methods:
         train("loraplus", **plus)
-    for seed in config.race_seeds if {"lora", "loraplus"} <= set(config.methods) else ():
-        train(f"lora-s{seed}", method="lora", seed=seed, **sft)
-        train(f"loraplus-s{seed}", seed=seed, **plus)
+    for seed in config.race_seeds:
+        if "lora" in config.methods:
+            train(f"lora-s{seed}", method="lora", seed=seed, **sft)
+        if "loraplus" in config.methods:
+            train(f"loraplus-s{seed}", seed=seed, **plus)
     if "dpo" in config.methods:
         train("dpo", method="dpo", init_adapter=adapters["lora"].name,
               max_steps=config.dpo_steps, learning_rate=config.dpo_learning_rate,
@@ -209,23 +237,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
               max_examples=config.update_examples, init_adapter=adapters["lora"].name,
               max_steps=config.update_steps, learning_rate=config.learning_rate)
 
-    # --- evaluate ----------------------------------------------------------------
-    scorer = InProcessScorer(config.base_model, config.registry, config.max_prompt_tokens)
-    train_articles = load_split(config.dataset, config.train_split)
-    for split in config.eval_splits:
-        articles = sample_articles(load_split(config.dataset, split), config.eval_per_split,
-                                   config.seed)
-        baseline_threshold = 0.5 if config.threshold is None else config.threshold
-        results = {"tfidf-logreg": tfidf_baseline(train_articles, articles, split,
-                                                  baseline_threshold)}
-        results["base"] = scorer.evaluate(articles, None, split, config.threshold)
-        evaluations[split] = {k: v.metrics for k, v in results.items()}
-        for label, version in adapters.items():
-            if label == "lora-updated" and split <= config.update_split:
-                continue  # it has seen this window
-            results[label] = scorer.evaluate(articles, version.name, split, config.threshold)
-            evaluations[split][label] = results[label].metrics
-            _write_progress(out, config, adapters, evaluations)
+    for split, articles in windows.items():
         cut = "per model" if config.threshold is None else config.threshold
         plot_confusion_matrices(evaluations[split], f"{config.dataset.name} {split}: "
                                 f"{len(articles)} articles, threshold {cut}",
