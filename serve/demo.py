@@ -8,8 +8,9 @@
 4. start ``signals serve`` (a real vLLM server + the classification API) as a child;
 5. hot-load the adapter and classify a sample of April articles over HTTP, with the
    base model and with the calibrated adapter at its own threshold (what the API
-   answers by default); TF-IDF + logistic regression, trained on the same training
-   period, on the same articles;
+   answers by default), both reading the adapter's 192-token prompts; TF-IDF + logistic
+   regression under the adapter's protocol (trained on the same period before the
+   validation window, its threshold chosen there) on the same articles;
 6. print confusion matrices and precision/recall/F1, write a JSON report and a PNG.
 
 Nothing is tuned on April: the adapter's threshold comes from its manifest.
@@ -39,9 +40,8 @@ from pipeline.reuters import DATASET_NAME, build_dataset
 from pipeline.settings import Paths
 from serve.vllm_server import wait_until_ok
 from train.base_model import DEFAULT_BASE_MODEL_NAME, prepare_base_model
-from train.evaluate import binary_metrics, tfidf_baseline
+from train.evaluate import TfidfBaseline, binary_metrics
 from train.plots import plot_confusion_matrices
-from train.validation import split_off_validation
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +148,17 @@ def run_demo(options: DemoOptions) -> int:
     console.rule("4. vLLM + classification API")
     url = f"http://127.0.0.1:{options.port}"
     admin_token = os.environ.get("SIGNALS_SERVE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
+    # The base model gets the prompts the adapter was trained and is served with (its
+    # own cap, not the server's 512 tokens), so both rows read the same text; and, the
+    # demo running nothing else while it classifies, vLLM computes on every core (unless
+    # the caller set these).
+    server_env = {"SIGNALS_SERVE_MAX_PROMPT_TOKENS": str(config.max_prompt_tokens),
+                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ,
+                  "SIGNALS_DATA_DIR": str(paths.data_dir),
+                  "SIGNALS_SERVE_ADMIN_TOKEN": admin_token}
     server = subprocess.Popen(
         [sys.executable, "-m", "signals", "serve", "--port", str(options.port),
-         "--vllm-port", str(options.vllm_port)],
-        env={**os.environ, "SIGNALS_DATA_DIR": str(paths.data_dir),
-             "SIGNALS_SERVE_ADMIN_TOKEN": admin_token})
+         "--vllm-port", str(options.vllm_port)], env=server_env)
     try:
         wait_until_ok(f"{url}/ready", options.ready_timeout_s, server, "`signals serve`")
         loaded = httpx.post(f"{url}/v1/adapters/{adapter.name}/load", timeout=120,
@@ -181,12 +187,10 @@ def run_demo(options: DemoOptions) -> int:
                     "calibrated": results[0]["calibrated"]}
         report["classify_seconds"] = timings
         t0 = time.monotonic()
-        # The baseline learns from the same training period the adapter's data and
-        # validation window came from (minus that window, as for the adapter).
-        baseline_train = load_split(dataset_dir, config.split)
-        if config.validation_days is not None:
-            baseline_train = split_off_validation(baseline_train, config.validation_days)[0]
-        baseline = tfidf_baseline(baseline_train, sample, EVAL_SPLIT)
+        # The baseline under the adapter's protocol: it learns from the training period
+        # before the adapter's validation window, and its threshold is chosen there.
+        baseline = TfidfBaseline(load_split(dataset_dir, config.split),
+                                 config.validation_days).evaluate(sample, EVAL_SPLIT)
         report["models"]["tfidf-logreg"] = {**baseline.metrics, "calibrated": False}
         timings["tfidf-logreg"] = round(time.monotonic() - t0, 1)
 
