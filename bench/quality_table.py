@@ -1,62 +1,166 @@
-"""``bench/results/quality.json``: per model and window, precision, recall, F1 at the model's
-own threshold, best F1, ROC-AUC and ECE, beside two TF-IDF + logistic-regression baselines
-computed here on the same whole windows:
+"""``bench/results/quality.json`` from the full-scale experiment runs, in one command: per
+model and window, precision, recall, F1 at the model's own threshold, best F1, ROC-AUC and
+ECE; the mean and spread over seeds; LoRA vs LoRA+ steps to one common target loss; the
+adapter chosen on the validation window against the fairest baseline. Beside them, two
+TF-IDF + logistic-regression baselines computed here on the same whole windows
+(``train.evaluate.TfidfBaseline``):
 
-* ``tfidf-logreg``: trained on the whole training split, cut at 0.5 (the experiment's
-  baseline, ``train.evaluate.tfidf_baseline``);
+* ``tfidf-logreg``: trained on the whole training split, cut at 0.5;
 * ``tfidf-logreg-validated``: trained on the training split without its validation days
   and cut at the F1-optimal threshold of that validation window: the same protocol the
   adapters' calibration follows, so the fairest comparison.
 
-    python bench/quality_table.py EVALUATION.json [...] [--report report.json|progress.json]
-        [--dataset DIR] [--out bench/results/quality.json]
+    python bench/quality_table.py [EVALUATION.json ...] --report REPORT.json [...]
+        [--smooth N] [--plot loss.png] [--dataset DIR] [--out bench/results/quality.json]
 
-EVALUATION.json files are what ``signals eval ... --out DIR`` writes (DIR/evaluation.json);
-a report's ``evaluations`` (``signals experiment``) are read too. Models are named by their
-registry name's method prefix (``lora-reuters-...`` -> ``lora``).
+A REPORT is what ``signals experiment`` writes (``report.json``, or ``progress.json`` for a
+run cut off). A run with ``seed: S`` names its adapters ``lora``, ``loraplus``, ...; here
+they are labelled by seed (``lora`` for seed 0, ``lora-s1`` for seed 1, also for the
+``race_seeds`` runs), so several runs combine. EVALUATION.json files are what ``signals
+eval ... --out DIR`` writes (DIR/evaluation.json), for adapters a run trained but did not
+evaluate; they are matched to the reports' adapters by registry name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+from statistics import mean
+from types import SimpleNamespace
+from typing import Any
 
 from pipeline.dataset import load_split
 from pipeline.settings import Paths
 from train.config import TrainConfig
 from train.evaluate import TfidfBaseline
-from train.experiment import QUALITY_FIELDS
+from train.experiment import QUALITY_FIELDS, ExperimentConfig, lora_race
 
 # TrainConfig.validation_days' default: the window the adapters were calibrated on
 VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
+SFT = ("lora", "loraplus")
 
 
 def _row(metrics: dict) -> dict:
     return {k: metrics.get(k) for k in QUALITY_FIELDS}
 
 
+def seed_label(label: str, report_config: dict) -> str:
+    """A report's adapter label, named by seed: ``lora`` of a ``seed: 1`` run is
+    ``lora-s1``; its ``race_seeds`` runs keep their ``-s<seed>``; seed 0 stays bare."""
+    match = re.fullmatch(r"(.+)-s(\d+)", label)
+    if match and int(match[2]) in report_config.get("race_seeds", []):
+        return label
+    seed = report_config.get("seed", 0)
+    return label if seed == 0 else f"{label}-s{seed}"
+
+
+def collect(reports: list[dict], evaluation_files: list[dict]
+            ) -> tuple[dict[str, dict], dict[str, dict[str, dict]]]:
+    """``(adapters, models)``: every report's adapter rows and evaluations, labelled by
+    seed; the first report that holds a label wins."""
+    adapters: dict[str, dict] = {}
+    models: dict[str, dict[str, dict]] = {}
+    for report in reports:
+        config = report.get("config", {})
+        labels = {label: seed_label(label, config) for label in report.get("adapters", {})}
+        for label, row in report.get("adapters", {}).items():
+            adapters.setdefault(labels[label], row)
+        for split, results in report.get("evaluations", {}).items():
+            for label, metrics in results.items():
+                models.setdefault(labels.get(label, label), {}).setdefault(split, metrics)
+    by_name = {row["name"]: label for label, row in adapters.items()}
+    for evaluation in evaluation_files:
+        for name, result in evaluation.items():
+            label = by_name.get(name, name.split("-reuters-")[0])
+            models.setdefault(label, {}).setdefault(result["split"], result["metrics"])
+    return adapters, models
+
+
+def seeds_of(method: str, labels) -> dict[int, str]:
+    """{seed: label} of one method's runs among ``labels``."""
+    found = {0: method} if method in labels else {}
+    for label in labels:
+        match = re.fullmatch(re.escape(method) + r"-s(\d+)", label)
+        if match:
+            found[int(match[1])] = label
+    return dict(sorted(found.items()))
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"values": values, "mean": round(mean(values), 4), "min": min(values),
+            "max": max(values)}
+
+
+def over_seeds(models: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Mean and spread (min..max) over seeds of each SFT method's F1 and ECE per window."""
+    out: dict[str, dict] = {}
+    for method in SFT:
+        runs = seeds_of(method, models)
+        if len(runs) < 2:
+            continue
+        splits = sorted(set.intersection(*(set(models[label]) for label in runs.values())))
+        out[method] = {"seeds": list(runs), **{split: {
+            key: spread([models[label][split][key] for label in runs.values()])
+            for key in ("f1", "ece")} for split in splits}}
+    return out
+
+
+def race(adapters: dict[str, dict], models: dict[str, dict[str, dict]], smooth: int
+         ) -> dict[str, Any] | None:
+    """LoRA vs LoRA+ (``train.experiment.lora_race``) over every seed that has both."""
+    lora, plus = seeds_of("lora", adapters), seeds_of("loraplus", adapters)
+    seeds = [seed for seed in lora if seed in plus]
+    if not seeds:
+        return None
+    runs: dict[str, SimpleNamespace] = {}
+    evaluations: dict[str, dict[str, dict]] = {}
+    for i, seed in enumerate(seeds):
+        for method, labels in (("lora", lora), ("loraplus", plus)):
+            label = method if i == 0 else f"{method}-s{seed}"
+            runs[label] = SimpleNamespace(manifest=SimpleNamespace(metrics=SimpleNamespace(
+                loss_curve=adapters[labels[seed]]["loss_curve"])))
+            for split, metrics in models.get(labels[seed], {}).items():
+                evaluations.setdefault(split, {})[label] = metrics
+    config = ExperimentConfig(seed=seeds[0], race_seeds=seeds[1:], smooth=smooth)
+    return lora_race(config, runs, evaluations)
+
+
+def chosen_on_validation(adapters: dict[str, dict], models: dict[str, dict[str, dict]],
+                         reference: str) -> dict[str, Any] | None:
+    """The adapter a user would serve: the best validation F1 among the adapters trained
+    on the training window (not the updates), and its test windows against
+    ``reference``."""
+    scored = {label: row["calibration"]["after"]["f1"] for label, row in adapters.items()
+              if row.get("calibration") and label in models and "updated" not in label}
+    if not scored:
+        return None
+    label = max(scored, key=scored.get)
+    return {"label": label, "name": adapters[label]["name"],
+            "validation_f1": scored, "reference": reference,
+            "f1_minus_reference": {
+                split: round(m["f1"] - models[reference][split]["f1"], 4)
+                for split, m in models[label].items() if split in models.get(reference, {})}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("evaluations", nargs="*", type=Path, help="signals eval outputs")
-    parser.add_argument("--report", type=Path, help="an experiment's report or progress JSON")
+    parser.add_argument("--report", type=Path, nargs="*", default=[],
+                        help="experiment report.json or progress.json files")
+    parser.add_argument("--smooth", type=int, help="moving-average window of the loss "
+                        "race (default: the first report's)")
+    parser.add_argument("--plot", type=Path, help="draw every LoRA and LoRA+ loss curve here")
     parser.add_argument("--dataset", type=Path, default=Paths().datasets_dir / "reuters-acq")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     args = parser.parse_args()
 
-    models: dict[str, dict[str, dict]] = {}
-    names: dict[str, str] = {}
-    for path in args.evaluations:
-        for name, result in json.loads(path.read_text()).items():
-            label = name.split("-reuters-")[0]
-            names[label] = name
-            models.setdefault(label, {})[result["split"]] = _row(result["metrics"])
-    if args.report:
-        report = json.loads(args.report.read_text())
-        for split, results in report.get("evaluations", {}).items():
-            for label, metrics in results.items():
-                models.setdefault(label, {}).setdefault(split, _row(metrics))
+    reports = [json.loads(p.read_text()) for p in args.report]
+    adapters, models = collect(reports, [json.loads(p.read_text()) for p in args.evaluations])
+    models = {label: {s: _row(m) for s, m in windows.items()}
+              for label, windows in models.items() if not label.startswith("tfidf")}
     splits = sorted({s for windows in models.values() for s in windows})
     if not splits:
         raise SystemExit("no evaluations given")
@@ -65,15 +169,41 @@ def main() -> None:
     for baseline in (TfidfBaseline(train), TfidfBaseline(train, VALIDATION_DAYS)):
         models[baseline.name] = {s: _row(baseline.evaluate(arts, s).metrics)
                                  for s, arts in test.items()}
+    smooth = args.smooth or (reports[0]["config"].get("smooth", 5) if reports else 5)
+    lora_vs_loraplus = race(adapters, models, smooth)
     table = {"dataset": args.dataset.name, "windows": {s: len(a) for s, a in test.items()},
-             "adapters": names, "models": models}
+             "adapters": {label: row["name"] for label, row in adapters.items()},
+             "models": models, "over_seeds": over_seeds(models),
+             "chosen_on_validation": chosen_on_validation(adapters, models,
+                                                          "tfidf-logreg-validated"),
+             "lora_vs_loraplus": lora_vs_loraplus}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")
+    if args.plot and lora_vs_loraplus:
+        from train.plots import plot_loss_curves
+
+        curves = {label: adapters[label]["loss_curve"] for method in SFT
+                  for label in seeds_of(method, adapters).values()}
+        plot_loss_curves(curves, args.plot, lora_vs_loraplus["target_loss"], smooth)
+
     print(f"{'model':24} " + " ".join(f"{s + ' F1':>11} {'ECE':>6}" for s in splits))
     for label, windows in models.items():
         print(f"{label:24} " + " ".join(
             f"{windows[s]['f1']:>11.3f} {windows[s]['ece']:>6.3f}" if s in windows else
             f"{'-':>11} {'-':>6}" for s in splits))
+    for method, row in table["over_seeds"].items():
+        print(f"{method} over seeds {row['seeds']}: " + ", ".join(
+            f"{s} F1 {row[s]['f1']['mean']} ({row[s]['f1']['min']}..{row[s]['f1']['max']})"
+            for s in splits if s in row))
+    if table["chosen_on_validation"]:
+        chosen = table["chosen_on_validation"]
+        print(f"chosen on validation: {chosen['label']} (F1 {chosen['validation_f1'][chosen['label']]}"
+              f"); minus {chosen['reference']}: {chosen['f1_minus_reference']}")
+    if lora_vs_loraplus:
+        print(f"steps to loss {lora_vs_loraplus['target_loss']}: " + ", ".join(
+            f"{m} {r['steps_to_target']['values']}"
+            for m, r in lora_vs_loraplus["per_method"].items())
+              + f"; speed-up {lora_vs_loraplus['speedup']}x")
 
 
 if __name__ == "__main__":

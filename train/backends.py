@@ -275,7 +275,9 @@ class InProcessBackend:
             if self._adapters:
                 kwargs["adapter_names"] = [n if n is not None else "__base__" for n in names]
             with torch.no_grad():
-                logits = self._model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -1, :]
+                # The LM head on the answer position only (not all ~190: a fifth of the FLOPs).
+                logits = self._model(input_ids=ids, attention_mask=mask, logits_to_keep=1,
+                                     **kwargs).logits[:, -1, :]
             pair = torch.stack([logits[:, self.labels.signal], logits[:, self.labels.not_signal]], 1)
             out.extend(torch.softmax(pair.float(), dim=1)[:, 0].tolist())
         return out

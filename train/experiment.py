@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from math import ceil
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,9 @@ def lora_race(config: ExperimentConfig, adapters: dict[str, Any],
               for runs in labels.values() for label in runs}
     target = config.target_loss
     if target is None:
-        target = round(max(moving_average(c, config.smooth)[-1] for c in curves.values()), 4)
+        # rounded up, so the run whose end sets it reaches it too
+        target = ceil(max(moving_average(c, config.smooth)[-1] for c in curves.values())
+                      * 1e4) / 1e4
     steps = {label: steps_to_target(c, target, config.smooth) for label, c in curves.items()}
 
     def spread(values: list[float | int | None]) -> dict[str, Any]:

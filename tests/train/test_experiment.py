@@ -68,3 +68,64 @@ def test_tfidf_baseline_and_its_model_agree_on_real_reuters_windows(reuters_data
     evaluation = tfidf_baseline(train, june, "1987-06")
     assert tfidf_p_signal(tfidf_model(train), june) == evaluation.p_signal
     assert evaluation.metrics["n"] == len(june) and evaluation.metrics["roc_auc"] > 0.9
+
+
+def _run(name, f1_validation, curve):
+    return {"name": name, "loss_curve": curve,
+            "calibration": {"after": {"f1": f1_validation}}}
+
+
+def test_quality_table_combines_runs_of_several_seeds_labelled_by_seed():
+    """bench/quality_table.py: a seed-0 run evaluated by `signals eval` (matched by registry
+    name), a seed-1 LoRA run with race seed 2 and its April update, and a seed-1 LoRA+ run
+    with race seed 2 become one table: labels by seed, mean and spread over the three
+    seeds, one race over the seeds holding both methods, and the adapter with the best
+    validation F1 (never an update) against the validated TF-IDF row."""
+    from bench.quality_table import chosen_on_validation, collect, over_seeds, race, seed_label
+
+    assert seed_label("lora", {"seed": 1, "race_seeds": [2]}) == "lora-s1"
+    assert seed_label("lora-s2", {"seed": 1, "race_seeds": [2]}) == "lora-s2"
+    assert seed_label("lora-updated", {"seed": 1}) == "lora-updated-s1"
+    assert seed_label("loraplus", {"seed": 0}) == "loraplus"
+
+    def metrics(f1):
+        return {"f1": f1, "ece": f1 / 10, "threshold": 0.5}
+
+    seed0 = {"config": {"seed": 0, "race_seeds": []},
+             "adapters": {"lora": _run("lora-a", 0.90, [1.0, 0.5, 0.2]),
+                          "loraplus": _run("loraplus-a", 0.91, [1.0, 0.3, 0.1])},
+             "evaluations": {}}
+    evaluated = {"lora-a": {"split": "jun", "metrics": metrics(0.80)},
+                 "loraplus-a": {"split": "jun", "metrics": metrics(0.70)}}
+    lora = {"config": {"seed": 1, "race_seeds": [2]},
+            "adapters": {"lora": _run("lora-b", 0.92, [1.0, 0.6, 0.3]),
+                         "lora-s2": _run("lora-c", 0.93, [1.0, 0.4, 0.25]),
+                         "lora-updated": _run("lora-u", 0.99, [0.2, 0.1])},
+            "evaluations": {"jun": {"base": metrics(0.4), "lora": metrics(0.85),
+                                    "lora-s2": metrics(0.90), "lora-updated": metrics(0.95)}}}
+    plus = {"config": {"seed": 1, "race_seeds": [2]},
+            "adapters": {"loraplus": _run("loraplus-b", 0.90, [1.0, 0.2, 0.15]),
+                         "loraplus-s2": _run("loraplus-c", 0.91, [1.0, 0.25, 0.2])},
+            "evaluations": {"jun": {"base": metrics(0.0), "loraplus": metrics(0.75),
+                                    "loraplus-s2": metrics(0.60)}}}
+    adapters, models = collect([seed0, lora, plus], [evaluated])
+    assert set(adapters) == {"lora", "loraplus", "lora-s1", "lora-s2", "lora-updated-s1",
+                             "loraplus-s1", "loraplus-s2"}
+    assert models["lora"]["jun"]["f1"] == 0.80 and models["lora-s1"]["jun"]["f1"] == 0.85
+    assert models["base"]["jun"]["f1"] == 0.4  # the first report holding it wins
+
+    seeds = over_seeds(models)
+    assert seeds["lora"]["seeds"] == [0, 1, 2]
+    assert seeds["lora"]["jun"]["f1"] == {"values": [0.80, 0.85, 0.90], "mean": 0.85,
+                                          "min": 0.80, "max": 0.90}
+    assert seeds["loraplus"]["jun"]["f1"]["mean"] == round((0.70 + 0.75 + 0.60) / 3, 4)
+
+    result = race(adapters, models, smooth=1)
+    assert result["seeds"] == [0, 1, 2] and result["target_loss"] == 0.3  # lora-s1's end
+    assert result["per_method"]["lora"]["steps_to_target"]["values"] == [3, 3, 3]
+    assert result["per_method"]["loraplus"]["steps_to_target"]["values"] == [2, 2, 2]
+
+    models["tfidf-logreg-validated"] = {"jun": metrics(0.88)}
+    chosen = chosen_on_validation(adapters, models, "tfidf-logreg-validated")
+    assert chosen["label"] == "lora-s2"  # 0.93; the update's 0.99 is not a candidate
+    assert chosen["f1_minus_reference"] == {"jun": 0.02}
