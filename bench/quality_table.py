@@ -197,8 +197,9 @@ def main() -> None:
             for s in splits if s in row))
     if table["chosen_on_validation"]:
         chosen = table["chosen_on_validation"]
-        print(f"chosen on validation: {chosen['label']} (F1 {chosen['validation_f1'][chosen['label']]}"
-              f"); minus {chosen['reference']}: {chosen['f1_minus_reference']}")
+        label = chosen["label"]
+        print(f"chosen on validation: {label} (F1 {chosen['validation_f1'][label]}); "
+              f"minus {chosen['reference']}: {chosen['f1_minus_reference']}")
     if lora_vs_loraplus:
         print(f"steps to loss {lora_vs_loraplus['target_loss']}: " + ", ".join(
             f"{m} {r['steps_to_target']['values']}"

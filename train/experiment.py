@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 _paths = Paths()
 
-MODELS_IN_ORDER = ("tfidf-logreg", "tfidf-logreg-validated", "base", "lora", "loraplus", "dpo", "rlhf", "lora-updated")
+MODELS_IN_ORDER = ("tfidf-logreg", "tfidf-logreg-validated", "base", "lora", "loraplus", "dpo",
+                   "rlhf", "lora-updated")
 
 
 class ExperimentConfig(BaseModel):
