@@ -84,7 +84,9 @@ def plot_loss_curves(curves: Mapping[str, Sequence[float]], path: Path,
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", label=f"target loss {target:.3f}")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_ylabel("training loss (answer tokens), log scale")
+    # The loss falls 100x; on a linear axis every curve is flat after the first steps.
+    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
