@@ -205,10 +205,10 @@ class TfidfBaseline:
         if validation_days is None:
             self.model = tfidf_model(train)
             return
-        from train.validation import split_off_validation
+        from train.validation import sample_window, split_off_validation
 
         before, window, _, _ = split_off_validation(train, validation_days)
-        window = [a for a in window if a.signal is not None]
+        window = sample_window(window, None, 0)  # its labelled articles, all of them
         self.name, self.model = "tfidf-logreg-validated", tfidf_model(before)
         self.threshold, _ = f1_optimal_threshold([a.signal for a in window],
                                                  tfidf_p_signal(self.model, window))

@@ -129,3 +129,26 @@ def test_quality_table_combines_runs_of_several_seeds_labelled_by_seed():
     chosen = chosen_on_validation(adapters, models, "tfidf-logreg-validated")
     assert chosen["label"] == "lora-s2"  # 0.93; the update's 0.99 is not a candidate
     assert chosen["f1_minus_reference"] == {"jun": 0.02}
+
+
+def test_the_validated_tfidf_baseline_learns_before_the_window_and_cuts_where_f1_peaks_there(
+        reuters_dataset):
+    """tfidf-logreg-validated follows the adapters' protocol on real Reuters data: fitted
+    on the training split minus its last 5 days, cut at the F1-optimal threshold of those
+    days (not 0.5), and that threshold is what its evaluations apply."""
+    from pipeline.dataset import load_split
+    from train.calibration import f1_optimal_threshold
+    from train.evaluate import TfidfBaseline, tfidf_model, tfidf_p_signal
+    from train.validation import split_off_validation
+
+    train = load_split(reuters_dataset, "train")
+    before, window, _, _ = split_off_validation(train, 5)
+    baseline = TfidfBaseline(train, validation_days=5)
+    own = tfidf_model(before)
+    expected, _ = f1_optimal_threshold([a.signal for a in window], tfidf_p_signal(own, window))
+    assert baseline.name == "tfidf-logreg-validated"
+    assert baseline.threshold == expected != 0.5
+    june = load_split(reuters_dataset, "1987-06")
+    evaluation = baseline.evaluate(june, "1987-06")
+    assert evaluation.p_signal == tfidf_p_signal(own, june)
+    assert evaluation.metrics["threshold"] == expected and evaluation.metrics["f1"] > 0.8
