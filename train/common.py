@@ -241,6 +241,7 @@ def trainer_arguments(config: TrainConfig, context: RunContext, staging: Path) -
         use_cpu=not torch.cuda.is_available(),
         bf16=use_bf16(config),
         dataloader_num_workers=0,
+        gradient_checkpointing=config.gradient_checkpointing,
         # LoRA touches every forward; DDP's unused-parameter scan is pure overhead.
         ddp_find_unused_parameters=False,
     )

@@ -41,6 +41,34 @@ def test_every_shipped_config_validates(base_model_dir, reuters_dataset):
     assert sorted(e.eval_per_split is None for e in experiments) == [False, True]  # -full: whole windows
 
 
+def test_default_paths_reach_a_ray_worker_as_absolute_paths(base_model_dir, reuters_dataset,
+                                                            tmp_path, monkeypatch):
+    """A Ray Train worker runs in its own working directory and gets the config as JSON:
+    a default path left relative (the registry's data/registry) failed validation there,
+    so `signals train` on the default paths never trained under Ray."""
+    from pathlib import Path
+
+    from train.config import validate_config
+
+    config = load_config(None, _ok(base_model_dir, reuters_dataset))
+    sent = config.model_dump(mode="json")
+    assert all(Path(sent[f]).is_absolute() for f in ("base_model", "dataset", "registry"))
+    monkeypatch.chdir(tmp_path)  # the worker's side
+    assert validate_config(sent).registry == config.registry
+
+
+def test_gradient_checkpointing_is_off_unless_asked(base_model_dir, reuters_dataset, tmp_path):
+    """TRL's SFT turns it on by default; here it cost 1.4x per step for no need."""
+    from trl import SFTConfig
+
+    from train.common import RunContext, trainer_arguments
+
+    for override, expected in (([], False), (["gradient_checkpointing=true"], True)):
+        config = load_config(None, _ok(base_model_dir, reuters_dataset) + override)
+        args = SFTConfig(**trainer_arguments(config, RunContext(), tmp_path))
+        assert args.gradient_checkpointing is expected
+
+
 @pytest.mark.parametrize("override, field", [
     ("method=ppo", "method"),
     ("rank=0", "rank"),
