@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.dataset import load_split
-    from train.evaluate import InProcessScorer, sample_articles, tfidf_baseline
+    from train.evaluate import Scorer, sample_articles, tfidf_baseline
     from train.plots import plot_confusion_matrices
 
     paths = Paths()
@@ -62,7 +63,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results["tfidf-logreg"] = tfidf_baseline(load_split(dataset, args.train_split), articles,
                                                  args.split,
                                                  0.5 if args.threshold is None else args.threshold)
-    scorer = InProcessScorer(base_model, registry, args.max_prompt_tokens)
+    scorer = Scorer(base_model, registry, args.max_prompt_tokens, vllm_url=args.vllm_url,
+                    vllm_served_name=args.vllm_served_name,
+                    vllm_api_key=os.environ.get("VLLM_API_KEY"))
     for model in args.model:
         results[model] = scorer.evaluate(articles, model, args.split, args.threshold)
     out = args.out or paths.data_dir / "runs" / f"eval-{args.split}"
@@ -200,6 +203,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--registry", type=Path, help="registry directory")
     evaluate.add_argument("--base-model", type=Path, help="base model directory")
     evaluate.add_argument("--out", type=Path, help="output directory")
+    evaluate.add_argument("--vllm-url",
+                          help="score through this running vLLM server (started with "
+                          "runtime LoRA loading, as `signals serve` starts it; its "
+                          "--api-key from VLLM_API_KEY) instead of in this process: the "
+                          "faster path for whole windows on a CPU")
+    evaluate.add_argument("--vllm-served-name", default="base",
+                          help="the base model's name on that server (default: base)")
     evaluate.set_defaults(func=cmd_eval)
 
     experiment = commands.add_parser(

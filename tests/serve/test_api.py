@@ -356,14 +356,14 @@ def april_articles(reuters_dataset):
 
 def test_served_calibrated_p_and_threshold_equal_evaluation(
         api, trained_adapter, april_articles, base_model_dir, registry_dir):
-    from train.evaluate import InProcessScorer
+    from train.evaluate import Scorer
 
     calibration = trained_adapter.calibration
     assert calibration is not None, "training fits a calibration on the validation window"
     served = httpx.post(f"{api}/v1/classify", timeout=120, json={
         "articles": [a.to_record() for a in april_articles],
         "adapter": trained_adapter.name}).json()["results"]
-    evaluation = InProcessScorer(base_model_dir, registry_dir, 512).evaluate(
+    evaluation = Scorer(base_model_dir, registry_dir, 512).evaluate(
         april_articles, trained_adapter.name, "1987-04")
     assert evaluation.metrics["threshold"] == calibration.threshold
     assert evaluation.metrics["calibrated"] is True

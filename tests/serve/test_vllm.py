@@ -217,7 +217,7 @@ def test_new_registry_version_is_served_without_any_call(vllm_api, vllm_server, 
 def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
         vllm_api, trained_adapter, articles, base_model_dir, registry_dir):
     """One adapter, one behaviour: vLLM's answer is what `signals eval` computes."""
-    from train.evaluate import InProcessScorer
+    from train.evaluate import Scorer
 
     calibration = trained_adapter.calibration
     assert calibration is not None
@@ -225,7 +225,7 @@ def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
         "articles": [a.to_record() for a in articles], "adapter": trained_adapter.name})
     assert response.status_code == 200, response.text
     served = response.json()["results"]
-    scorer = InProcessScorer(base_model_dir, registry_dir, 512)
+    scorer = Scorer(base_model_dir, registry_dir, 512)
     evaluation = scorer.evaluate(articles, trained_adapter.name, "1987-04")
     local = scorer.classify(articles, trained_adapter.name)
     assert evaluation.metrics["threshold"] == calibration.threshold
@@ -237,6 +237,22 @@ def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
         assert p == pytest.approx(calibration.apply(mine.p_raw), abs=1e-9)
         if abs(p - calibration.threshold) > 0.05:  # far from the cut: the same decision
             assert result["label"] == int(p >= calibration.threshold)
+
+
+def test_evaluation_through_vllm_scores_what_the_api_serves(
+        vllm_api, vllm_server, trained_adapter, articles, base_model_dir, registry_dir):
+    """`signals eval --vllm-url`: the whole-window evaluation on the serving path gives
+    the API's P(signal) and threshold, across several calls (one event loop)."""
+    from train.evaluate import Scorer
+
+    served = _classify(vllm_api, articles, trained_adapter.name)
+    scorer = Scorer(base_model_dir, registry_dir, 512, vllm_url=vllm_server.url)
+    for _ in range(2):  # the second call reuses the first call's connections
+        evaluation = scorer.evaluate(articles, trained_adapter.name, "1987-04")
+        assert evaluation.metrics["threshold"] == trained_adapter.calibration.threshold
+        assert evaluation.p_signal == pytest.approx(served, abs=2e-3)
+    base = scorer.evaluate(articles, None, "1987-04")
+    assert base.p_signal == pytest.approx(_classify(vllm_api, articles), abs=2e-3)
 
 
 def test_every_prompt_reuses_the_cached_instruction(vllm_server, tokenizer):

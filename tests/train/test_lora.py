@@ -37,7 +37,7 @@ def test_a_copied_registry_and_dataset_resolve_and_serve_from_the_copy(
     import shutil
 
     from pipeline.dataset import load_split
-    from train.evaluate import InProcessScorer
+    from train.evaluate import Scorer
 
     stored = json.loads((trained_adapter.path / "manifest.json").read_text())
     assert stored["dataset"]["path"] == f"../{reuters_dataset.parent.name}/reuters-acq"
@@ -51,9 +51,9 @@ def test_a_copied_registry_and_dataset_resolve_and_serve_from_the_copy(
                                           / "reuters-acq").resolve()
     assert copy.manifest.base_model == base_model_dir.resolve()
     articles = load_split(copy.manifest.dataset.path, "1987-04")[:4]
-    original = InProcessScorer(base_model_dir, registry_dir, 192).classify(
+    original = Scorer(base_model_dir, registry_dir, 192).classify(
         articles, trained_adapter.name)
-    copied = InProcessScorer(copy.manifest.base_model, copied_registry, 192).classify(
+    copied = Scorer(copy.manifest.base_model, copied_registry, 192).classify(
         articles, copy.name)
     assert [c.p_signal for c in copied] == pytest.approx([o.p_signal for o in original],
                                                          abs=1e-6)

@@ -154,11 +154,11 @@ def test_qlora_trains_on_a_4bit_base(tiny_model_dir, reuters_dataset, tmp_path):
 def test_adapters_load_in_the_in_process_backend(sft_adapter, tiny_model_dir, reuters_dataset):
     """Every published adapter in the registry answers, and differently from the base."""
     from pipeline.dataset import load_split
-    from train.evaluate import InProcessScorer
+    from train.evaluate import Scorer
     from train.registry import AdapterRegistry
 
     articles = [a for a in load_split(reuters_dataset, "1987-04")[:6]]
-    scorer = InProcessScorer(tiny_model_dir, sft_adapter.path.parent, 160)
+    scorer = Scorer(tiny_model_dir, sft_adapter.path.parent, 160)
     base = scorer.p_signal(articles, None)
     versions = AdapterRegistry(sft_adapter.path.parent).list()
     assert {v.manifest.method for v in versions} >= {"lora"}
