@@ -109,8 +109,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them (TRL's SFT
     default): less memory, more compute. Off here: SmolLM2-135M at batch 8 and 192
-    tokens trained 1.40x faster per step without it on a 2-core CPU, with the same
-    losses (``bench/bench_training.py``); turn it on for a large base model."""
+    tokens trained 1.04x-1.40x faster per step without it on a 2-core CPU (three
+    side-by-side runs of ``bench/bench_training.py``), with the same losses; turn it
+    on for a base model whose activations do not fit."""
 
     init_adapter: str | None = None
     """Start from this adapter (registry name, alias, or directory) instead of a fresh

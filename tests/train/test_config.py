@@ -58,7 +58,7 @@ def test_default_paths_reach_a_ray_worker_as_absolute_paths(base_model_dir, reut
 
 
 def test_gradient_checkpointing_is_off_unless_asked(base_model_dir, reuters_dataset, tmp_path):
-    """TRL's SFT turns it on by default; here it cost 1.4x per step for no need."""
+    """TRL's SFT turns it on by default; here it cost 1.04-1.40x per step for no need."""
     from trl import SFTConfig
 
     from train.common import RunContext, trainer_arguments
