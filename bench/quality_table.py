@@ -10,7 +10,7 @@ TF-IDF + logistic-regression baselines computed here on the same whole windows
   and cut at the F1-optimal threshold of that validation window: the same protocol the
   adapters' calibration follows, so the fairest comparison.
 
-    python bench/quality_table.py [EVALUATION.json ...] --report REPORT.json [...]
+    python bench/quality_table.py [[LABEL=]EVALUATION.json ...] --report REPORT.json [...]
         [--smooth N] [--plot loss.png] [--dataset DIR] [--out bench/results/quality.json]
 
 A REPORT is what ``signals experiment`` writes (``report.json``, or ``progress.json`` for a
@@ -18,7 +18,8 @@ run cut off). A run with ``seed: S`` names its adapters ``lora``, ``loraplus``, 
 they are labelled by seed (``lora`` for seed 0, ``lora-s1`` for seed 1, also for the
 ``race_seeds`` runs), so several runs combine. EVALUATION.json files are what ``signals
 eval ... --out DIR`` writes (DIR/evaluation.json), for adapters a run trained but did not
-evaluate; they are matched to the reports' adapters by registry name.
+evaluate; they are matched to the reports' adapters by registry name, or named by the
+``LABEL=`` before their path (an adapter no report holds).
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ def collect(reports: list[dict], evaluation_files: list[dict]
             label = by_name.get(name, name.split("-reuters-")[0])
             models.setdefault(label, {}).setdefault(result["split"], result["metrics"])
     return adapters, models
+
+
+def read_evaluation(argument: str) -> dict:
+    """An EVALUATION.json given as ``PATH``, or as ``LABEL=PATH``: then its adapter (every
+    model but the base and the baselines) is labelled LABEL, for an adapter no report
+    holds (a run of another recipe), whose method prefix would otherwise collide with the
+    reports' labels."""
+    label, sep, path = argument.rpartition("=")
+    evaluation = json.loads(Path(path if sep else argument).read_text())
+    if not sep:
+        return evaluation
+    adapters = [name for name in evaluation if name != "base" and not name.startswith("tfidf")]
+    if len(adapters) != 1:
+        raise SystemExit(f"{argument}: LABEL=PATH needs a file with one adapter, found "
+                         f"{adapters or 'none'}")
+    return {label if name == adapters[0] else name: result
+            for name, result in evaluation.items()}
 
 
 def seeds_of(method: str, labels) -> dict[int, str]:
@@ -146,7 +164,8 @@ def chosen_on_validation(adapters: dict[str, dict], models: dict[str, dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("evaluations", nargs="*", type=Path, help="signals eval outputs")
+    parser.add_argument("evaluations", nargs="*", metavar="[LABEL=]EVALUATION.json",
+                        help="signals eval outputs (LABEL=: name the file's adapter)")
     parser.add_argument("--report", type=Path, nargs="*", default=[],
                         help="experiment report.json or progress.json files")
     parser.add_argument("--smooth", type=int, help="moving-average window of the loss "
@@ -158,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
 
     reports = [json.loads(p.read_text()) for p in args.report]
-    adapters, models = collect(reports, [json.loads(p.read_text()) for p in args.evaluations])
+    adapters, models = collect(reports, [read_evaluation(a) for a in args.evaluations])
     models = {label: {s: _row(m) for s, m in windows.items()}
               for label, windows in models.items() if not label.startswith("tfidf")}
     splits = sorted({s for windows in models.values() for s in windows})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from train.experiment import ExperimentConfig, lora_race
 
 
@@ -73,6 +75,29 @@ def test_tfidf_baseline_and_its_model_agree_on_real_reuters_windows(reuters_data
 def _run(name, f1_validation, curve):
     return {"name": name, "loss_curve": curve,
             "calibration": {"after": {"f1": f1_validation}}}
+
+
+def test_quality_table_names_an_adapter_no_report_holds_by_its_label(tmp_path):
+    """`production-cpu=eval.json`: that file's adapter gets the label, so it does not fall
+    back to its method prefix (`lora`) and vanish behind the reports' own `lora` row."""
+    import json
+
+    from bench.quality_table import collect, read_evaluation
+
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps({
+        "tfidf-logreg": {"split": "jun", "metrics": {"f1": 0.9}},
+        "lora-reuters-acq-train-x": {"split": "jun", "metrics": {"f1": 0.8}}}))
+    report = {"config": {"seed": 0}, "adapters": {"lora": _run("lora-a", 0.9, [1.0, 0.5])},
+              "evaluations": {"jun": {"lora": {"f1": 0.7}}}}
+    _, unlabelled = collect([report], [read_evaluation(str(path))])
+    assert unlabelled["lora"]["jun"]["f1"] == 0.7 and "production-cpu" not in unlabelled
+    _, models = collect([report], [read_evaluation(f"production-cpu={path}")])
+    assert models["production-cpu"]["jun"]["f1"] == 0.8 and models["lora"]["jun"]["f1"] == 0.7
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"lora-x": {}, "lora-y": {}}))
+    with pytest.raises(SystemExit, match="one adapter"):
+        read_evaluation(f"cpu={two}")
 
 
 def test_quality_table_combines_runs_of_several_seeds_labelled_by_seed():
