@@ -8,8 +8,9 @@ counted. The JSON has every step time, the median per variant, and each variant'
 relative to the first variant's (a ratio measured in one run, on one machine)::
 
     .venv/bin/python bench/bench_training.py --config train/configs/demo.yaml \\
-        --variant trl-default:gradient_checkpointing=true --variant plain: \\
-        --steps 5 --rounds 2 --out bench/results/training.json
+        --variant trl-default:gradient_checkpointing=true \\
+        --variant production:gradient_checkpointing=false \\
+        --steps 4 --rounds 2 --out bench/results/training/3.json
 
 Keep the machine quiet while it runs: two cores shared with anything else make the
 ratio meaningless.

@@ -2,10 +2,11 @@
 
 P(signal) comes from the product's own classifier (:class:`train.classifier.SignalClassifier`
 on the in-process transformers + peft backend, or on a running vLLM server), so an
-evaluation measures exactly what serving would answer: the calibrated P(signal) of a calibrated adapter version, cut
-at its own threshold (chosen on its validation window) unless one is given. Reported,
-with the threshold explicit: the confusion matrix, accuracy, precision, recall, F1,
-ROC-AUC, the expected calibration error, and ``best_f1`` (the best F1 any threshold
+evaluation measures exactly what serving would answer: the calibrated P(signal) of a
+calibrated adapter version, cut at its own threshold (chosen on its validation window)
+unless one is given. Reported, with the threshold explicit: the confusion matrix,
+accuracy, precision, recall, F1, ROC-AUC, the expected calibration error, and
+``best_f1`` (the best F1 any threshold
 reaches on the evaluated articles: a bound to read F1 against, never tuned on); and a
 per-month table, because a model's quality is expected to decay with the time since
 its training window. The honest reference is :func:`tfidf_baseline`: TF-IDF +
@@ -105,7 +106,7 @@ def sample_articles(articles: Sequence[Article], limit: int | None, seed: int = 
 class Scorer:
     """The serving classifier, loaded once for many evaluations: on the in-process
     backend (transformers + peft), or on a running vLLM server (``vllm_url``: the
-    serving path, 2-3x faster on a CPU, ``bench/RESULTS.md``), which then hot-loads the
+    serving path: 2.4x the in-process rate on a 2-core CPU, ``bench/RESULTS.md``), which then hot-loads the
     adapters it is asked for, as the classification API does."""
 
     def __init__(self, base_model: Path, registry: Path, max_prompt_tokens: int,
