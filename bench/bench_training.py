@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.config import apply_overrides, load_config, validate_config  # noqa: E402
+from train.config import apply_overrides, derive_config, load_config  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -78,12 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     from train.lora import train_lora
 
     base = load_config(args.config, args.overrides)
-    data = base.model_dump(exclude_unset=True, mode="json")
     times: dict[str, list[float]] = {name: [] for name, _ in args.variants}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as registry:
         for round_ in range(args.rounds):
             for name, fields in args.variants:
-                config = validate_config(apply_overrides(dict(data), [
+                config = derive_config(base, **apply_overrides({}, [
                     *fields, f"max_steps={args.steps}", "validation_days=null",
                     f"registry={registry}"]))
                 timer = step_timer()

@@ -21,6 +21,25 @@ def test_help_lists_every_command():
         assert signals(*sub, "--help").returncode == 0, sub
 
 
+def test_eval_through_a_vllm_that_is_down_says_so(base_model_dir, reuters_dataset, tmp_path):
+    """`signals eval --vllm-url` at a port nobody listens on: one clear line, exit 2 (the CLI's error status), and
+    no half-written evaluation."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "eval"
+    result = signals("eval", "base", "--split", "1987-04", "--limit", "2",
+                     "--base-model", str(base_model_dir), "--dataset", str(reuters_dataset),
+                     "--registry", str(tmp_path / "registry"), "--out", str(out),
+                     "--vllm-url", f"http://127.0.0.1:{port}", timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert f"vLLM at http://127.0.0.1:{port} is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "evaluation.json").exists()
+
+
 def test_model_prepare_is_idempotent(base_model_dir):
     started = time.monotonic()
     result = signals("model", "prepare", "--out", str(base_model_dir))

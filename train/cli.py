@@ -66,8 +66,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scorer = Scorer(base_model, registry, args.max_prompt_tokens, vllm_url=args.vllm_url,
                     vllm_served_name=args.vllm_served_name,
                     vllm_api_key=os.environ.get("VLLM_API_KEY"))
-    for model in args.model:
-        results[model] = scorer.evaluate(articles, model, args.split, args.threshold)
+    try:
+        for model in args.model:
+            results[model] = scorer.evaluate(articles, model, args.split, args.threshold)
+    finally:
+        scorer.close()
     out = args.out or paths.data_dir / "runs" / f"eval-{args.split}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(

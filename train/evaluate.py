@@ -147,6 +147,11 @@ class Scorer:
                 bar.update(len(batch))
         return out
 
+    def close(self) -> None:
+        """Close the backend's connections and the event loop."""
+        self._loop.run_until_complete(self.classifier.backend.close())
+        self._loop.close()
+
     def p_signal(self, articles: Sequence[Article], adapter: str | None,
                  chunk: int = 32) -> list[float]:
         return [c.p_signal for c in self.classify(articles, adapter, chunk=chunk)]
