@@ -10,7 +10,7 @@ at the next position.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pipeline.article import Article
 
@@ -26,6 +26,19 @@ SIGNAL_INSTRUCTION = (
     "is not."
 )
 """The system instruction, in the project's own words."""
+
+SHORT_INSTRUCTION = "Investment signal? Answer 1 or 0."
+"""The system instruction of adapters trained with ``prompt_style: short``. The full
+instruction is what an un-tuned model needs to know the task; a tuned adapter learns the
+task from its labels, and the full instruction's tokens are about half of a 192-token
+training prompt (computed at every step, trained on never). The template still gets a
+system message: without one SmolLM2's chat template inserts its own."""
+
+PromptStyle = Literal["full", "short"]
+"""Which instruction a prompt carries: ``full`` (:data:`SIGNAL_INSTRUCTION`, the base
+model's and older adapters') or ``short`` (:data:`SHORT_INSTRUCTION`)."""
+
+INSTRUCTIONS: dict[str, str] = {"full": SIGNAL_INSTRUCTION, "short": SHORT_INSTRUCTION}
 
 SIGNAL_TOKEN = "1"
 """Completion that means 'investment signal'."""
@@ -84,18 +97,23 @@ def _user_message(article: Article, text: str) -> str:
     return "\n".join(lines)
 
 
-def signal_messages(article: Article, text: str | None = None) -> list[dict[str, str]]:
-    """The chat messages the model is asked with: the instruction, then the article
-    (``text`` instead of the article's own text when given, e.g. cut to a budget).
-    The classifier renders them with the chat template; a teacher LLM gets them as is."""
+def signal_messages(article: Article, text: str | None = None,
+                    style: PromptStyle = "full") -> list[dict[str, str]]:
+    """The chat messages the model is asked with: the instruction of ``style``, then the
+    article (``text`` instead of the article's own text when given, e.g. cut to a
+    budget). The classifier renders them with the chat template; a teacher LLM gets them
+    as is."""
+    if style not in INSTRUCTIONS:
+        raise ValueError(f"unknown prompt style {style!r} (known: {', '.join(INSTRUCTIONS)})")
     return [
-        {"role": "system", "content": SIGNAL_INSTRUCTION},
+        {"role": "system", "content": INSTRUCTIONS[style]},
         {"role": "user", "content": _user_message(article, article.text if text is None else text)},
     ]
 
 
-def _render(article: Article, text: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    return tokenizer.apply_chat_template(signal_messages(article, text), tokenize=False,
+def _render(article: Article, text: str, tokenizer: PreTrainedTokenizerBase,
+            style: PromptStyle) -> str:
+    return tokenizer.apply_chat_template(signal_messages(article, text, style), tokenize=False,
                                          add_generation_prompt=True)
 
 
@@ -119,15 +137,17 @@ def encode_prompt(
     article: Article,
     tokenizer: PreTrainedTokenizerBase,
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    style: PromptStyle = "full",
 ) -> EncodedPrompt:
-    """Render ``article`` with the base model's chat template, cut to fit the budget.
+    """Render ``article`` with the base model's chat template and the instruction of
+    ``style`` (an adapter's is in its manifest), cut to fit the budget.
 
     The instruction and the answer position always survive. A title longer than half
     the room left by the instruction is cut; the body text is cut to what remains
     (both from the end). Raises ``ValueError`` only when the instruction alone does
     not fit ``max_prompt_tokens``.
     """
-    fixed = len(_tokens(_render(article.model_copy(update={"title": ""}), "", tokenizer),
+    fixed = len(_tokens(_render(article.model_copy(update={"title": ""}), "", tokenizer, style),
                         tokenizer))
     room = max_prompt_tokens - fixed
     if room < 2:
@@ -137,14 +157,14 @@ def encode_prompt(
     title, truncated = _cut(article.title, room // 2, tokenizer)
     if truncated:
         article = article.model_copy(update={"title": title})
-    overhead = len(_tokens(_render(article, "", tokenizer), tokenizer))
+    overhead = len(_tokens(_render(article, "", tokenizer, style), tokenizer))
     budget = max_prompt_tokens - overhead
     text, cut = _cut(article.text, max(budget, 0), tokenizer)
     truncated = truncated or cut
     # Cutting at a token boundary and decoding can re-tokenise a little differently;
     # shrink until the rendered prompt fits.
     while True:
-        rendered = _render(article, text, tokenizer)
+        rendered = _render(article, text, tokenizer, style)
         ids = _tokens(rendered, tokenizer)
         if len(ids) <= max_prompt_tokens:
             return EncodedPrompt(token_ids=ids, text=rendered, truncated=truncated)

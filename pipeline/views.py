@@ -10,7 +10,8 @@ dataset files and serving see the same prompt tokens:
   what the SFT trainer is fed (a prompt re-tokenised from text can differ by a token
   after a cut, the ids cannot).
 
-Only articles with a known label (``signal`` 0 or 1) appear in a view.
+Only articles with a known label (``signal`` 0 or 1) appear in a view. ``style`` picks
+the instruction (:data:`pipeline.prompt.PromptStyle`); the view files carry the full one.
 :func:`write_views` writes them beside a built dataset's splits as
 ``views/<split>.{sft,dpo,reward}.jsonl``.
 """
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import dataset as dataset_files
 from pipeline.article import Article
-from pipeline.prompt import NOT_SIGNAL_TOKEN, SIGNAL_TOKEN, encode_prompt, label_token_ids
+from pipeline.prompt import (NOT_SIGNAL_TOKEN, SIGNAL_TOKEN, PromptStyle, encode_prompt,
+                            label_token_ids)
 from pipeline.settings import Paths
 
 if TYPE_CHECKING:
@@ -48,32 +50,33 @@ def _date(article: Article) -> str | None:
 
 
 def sft_rows(articles: Iterable[Article], tokenizer: PreTrainedTokenizerBase,
-             max_prompt_tokens: int) -> list[dict[str, Any]]:
+             max_prompt_tokens: int, style: PromptStyle = "full") -> list[dict[str, Any]]:
     """``{id, date, prompt, completion, label}`` per labelled article (TRL prompt/completion)."""
     return [{
         "id": str(a.id), "date": _date(a),
-        "prompt": encode_prompt(a, tokenizer, max_prompt_tokens).text,
+        "prompt": encode_prompt(a, tokenizer, max_prompt_tokens, style).text,
         "completion": _answer(a.signal), "label": a.signal,
     } for a in _labelled(articles)]
 
 
 def preference_rows(articles: Iterable[Article], tokenizer: PreTrainedTokenizerBase,
-                    max_prompt_tokens: int) -> list[dict[str, Any]]:
+                    max_prompt_tokens: int, style: PromptStyle = "full") -> list[dict[str, Any]]:
     """``{id, date, prompt, chosen, rejected, label}``: chosen is the true label's answer."""
     return [{
         "id": str(a.id), "date": _date(a),
-        "prompt": encode_prompt(a, tokenizer, max_prompt_tokens).text,
+        "prompt": encode_prompt(a, tokenizer, max_prompt_tokens, style).text,
         "chosen": _answer(a.signal), "rejected": _answer(1 - a.signal), "label": a.signal,
     } for a in _labelled(articles)]
 
 
 def sft_token_rows(articles: Iterable[Article], tokenizer: PreTrainedTokenizerBase,
-                   max_prompt_tokens: int) -> list[dict[str, list[int]]]:
+                   max_prompt_tokens: int,
+                   style: PromptStyle = "full") -> list[dict[str, list[int]]]:
     """Pre-tokenised SFT rows: prompt ids + [label, EOS]; loss only on those two tokens."""
     labels = label_token_ids(tokenizer)
     rows = []
     for article in _labelled(articles):
-        prompt = encode_prompt(article, tokenizer, max_prompt_tokens)
+        prompt = encode_prompt(article, tokenizer, max_prompt_tokens, style)
         answer = [labels.signal if article.signal == 1 else labels.not_signal,
                   tokenizer.eos_token_id]
         rows.append({

@@ -175,7 +175,8 @@ class SignalClassifier:
                 await self.ensure_loaded(name)
 
             def render():
-                return [encode_prompt(a, self.tokenizer, self.prompt_limit(versions[ad]))
+                return [encode_prompt(a, self.tokenizer, self.prompt_limit(versions[ad]),
+                                      versions[ad].prompt_style if versions[ad] else "full")
                         for a, ad in items]
 
             # Tokenising long articles takes a while: keep the event loop free.

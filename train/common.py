@@ -7,6 +7,7 @@ config -> load -> fit -> save and calls these helpers for the parts that are the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -124,12 +125,13 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     return data
 
 
-def preference_pairs(data: TrainingData, tokenizer, max_prompt_tokens: int) -> list[dict[str, str]]:
+def preference_pairs(data: TrainingData, tokenizer, config: TrainConfig) -> list[dict[str, str]]:
     """``{prompt, chosen, rejected}`` rows (TRL's preference format) of the training slice."""
     from pipeline.views import preference_rows
 
     return [{k: r[k] for k in ("prompt", "chosen", "rejected")}
-            for r in preference_rows(data.examples, tokenizer, max_prompt_tokens)]
+            for r in preference_rows(data.examples, tokenizer, config.max_prompt_tokens,
+                                     config.prompt_style)]
 
 
 def mean_prompt_tokens(rows: list[dict[str, str]], tokenizer) -> float:
@@ -191,6 +193,21 @@ def resolve_adapter(reference: str, registry: Path) -> Path:
     except AdapterNotFound:
         raise ValueError(f"init_adapter: {reference!r} is neither an adapter directory nor "
                          f"a version or alias in the registry {registry}") from None
+
+
+def check_prompt_style(adapter_dir: Path, config: TrainConfig) -> None:
+    """Refuse to continue an adapter with another instruction than it was trained with:
+    its prompts would change under it. A directory without a manifest is taken as
+    ``full`` (what every version before ``prompt_style`` was trained with)."""
+    manifest_file = adapter_dir / "manifest.json"
+    style = "full"
+    if manifest_file.is_file():
+        raw = json.loads(manifest_file.read_text(encoding="utf-8"))
+        style = AdapterManifest.parse(raw, adapter_dir.name).hyperparameters.prompt_style or "full"
+    if style != config.prompt_style:
+        raise ValueError(f"init_adapter {adapter_dir.name} was trained with prompt_style "
+                         f"{style!r}; set prompt_style: {style} (this run has "
+                         f"{config.prompt_style!r})")
 
 
 def peft_model(config: TrainConfig, model):
@@ -303,7 +320,8 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
     calibration = None
     if data.validation is not None:
         calibration = calibrate_on_window(config.base_model, staging, data.validation,
-                                          config.max_prompt_tokens, config.calibration_method)
+                                          config.max_prompt_tokens, config.calibration_method,
+                                          config.prompt_style)
     manifest = AdapterManifest(
         method=config.method,
         base_model=config.base_model.resolve(),

@@ -31,7 +31,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
                       field_validator, model_validator)
 
-from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS
+from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptStyle
 from pipeline.settings import Paths
 
 _paths = Paths()
@@ -93,6 +93,14 @@ class TrainConfig(BaseModel):
 
     max_prompt_tokens: int = Field(default=DEFAULT_MAX_PROMPT_TOKENS, ge=32, le=32768)
     """Prompt length cap (template included); longer article texts are cut."""
+
+    prompt_style: PromptStyle = "full"
+    """The instruction the adapter is trained, calibrated and served with
+    (``pipeline/prompt.py``): ``full``, the task described in words, as the base model is
+    asked; or ``short``, a one-line question (about 70 fewer tokens per prompt: the same
+    article text fits a cap of 128 instead of 192). Recorded in the manifest, so every
+    consumer renders the adapter's prompts the same way. An ``init_adapter`` must have
+    been trained with the same style."""
 
     rank: int = Field(default=16, ge=1, le=256)
     """LoRA rank r."""

@@ -29,7 +29,7 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
     # --- load ---------------------------------------------------------------
     run = start_run(config, context)
     tokenizer = run.tokenizer
-    rows = preference_pairs(run.data, tokenizer, config.max_prompt_tokens)
+    rows = preference_pairs(run.data, tokenizer, config)
     model = peft_model(config, load_base_model(config))
 
     # --- fit ----------------------------------------------------------------

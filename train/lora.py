@@ -36,7 +36,8 @@ def train_lora(config: TrainConfig, context: RunContext | None = None,
     # --- load ---------------------------------------------------------------
     run = start_run(config, context)
     tokenizer = run.tokenizer
-    rows = sft_token_rows(run.data.examples, tokenizer, config.max_prompt_tokens)
+    rows = sft_token_rows(run.data.examples, tokenizer, config.max_prompt_tokens,
+                          config.prompt_style)
     tokens_per_epoch = sum(len(r["input_ids"]) for r in rows)
     # LoRA is attached here, before any forward pass (a 4-bit base needs that order).
     model = peft_model(config, load_base_model(config))

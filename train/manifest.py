@@ -89,6 +89,10 @@ class Hyperparameters(_Open):
     load_in_4bit: bool | None = None
     """Whether the base was loaded in 4-bit NF4 (QLoRA)."""
 
+    prompt_style: str | None = None
+    """The instruction its prompts carry (``full`` / ``short``); older versions record
+    none and were trained with ``full``."""
+
 
 class Metrics(_Open):
     """Training metrics; methods add their own (``kl_curve``, ``reward_model``, ...)."""

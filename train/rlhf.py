@@ -62,7 +62,7 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
     # --- load ---------------------------------------------------------------
     run = start_run(config, context)
     tokenizer, staging = run.tokenizer, run.staging
-    rows = preference_pairs(run.data, tokenizer, config.max_prompt_tokens)
+    rows = preference_pairs(run.data, tokenizer, config)
 
     # --- fit: the reward model ----------------------------------------------
     reward_trainer, reward_model = train_reward_model(

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.common import RunContext, TrainingData, load_tokenizer, load_training_data
+from train.common import (RunContext, TrainingData, check_prompt_style, load_tokenizer,
+                          load_training_data, resolve_adapter)
 from train.common import publish_adapter
 from train.config import TrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
@@ -50,6 +51,8 @@ def start_run(config: TrainConfig, context: RunContext | None = None) -> MethodR
     context = context or RunContext()
     started = time.monotonic()
     torch.manual_seed(config.seed)
+    if config.init_adapter:
+        check_prompt_style(resolve_adapter(config.init_adapter, config.registry), config)
     data = load_training_data(config)
     tokenizer = load_tokenizer(config.base_model)
     registry = AdapterRegistry(config.registry)

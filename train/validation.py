@@ -27,6 +27,7 @@ from typing import Literal
 
 from pipeline.article import Article
 from pipeline.dataset import load_split, read_manifest
+from pipeline.prompt import PromptStyle
 from train.calibration import Calibration, CalibrationWindow, fit_calibration
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
@@ -86,7 +87,8 @@ def sample_window(articles: Sequence[Article], limit: int | None, seed: int) -> 
 
 
 def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article],
-                 max_prompt_tokens: int, batch_size: int | None = None) -> list[float]:
+                 max_prompt_tokens: int, batch_size: int | None = None,
+                 style: PromptStyle = "full") -> list[float]:
     """Uncalibrated P(signal) of ``articles`` under an adapter directory, computed the
     way the API's in-process backend computes it (same prompt, same two-token softmax)."""
     from tqdm import tqdm
@@ -104,7 +106,7 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
     with tqdm(total=len(articles), desc="scoring the validation window", unit="article") as bar:
         for start in range(0, len(articles), chunk):
             batch = articles[start:start + chunk]
-            ids = [encode_prompt(a, tokenizer, max_prompt_tokens).token_ids for a in batch]
+            ids = [encode_prompt(a, tokenizer, max_prompt_tokens, style).token_ids for a in batch]
             out.extend(asyncio.run(backend.signal_probabilities(ids, [name] * len(ids))))
             bar.update(len(batch))
     return out
@@ -120,12 +122,14 @@ def trained_prompt_cap(version: AdapterVersion, server_cap: int | None = None) -
 
 def calibrate_on_window(base_model: Path, adapter_dir: Path, window: WindowArticles,
                         max_prompt_tokens: int,
-                        method: Literal["platt", "temperature"] = "platt") -> Calibration:
+                        method: Literal["platt", "temperature"] = "platt",
+                        style: PromptStyle = "full") -> Calibration:
     """Score the window with the adapter and fit its calibration and threshold there."""
     if not window.articles:
         raise ValueError(f"the window {window.date_from}..{window.date_to} of "
                          f"{window.dataset}/{window.split} has no labelled articles")
-    p_raw = raw_p_signal(base_model, adapter_dir, window.articles, max_prompt_tokens)
+    p_raw = raw_p_signal(base_model, adapter_dir, window.articles, max_prompt_tokens,
+                         style=style)
     calibration = fit_calibration([a.signal for a in window.articles], p_raw,
                                   window.describe(), method)
     log.info("calibration on %d articles (%s..%s, base rate %.3f): %s a=%.3f b=%.3f, "
@@ -166,7 +170,7 @@ def recalibrate(registry: AdapterRegistry, name_or_alias: str, window: WindowArt
     previous = source.calibration
     method = method or (previous.method if previous else "platt")
     calibration = calibrate_on_window(base_model, source.path, window,
-                                      trained_prompt_cap(source), method)
+                                      trained_prompt_cap(source), method, source.prompt_style)
     name = registry.new_name(source.manifest.method or "adapter",
                              f"recal-{window.dataset}-{window.split}")
     staging = registry.staging_dir(name)

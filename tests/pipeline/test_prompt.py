@@ -3,8 +3,8 @@
 import pytest
 
 from pipeline.article import Article
-from pipeline.prompt import (NOT_SIGNAL_TOKEN, SIGNAL_INSTRUCTION, SIGNAL_TOKEN, encode_prompt,
-                             label_token_ids)
+from pipeline.prompt import (NOT_SIGNAL_TOKEN, SHORT_INSTRUCTION, SIGNAL_INSTRUCTION,
+                             SIGNAL_TOKEN, encode_prompt, label_token_ids)
 
 ARTICLE = Article(id=7, title="Acme to buy Beta", date_published="1987-04-02T10:00:00",
                   text="Acme Corp said it agreed to acquire Beta Inc for 12 mln dlrs.", signal=1)
@@ -60,3 +60,33 @@ def test_huge_title_is_cut_too(tokenizer):
 def test_budget_too_small_for_instruction_is_an_error(tokenizer):
     with pytest.raises(ValueError, match="leaves no room"):
         encode_prompt(ARTICLE, tokenizer, max_prompt_tokens=20)
+
+
+def test_short_style_asks_the_same_article_in_fewer_tokens(tokenizer):
+    """The short instruction frees the room the full one takes: the same article text,
+    uncut, fits a cap the full instruction's prompt would have to cut it for."""
+    full = encode_prompt(ARTICLE, tokenizer, 256)
+    short = encode_prompt(ARTICLE, tokenizer, 256, "short")
+    assert short.text.startswith("<|im_start|>system\n" + SHORT_INSTRUCTION + "<|im_end|>")
+    assert SIGNAL_INSTRUCTION not in short.text
+    assert full.text.split("<|im_start|>user")[1] == short.text.split("<|im_start|>user")[1]
+    saved = len(full.token_ids) - len(short.token_ids)
+    assert saved >= 60
+    cap = len(short.token_ids)
+    assert not encode_prompt(ARTICLE, tokenizer, cap, "short").truncated
+    assert encode_prompt(ARTICLE, tokenizer, cap + saved - 1).truncated
+
+
+def test_training_rows_carry_the_style_they_are_asked_for(tokenizer):
+    from pipeline.views import preference_rows, sft_token_rows
+
+    row = sft_token_rows([ARTICLE], tokenizer, 256, "short")[0]
+    served = encode_prompt(ARTICLE, tokenizer, 256, "short").token_ids
+    assert row["input_ids"][:len(served)] == served
+    pair = preference_rows([ARTICLE], tokenizer, 256, "short")[0]
+    assert pair["prompt"] == encode_prompt(ARTICLE, tokenizer, 256, "short").text
+
+
+def test_unknown_prompt_style_is_an_error(tokenizer):
+    with pytest.raises(ValueError, match="unknown prompt style 'terse'"):
+        encode_prompt(ARTICLE, tokenizer, 256, "terse")

@@ -98,6 +98,43 @@ def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_datas
     assert version.manifest.hyperparameters.loraplus_lr_ratio == 16
 
 
+def test_a_short_prompt_adapter_is_calibrated_and_served_with_its_own_prompts(
+        sft_adapter, tiny_model_dir, reuters_dataset):
+    """prompt_style=short lands in the manifest; calibration, evaluation and the API all
+    render that adapter's prompts with the short instruction (and the base, and older
+    adapters, with the full one); continuing it with the other style is refused."""
+    from pipeline.dataset import load_split
+    from train.dpo import train_dpo
+    from train.evaluate import Scorer
+    from train.lora import train_lora
+    from train.validation import raw_p_signal
+
+    registry = sft_adapter.path.parent
+    version = train_lora(load_config(None, [
+        f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={registry}",
+        "prompt_style=short", "max_examples=8", "sampling=balanced", "max_steps=2",
+        "batch_size=4", "max_prompt_tokens=96", "bf16=false", "validation_max_examples=16",
+        "learning_rate=1e-2"]))
+    assert version.manifest.hyperparameters.prompt_style == "short"
+    assert version.prompt_style == "short" and sft_adapter.prompt_style == "full"
+    articles = load_split(reuters_dataset, "1987-04")[:6]
+    scorer = Scorer(tiny_model_dir, registry, 512)
+    served = scorer.classify(articles, version.name)
+    short = raw_p_signal(tiny_model_dir, version.path, articles, 96, style="short")
+    full = raw_p_signal(tiny_model_dir, version.path, articles, 160, style="full")
+    assert [c.p_raw for c in served] == pytest.approx(short, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(short, full)) > 1e-4
+    assert [c.p_signal for c in served] == pytest.approx(
+        [version.calibration.apply(p) for p in short], abs=1e-5)
+    scorer.close()
+    with pytest.raises(ValueError, match="trained with prompt_style 'short'"):
+        train_dpo(load_config(None, [
+            f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
+            f"registry={registry}", "method=dpo", f"init_adapter={version.name}",
+            "max_examples=8", "max_steps=1", "batch_size=4", "max_prompt_tokens=96",
+            "bf16=false", "validation_days=null"]))
+
+
 def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
     from train.dpo import train_dpo
 
