@@ -23,7 +23,7 @@ from pipeline.article import Article
 from pipeline.dataset import DatasetManifest, load_split, read_manifest
 from train.config import TrainConfig
 from train.manifest import AdapterManifest, DatasetWindow, LoraShape
-from train.registry import AdapterNotFound, AdapterRegistry, AdapterVersion
+from train.registry import MANIFEST, AdapterNotFound, AdapterRegistry, AdapterVersion
 from train.validation import (WindowArticles, calibrate_on_window, sample_window,
                               split_off_validation)
 
@@ -199,7 +199,7 @@ def check_prompt_style(adapter_dir: Path, config: TrainConfig) -> None:
     """Refuse to continue an adapter with another instruction than it was trained with:
     its prompts would change under it. A directory without a manifest is taken as
     ``full`` (what every version before ``prompt_style`` was trained with)."""
-    manifest_file = adapter_dir / "manifest.json"
+    manifest_file = adapter_dir / MANIFEST
     style = "full"
     if manifest_file.is_file():
         raw = json.loads(manifest_file.read_text(encoding="utf-8"))

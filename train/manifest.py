@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.dataset import IsoTime, malformed_field
+from pipeline.prompt import PromptStyle
 from train.calibration import Calibration
 
 
@@ -89,7 +90,7 @@ class Hyperparameters(_Open):
     load_in_4bit: bool | None = None
     """Whether the base was loaded in 4-bit NF4 (QLoRA)."""
 
-    prompt_style: str | None = None
+    prompt_style: PromptStyle | None = None
     """The instruction its prompts carry (``full`` / ``short``); older versions record
     none and were trained with ``full``."""
 

@@ -76,6 +76,7 @@ def test_an_old_manifest_with_absolute_paths_and_missing_fields_loads(tmp_path):
     assert str(version.manifest.dataset.path) == "/somewhere/else/datasets/reuters-acq"
     assert version.calibration is None and version.max_prompt_tokens is None
     assert version.manifest.lora is None and version.manifest.metrics.loss_curve == []
+    assert version.prompt_style == "full"  # trained before prompt_style existed
     # the JSON shape is what was read: no fields invented, the timestamp as written
     assert version.manifest.to_json() == old
 
@@ -109,6 +110,19 @@ def test_a_malformed_manifest_is_a_clear_error_and_does_not_hide_the_others(tmp_
     with caplog.at_level(logging.WARNING, logger="train.registry"):
         assert [v.name for v in registry.list()] == ["good"]
     assert "adapter bad" in caplog.text and "adapter broken" in caplog.text
+
+
+def test_an_unknown_prompt_style_is_a_malformed_manifest(tmp_path):
+    registry = AdapterRegistry(tmp_path)
+    short = _publish(registry, "short", AdapterManifest.model_validate(
+        {"method": "lora", "hyperparameters": {"prompt_style": "short"}}))
+    assert short.prompt_style == "short"
+    _publish(registry, "odd", AdapterManifest(method="lora"))
+    (tmp_path / "odd" / "manifest.json").write_text(json.dumps(
+        {"name": "odd", "hyperparameters": {"prompt_style": "terse"}}))
+    with pytest.raises(InvalidManifest, match="adapter odd: manifest field "
+                                              "'hyperparameters.prompt_style'"):
+        registry.get("odd")
 
 
 def test_a_path_given_relative_is_the_working_directorys(tmp_path, monkeypatch):
