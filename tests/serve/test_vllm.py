@@ -255,6 +255,35 @@ def test_evaluation_through_vllm_scores_what_the_api_serves(
     assert base.p_signal == pytest.approx(_classify(vllm_api, articles), abs=2e-3)
 
 
+def test_a_short_prompt_adapter_is_asked_with_its_own_prompts_through_vllm(
+        vllm_server, trained_adapter, articles, base_model_dir, tmp_path):
+    """An adapter whose manifest says ``prompt_style: short`` gets short prompts on the
+    vLLM path as in-process (the same P), and not the full prompts its weights' twin gets."""
+    import shutil
+
+    from train.evaluate import Scorer
+    from train.registry import ADAPTER_FILES, AdapterRegistry
+
+    registry = AdapterRegistry(tmp_path / "registry")
+    for name, style in (("as-full", "full"), ("as-short", "short")):
+        staging = registry.staging_dir(name)
+        for file in ADAPTER_FILES:
+            shutil.copy2(trained_adapter.path / file, staging / file)
+        hyper = trained_adapter.manifest.hyperparameters.model_copy(
+            update={"prompt_style": style})
+        registry.publish(name, trained_adapter.manifest.model_copy(
+            update={"hyperparameters": hyper}))
+    through_vllm = Scorer(base_model_dir, registry.root, 512, vllm_url=vllm_server.url)
+    in_process = Scorer(base_model_dir, registry.root, 512)
+    short = through_vllm.p_signal(articles, "as-short")
+    full = through_vllm.p_signal(articles, "as-full")
+    assert short == pytest.approx(in_process.p_signal(articles, "as-short"), abs=1e-2)
+    assert full == pytest.approx(in_process.p_signal(articles, "as-full"), abs=1e-2)
+    assert max(abs(a - b) for a, b in zip(short, full)) > 0.02
+    through_vllm.close()
+    in_process.close()
+
+
 def test_every_prompt_reuses_the_cached_instruction(vllm_server, tokenizer):
     """vLLM as the product starts it reuses the prompt's fixed part (chat template +
     instruction) from its prefix cache for every article: the whole blocks of it, at
