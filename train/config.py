@@ -97,8 +97,8 @@ class TrainConfig(BaseModel):
     prompt_style: PromptStyle = "full"
     """The instruction the adapter is trained, calibrated and served with
     (``pipeline/prompt.py``): ``full``, the task described in words, as the base model is
-    asked; or ``short``, a one-line question (78 fewer tokens per prompt with SmolLM2: the same
-    article text fits a cap of 128 instead of 192). Recorded in the manifest, so every
+    asked; or ``short``, a one-line question (78 fewer tokens per prompt with SmolLM2: the
+    article text of a 192-token full prompt fits a cap of 114). Recorded in the manifest, so every
     consumer renders the adapter's prompts the same way. An ``init_adapter`` must have
     been trained with the same style."""
 
