@@ -112,9 +112,13 @@ def spread(values: list[float]) -> dict[str, Any]:
 
 
 def over_seeds(models: dict[str, dict[str, dict]]) -> dict[str, dict]:
-    """Mean and spread (min..max) over seeds of each SFT method's F1 and ECE per window."""
+    """Mean and spread (min..max) over seeds of F1 and ECE per window, for every label
+    that has seed runs beside it (``lora`` with ``lora-s1``, a recipe ``short-384`` with
+    ``short-384-s1``, ...)."""
     out: dict[str, dict] = {}
-    for method in SFT:
+    families = sorted({m[1] for label in models
+                       if (m := re.fullmatch(r"(.+)-s\d+", label)) and m[1] in models})
+    for method in families:
         runs = seeds_of(method, models)
         if len(runs) < 2:
             continue

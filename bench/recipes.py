@@ -1,0 +1,146 @@
+"""Training recipes compared on whole windows, chosen on validation: variants of one
+training config, each trained, calibrated on its validation window, then evaluated on
+every article of the later windows beside the two TF-IDF baselines; optionally DPO from
+the variant with the best validation F1 (chosen there, never on the test windows).
+
+Each variant is the config with some fields changed (``--variant
+name:field=value,field=value``, as ``bench/bench_training.py``). Everything runs in this
+one process (in-process training and scoring, on CUDA when there is one), and
+``OUT/recipes.json`` plus ``OUT/eval-<split>.json`` are rewritten after every training and
+evaluation, so a run cut off by a time limit keeps what it finished. The eval files have
+the shape ``signals eval --out`` writes (``bench/quality_table.py LABEL=FILE`` reads them)::
+
+    python bench/recipes.py --config train/configs/production.yaml \\
+        --set batch_size=32 max_examples=null sampling=random validation_max_examples=null \\
+        --variant short-128: --variant short-384:max_prompt_tokens=384 \\
+        --dpo max_steps=100 --out OUT
+
+A machine with a GPU runs this in minutes (``bench/gpu_recipes.sh``); on this 2-core CPU
+one whole-window variant takes hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_training import parse_variant  # noqa: E402
+from train.config import derive_config, load_config  # noqa: E402
+
+log = logging.getLogger("recipes")
+
+
+def validation_f1(version) -> float | None:
+    """The F1 its calibration reached on the validation window (None: uncalibrated)."""
+    return version.calibration.after.f1 if version.calibration else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="the training config")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override for every variant")
+    parser.add_argument("--variant", dest="variants", action="append", type=parse_variant,
+                        required=True, metavar="NAME:FIELD=VALUE,...",
+                        help="a variant, trained and evaluated in the order given")
+    parser.add_argument("--dpo", nargs="*", default=None, metavar="FIELD=VALUE",
+                        help="also train DPO (these fields) from the variant with the best "
+                             "validation F1")
+    parser.add_argument("--eval-split", dest="eval_splits", action="append",
+                        help="whole window to evaluate on (default: 1987-04 and 1987-06)")
+    parser.add_argument("--eval-limit", type=int, default=None, metavar="N",
+                        help="a seeded N articles of each window instead of all (dry runs)")
+    parser.add_argument("--out", type=Path, required=True, help="result directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    from pipeline.dataset import load_split
+    from train.evaluate import Scorer, TfidfBaseline, sample_articles
+    from train.experiment import adapter_rows
+    from train.jobs import run_training
+
+    started = time.monotonic()
+    splits = args.eval_splits or ["1987-04", "1987-06"]
+    shared = load_config(args.config, args.set)  # every field checked before any work
+    configs = {name: load_config(args.config, [*args.set, *fields])
+               for name, fields in args.variants}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    # The largest cap of any variant: the scorer serves each adapter at its own trained
+    # cap within this one (train.classifier), as the server does.
+    cap = max(c.max_prompt_tokens for c in configs.values())
+    windows = {split: sample_articles(load_split(shared.dataset, split), args.eval_limit,
+                                      shared.seed) for split in splits}
+    train_articles = load_split(shared.dataset, shared.split)
+    evaluations: dict[str, dict[str, Any]] = {split: {} for split in splits}
+    adapters: dict[str, Any] = {}
+    record: dict[str, Any] = {"config_file": str(args.config), "set": args.set,
+                              "variants": {n: f for n, f in args.variants},
+                              "dpo": args.dpo, "chosen": None}
+
+    def write() -> None:
+        # recipes.json reads as an experiment report (adapters and per-split metrics),
+        # so bench/quality_table.py --report takes it as it is.
+        record["adapters"] = adapter_rows(adapters)
+        record["evaluations"] = {split: {label: e["metrics"] for label, e in results.items()}
+                                 for split, results in evaluations.items()}
+        record["validation_f1"] = {k: validation_f1(v) for k, v in adapters.items()}
+        record["wall_time_s"] = round(time.monotonic() - started, 1)
+        (args.out / "recipes.json").write_text(json.dumps(record, indent=2))
+        for split in splits:
+            (args.out / f"eval-{split}.json").write_text(
+                json.dumps(evaluations[split], indent=2))
+
+    for baseline in (TfidfBaseline(train_articles, threshold=0.5),
+                     TfidfBaseline(train_articles, shared.validation_days)):
+        for split, articles in windows.items():
+            evaluations[split][baseline.name] = baseline.evaluate(articles, split).to_dict()
+    write()
+
+    scorer = Scorer(shared.base_model, shared.registry, cap)
+
+    def train_and_evaluate(label: str, config) -> None:
+        version = run_training(config, local=True)
+        adapters[label] = version
+        log.info("%s: %s, validation F1 %s, %.0f s", label, version.name,
+                 validation_f1(version), version.manifest.wall_time_s or 0)
+        write()
+        for split, articles in windows.items():
+            evaluation = scorer.evaluate(articles, version.name, split, None)
+            evaluations[split][label] = {**evaluation.to_dict(), "adapter": version.name}
+            m = evaluation.metrics
+            log.info("%s on %s: F1 %.3f at %.3f (AUC %.3f, ECE %.3f)", label, split, m["f1"],
+                     m["threshold"], m["roc_auc"] or 0, m["ece"])
+            write()
+
+    try:
+        for name, config in configs.items():
+            train_and_evaluate(name, config)
+        if args.dpo is not None:
+            scored = {k: validation_f1(v) for k, v in adapters.items()
+                      if validation_f1(v) is not None}
+            if not scored:
+                raise SystemExit("no calibrated variant to start DPO from")
+            chosen = max(scored, key=scored.get)
+            record["chosen"] = {"label": chosen, "validation_f1": scored[chosen]}
+            dpo = load_config(args.config, [*args.set, *dict(args.variants)[chosen],
+                                            "method=dpo", *args.dpo])
+            dpo = derive_config(dpo, init_adapter=adapters[chosen].name)
+            train_and_evaluate(f"dpo-from-{chosen}", dpo)
+    finally:
+        scorer.close()
+        write()
+    log.info("results in %s (%.0f s)", args.out, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

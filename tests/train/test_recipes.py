@@ -1,0 +1,63 @@
+"""bench/recipes.py: variants of one training config trained, calibrated and evaluated on
+whole windows in one process, DPO from the variant chosen on validation, and the result
+read back by bench/quality_table.py (real training steps on the tiny model)."""
+
+import json
+
+from bench.quality_table import chosen_on_validation, collect, over_seeds, read_evaluation
+
+
+def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
+        tiny_overrides, tmp_path):
+    from bench.recipes import main
+    from train.registry import AdapterRegistry
+
+    out = tmp_path / "out"
+    assert main(["--config", "train/configs/production.yaml", "--set", *tiny_overrides,
+                 "--variant", "short:", "--variant", "short-s1:seed=1,max_prompt_tokens=192",
+                 "--dpo", "max_steps=1", "learning_rate=5e-5",
+                 "--eval-limit", "12", "--out", str(out)]) == 0
+
+    record = json.loads((out / "recipes.json").read_text())
+    validation = record["validation_f1"]
+    chosen = max(("short", "short-s1"), key=validation.get)
+    assert record["chosen"] == {"label": chosen, "validation_f1": validation[chosen]}
+    assert set(record["adapters"]) == {"short", "short-s1", f"dpo-from-{chosen}"}
+
+    registry = AdapterRegistry(tmp_path / "registry")
+    versions = {label: registry.resolve(row["name"]) for label, row in record["adapters"].items()}
+    hyper = {label: v.manifest.hyperparameters for label, v in versions.items()}
+    assert hyper["short"].max_prompt_tokens == 160 and hyper["short-s1"].max_prompt_tokens == 192
+    assert {h.prompt_style for h in hyper.values()} == {"short"}  # production.yaml's
+    dpo = versions[f"dpo-from-{chosen}"].manifest
+    assert dpo.method == "dpo" and dpo.init_adapter == record["adapters"][chosen]["name"]
+
+    for split in ("1987-04", "1987-06"):
+        evaluation = json.loads((out / f"eval-{split}.json").read_text())
+        assert set(evaluation) == {"tfidf-logreg", "tfidf-logreg-validated", "short",
+                                   "short-s1", f"dpo-from-{chosen}"}
+        assert {e["metrics"]["n"] for e in evaluation.values()} == {12}
+        # each adapter at its own calibrated threshold, the one its manifest holds
+        for label, version in versions.items():
+            assert evaluation[label]["adapter"] == version.name
+            assert evaluation[label]["metrics"]["threshold"] == version.calibration.threshold
+        assert record["evaluations"][split]["short"] == evaluation["short"]["metrics"]
+
+    # quality_table reads recipes.json as a report: seeds spread, the choice on validation
+    adapters, models = collect([record], [read_evaluation(str(out / "eval-1987-06.json"))])
+    assert over_seeds(models)["short"]["seeds"] == [0, 1]
+    assert chosen_on_validation(adapters, models, "tfidf-logreg")["label"] == max(
+        validation, key=validation.get)
+
+
+def test_quality_table_spreads_any_label_run_on_several_seeds():
+    def metrics(f1):
+        return {"f1": f1, "ece": 0.01}
+
+    models = {"short-384": {"jun": metrics(0.9)}, "short-384-s1": {"jun": metrics(0.8)},
+              "dpo-from-short-384": {"jun": metrics(0.7)}, "short-128": {"jun": metrics(0.6)},
+              "lonely-s1": {"jun": metrics(0.5)}}
+    seeds = over_seeds(models)
+    assert list(seeds) == ["short-384"]  # lonely-s1 has no seed-0 run beside it
+    assert seeds["short-384"]["seeds"] == [0, 1]
+    assert seeds["short-384"]["jun"]["f1"]["mean"] == 0.85
