@@ -264,9 +264,10 @@ def trainer_arguments(config: TrainConfig, context: RunContext, staging: Path) -
     )
 
 
-def show_loss_progress(trainer, description: str) -> None:
+def show_loss_progress(trainer, description: str, key: str = "loss") -> None:
     """Replace the trainer's console output (a bare step bar plus one printed dict per
-    logged step) with one progress bar over the optimiser steps that shows the loss."""
+    logged step) with one progress bar over the optimiser steps that shows the loss (or
+    the logged value ``key``: an RL policy's ``reward``)."""
     from tqdm.auto import tqdm
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
@@ -284,8 +285,8 @@ def show_loss_progress(trainer, description: str) -> None:
                 self.bar.update(state.global_step - self.bar.n)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if self.bar is not None and logs and key in logs:
+                self.bar.set_postfix({key: f"{logs[key]:.4f}"})
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:

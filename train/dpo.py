@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 
 from train.common import (RunContext, load_base_model, loss_curve, mean_prompt_tokens,
-                          peft_model, preference_pairs, trainer_arguments)
+                          peft_model, preference_pairs, show_loss_progress,
+                          trainer_arguments)
 from train.config import DpoTrainConfig
 from train.registry import AdapterVersion
 from train.run import start_run
@@ -37,6 +38,7 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
                      max_length=None)  # prompts are already cut by encode_prompt
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=run.context.callbacks)
+    show_loss_progress(trainer, "dpo training")
     result = trainer.train(resume_from_checkpoint=run.context.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 
 from train.common import (RunContext, load_base_model, lora_config, loss_curve,
-                          mean_prompt_tokens, peft_model, preference_pairs, trainer_arguments)
+                          mean_prompt_tokens, peft_model, preference_pairs,
+                          show_loss_progress, trainer_arguments)
 from train.config import RlhfTrainConfig
 from train.registry import AdapterVersion
 from train.run import start_run
@@ -47,6 +48,7 @@ def train_reward_model(config: RlhfTrainConfig, rows: list[dict], tokenizer, out
                      learning_rate=config.reward_learning_rate, save_strategy="no")
     trainer = RewardTrainer(model=model, args=RewardConfig(**arguments, max_length=None),
                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    show_loss_progress(trainer, "reward model training")
     trainer.train()
     trainer.model.save_pretrained(output_dir)
     reward_model = trainer.model.merge_and_unload()
@@ -83,6 +85,7 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
         train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
         processing_class=tokenizer, reward_processing_classes=tokenizer,
         callbacks=run.context.callbacks)
+    show_loss_progress(trainer, f"{config.algorithm} training", key="reward")
     result = trainer.train(resume_from_checkpoint=run.context.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None

@@ -135,7 +135,7 @@ def test_a_short_prompt_adapter_is_calibrated_and_served_with_its_own_prompts(
             "bf16=false", "validation_days=null"]))
 
 
-def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
+def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset, capfd):
     from train.dpo import train_dpo
 
     version = train_dpo(load_config(None, [
@@ -150,9 +150,16 @@ def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset):
     weights = _weights(version)
     assert not any(".ref." in k for k in weights)
     assert _changed(weights, _weights(sft_adapter))
+    _assert_one_progress_bar(capfd.readouterr().err, "dpo training", "loss")
 
 
-def test_rlhf_reward_model_then_rloo(sft_adapter, tiny_model_dir, reuters_dataset):
+def _assert_one_progress_bar(err: str, description: str, key: str) -> None:
+    """The run showed a progress bar with its loss (or reward), not raw trainer dicts."""
+    assert description in err and f"{key}=" in err and "2/2" in err, err[-2000:]
+    assert "'train_runtime'" not in err and f"'{key}':" not in err
+
+
+def test_rlhf_reward_model_then_rloo(sft_adapter, tiny_model_dir, reuters_dataset, capfd):
     from train.rlhf import train_rlhf
 
     version = train_rlhf(load_config(None, [
@@ -167,6 +174,9 @@ def test_rlhf_reward_model_then_rloo(sft_adapter, tiny_model_dir, reuters_datase
     assert m.metrics.reward_model["steps"] == 2
     assert (version.path / "reward_model" / "adapter_config.json").is_file()
     assert _changed(_weights(version), _weights(sft_adapter))
+    err = capfd.readouterr().err
+    _assert_one_progress_bar(err, "reward model training", "loss")
+    _assert_one_progress_bar(err, "rloo training", "reward")
 
 
 def test_qlora_trains_on_a_4bit_base(tiny_model_dir, reuters_dataset, tmp_path):
@@ -209,6 +219,4 @@ def test_training_shows_one_progress_bar_with_the_loss(tiny_overrides, capfd):
     from train.lora import train_lora
 
     train_lora(load_config(None, tiny_overrides + ["validation_days=null"]))
-    err = capfd.readouterr().err
-    assert "lora training" in err and "loss=" in err and "2/2" in err
-    assert "{'loss'" not in err and "'loss':" not in err  # no raw trainer dicts
+    _assert_one_progress_bar(capfd.readouterr().err, "lora training", "loss")
