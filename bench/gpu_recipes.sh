@@ -17,15 +17,9 @@
 set -euo pipefail
 out=${1:?usage: bash bench/gpu_recipes.sh OUT_DIR --variant NAME:FIELD=VALUE,... [...]}
 shift
-py=${PYTHON:-python3}
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
-export SIGNALS_DATA_DIR=${SIGNALS_DATA_DIR:-$PWD/data}
+source "$(dirname "$0")/gpu_prepare.sh"   # model, dataset, offline environment
 mkdir -p "$out"
 
-"$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
-"$py" -m signals model prepare
-[ -f "$SIGNALS_DATA_DIR/datasets/reuters-acq/manifest.json" ] || "$py" -m signals data reuters
 start=$(date +%s)
 status=0
 timeout "${TIME_LIMIT:-0}" "$py" bench/recipes.py --config train/configs/production.yaml \
