@@ -1,7 +1,8 @@
 """Training recipes compared on whole windows, chosen on validation: variants of one
 training config, each trained, calibrated on its validation window, then evaluated on
 every article of the later windows beside the two TF-IDF baselines; optionally DPO from
-the variant with the best validation F1 (chosen there, never on the test windows).
+the variant with the best validation F1 (chosen there, never on the test windows), and
+any further runs from that adapter (``--then``: RLHF, an update on a later window, ...).
 
 Each variant is the config with some fields changed (``--variant
 name:field=value,field=value``, as ``bench/bench_training.py``). Everything runs in this
@@ -13,7 +14,12 @@ the shape ``signals eval --out`` writes (``bench/quality_table.py LABEL=FILE`` r
     python bench/recipes.py --config train/configs/production.yaml \\
         --set batch_size=32 max_examples=null sampling=random validation_max_examples=null \\
         --variant short-128: --variant short-384:max_prompt_tokens=384 \\
-        --dpo max_steps=100 --out OUT
+        --dpo max_steps=100 learning_rate=5e-5 \\
+        --then rlhf:method=rlhf,reward_steps=100,max_steps=30,learning_rate=1e-5 \\
+        --then update:split=1987-04,max_steps=80 --out OUT
+
+A ``--then`` run starts from the chosen variant (``init_adapter``) with that variant's
+fields and its own; it is not evaluated on the window it trained on (``split``).
 
 A machine with a GPU runs this in minutes (``bench/gpu_recipes.sh``); on this 2-core CPU
 one whole-window variant takes hours.
@@ -32,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_training import parse_variant  # noqa: E402
-from train.config import derive_config, load_config  # noqa: E402
+from train.config import load_config  # noqa: E402
 
 log = logging.getLogger("recipes")
 
@@ -53,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a variant, trained and evaluated in the order given")
     parser.add_argument("--dpo", nargs="*", default=None, metavar="FIELD=VALUE",
                         help="also train DPO (these fields) from the variant with the best "
-                             "validation F1")
+                             "validation F1 (the run dpo-from-<variant>)")
+    parser.add_argument("--then", dest="then", action="append", type=parse_variant,
+                        default=[], metavar="NAME:FIELD=VALUE,...",
+                        help="a further run from the variant with the best validation F1 "
+                             "(NAME-from-<variant>)")
     parser.add_argument("--eval-split", dest="eval_splits", action="append",
                         help="whole window to evaluate on (default: 1987-04 and 1987-06)")
     parser.add_argument("--eval-limit", type=int, default=None, metavar="N",
@@ -72,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     shared = load_config(args.config, args.set)  # every field checked before any work
     configs = {name: load_config(args.config, [*args.set, *fields])
                for name, fields in args.variants}
+    then = ([("dpo", ["method=dpo", *args.dpo])] if args.dpo is not None else []) + args.then
+    for name, fields in then:  # checked now: the chosen variant is not known yet
+        for variant_fields in dict(args.variants).values():
+            load_config(args.config, [*args.set, *variant_fields,
+                                      "init_adapter=chosen-later", *fields])
     args.out.mkdir(parents=True, exist_ok=True)
 
     # The largest cap of any variant: the scorer serves each adapter at its own trained
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     adapters: dict[str, Any] = {}
     record: dict[str, Any] = {"config_file": str(args.config), "set": args.set,
                               "variants": {n: f for n, f in args.variants},
-                              "dpo": args.dpo, "chosen": None}
+                              "dpo": args.dpo, "then": dict(args.then), "chosen": None}
 
     def write() -> None:
         # recipes.json reads as an experiment report (adapters and per-split metrics),
@@ -114,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                  validation_f1(version), version.manifest.wall_time_s or 0)
         write()
         for split, articles in windows.items():
+            if split == config.split:
+                continue  # it trained on this window: not a test window for it
             evaluation = scorer.evaluate(articles, version.name, split, None)
             evaluations[split][label] = {**evaluation.to_dict(), "adapter": version.name}
             m = evaluation.metrics
@@ -124,17 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, config in configs.items():
             train_and_evaluate(name, config)
-        if args.dpo is not None:
+        if then:
             scored = {k: validation_f1(v) for k, v in adapters.items()
                       if validation_f1(v) is not None}
             if not scored:
-                raise SystemExit("no calibrated variant to start DPO from")
+                raise SystemExit("no calibrated variant to start from")
             chosen = max(scored, key=scored.get)
             record["chosen"] = {"label": chosen, "validation_f1": scored[chosen]}
-            dpo = load_config(args.config, [*args.set, *dict(args.variants)[chosen],
-                                            "method=dpo", *args.dpo])
-            dpo = derive_config(dpo, init_adapter=adapters[chosen].name)
-            train_and_evaluate(f"dpo-from-{chosen}", dpo)
+            for name, fields in then:
+                train_and_evaluate(f"{name}-from-{chosen}", load_config(args.config, [
+                    *args.set, *dict(args.variants)[chosen],
+                    f"init_adapter={adapters[chosen].name}", *fields]))
     finally:
         scorer.close()
         write()

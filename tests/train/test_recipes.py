@@ -16,13 +16,15 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
     assert main(["--config", "train/configs/production.yaml", "--set", *tiny_overrides,
                  "--variant", "short:", "--variant", "short-s1:seed=1,max_prompt_tokens=192",
                  "--dpo", "max_steps=1", "learning_rate=5e-5",
+                 "--then", "update:split=1987-04,max_steps=1",
                  "--eval-limit", "12", "--out", str(out)]) == 0
 
     record = json.loads((out / "recipes.json").read_text())
     validation = record["validation_f1"]
     chosen = max(("short", "short-s1"), key=validation.get)
     assert record["chosen"] == {"label": chosen, "validation_f1": validation[chosen]}
-    assert set(record["adapters"]) == {"short", "short-s1", f"dpo-from-{chosen}"}
+    assert set(record["adapters"]) == {"short", "short-s1", f"dpo-from-{chosen}",
+                                       f"update-from-{chosen}"}
 
     registry = AdapterRegistry(tmp_path / "registry")
     versions = {label: registry.resolve(row["name"]) for label, row in record["adapters"].items()}
@@ -31,14 +33,21 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
     assert {h.prompt_style for h in hyper.values()} == {"short"}  # production.yaml's
     dpo = versions[f"dpo-from-{chosen}"].manifest
     assert dpo.method == "dpo" and dpo.init_adapter == record["adapters"][chosen]["name"]
+    update = versions[f"update-from-{chosen}"].manifest
+    assert update.method == "lora" and update.init_adapter == record["adapters"][chosen]["name"]
+    assert update.dataset.split == "1987-04"
 
     for split in ("1987-04", "1987-06"):
         evaluation = json.loads((out / f"eval-{split}.json").read_text())
+        # the update is no test of the window it trained on
+        updated = {f"update-from-{chosen}"} if split == "1987-06" else set()
         assert set(evaluation) == {"tfidf-logreg", "tfidf-logreg-validated", "short",
-                                   "short-s1", f"dpo-from-{chosen}"}
+                                   "short-s1", f"dpo-from-{chosen}", *updated}
         assert {e["metrics"]["n"] for e in evaluation.values()} == {12}
         # each adapter at its own calibrated threshold, the one its manifest holds
         for label, version in versions.items():
+            if label not in evaluation:
+                continue
             assert evaluation[label]["adapter"] == version.name
             assert evaluation[label]["metrics"]["threshold"] == version.calibration.threshold
         assert record["evaluations"][split]["short"] == evaluation["short"]["metrics"]
@@ -48,6 +57,20 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
     assert over_seeds(models)["short"]["seeds"] == [0, 1]
     assert chosen_on_validation(adapters, models, "tfidf-logreg")["label"] == max(
         validation, key=validation.get)
+
+
+def test_a_bad_field_of_a_later_run_fails_before_any_training(tiny_overrides, tmp_path):
+    """--then runs are checked with every variant's fields before the first step."""
+    import pytest
+
+    from bench.recipes import main
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no_such_field"):
+        main(["--config", "train/configs/production.yaml", "--set", *tiny_overrides,
+              "--variant", "short:", "--then", "rlhf:method=rlhf,no_such_field=1",
+              "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "registry").exists()
 
 
 def test_quality_table_spreads_any_label_run_on_several_seeds():
