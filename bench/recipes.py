@@ -9,7 +9,10 @@ name:field=value,field=value``, as ``bench/bench_training.py``). Everything runs
 one process (in-process training and scoring, on CUDA when there is one), and
 ``OUT/recipes.json`` plus ``OUT/eval-<split>.json`` are rewritten after every training and
 evaluation, so a run cut off by a time limit keeps what it finished. The eval files have
-the shape ``signals eval --out`` writes (``bench/quality_table.py LABEL=FILE`` reads them)::
+the shape ``signals eval --out`` writes (``bench/quality_table.py LABEL=FILE`` reads them),
+and each adapter's entry adds its F1 minus the validated TF-IDF's on the same articles with
+a 95% paired bootstrap interval; ``OUT/scores-<split>.json`` holds every model's
+P(signal) per article::
 
     python bench/recipes.py --config train/configs/production.yaml \\
         --set batch_size=32 max_examples=null sampling=random validation_max_examples=null \\
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from pipeline.dataset import load_split
-    from train.evaluate import Scorer, TfidfBaseline, sample_articles
+    from train.evaluate import Scorer, TfidfBaseline, f1_difference, sample_articles
     from train.experiment import adapter_rows
     from train.jobs import run_training
 
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                                       shared.seed) for split in splits}
     train_articles = load_split(shared.dataset, shared.split)
     evaluations: dict[str, dict[str, Any]] = {split: {} for split in splits}
+    # Every model's P(signal) per article, for what the metrics cannot answer later
+    # (paired comparisons, error analysis): OUT/scores-<split>.json.
+    scores: dict[str, dict[str, Any]] = {
+        split: {"ids": [str(a.id) for a in articles],
+                "labels": [a.signal for a in articles]} for split, articles in windows.items()}
+    reference: dict[str, Any] = {}  # the validated TF-IDF's evaluation per window
     adapters: dict[str, Any] = {}
     record: dict[str, Any] = {"config_file": str(args.config), "set": args.set,
                               "variants": {n: f for n, f in args.variants},
@@ -113,12 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         for split in splits:
             (args.out / f"eval-{split}.json").write_text(
                 json.dumps(evaluations[split], indent=2))
+            (args.out / f"scores-{split}.json").write_text(json.dumps(scores[split]))
 
     for baseline in (TfidfBaseline(train_articles, threshold=0.5),
                      TfidfBaseline(train_articles, shared.validation_days)):
         for split, articles in windows.items():
-            evaluations[split][baseline.name] = baseline.evaluate(articles, split).to_dict()
+            evaluation = baseline.evaluate(articles, split)
+            evaluations[split][baseline.name] = evaluation.to_dict()
+            scores[split][baseline.name] = [round(p, 6) for p in evaluation.p_signal]
+            if baseline.name == "tfidf-logreg-validated":
+                reference[split] = evaluation
     write()
+
+    def predicted(evaluation) -> list[int]:
+        return [int(p >= evaluation.metrics["threshold"]) for p in evaluation.p_signal]
 
     scorer = Scorer(shared.base_model, shared.registry, cap)
 
@@ -132,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             if split == config.split:
                 continue  # it trained on this window: not a test window for it
             evaluation = scorer.evaluate(articles, version.name, split, None)
-            evaluations[split][label] = {**evaluation.to_dict(), "adapter": version.name}
+            evaluations[split][label] = {
+                **evaluation.to_dict(), "adapter": version.name,
+                # F1 minus the validated TF-IDF's on these articles, 95% paired bootstrap
+                "f1_minus_tfidf_validated": f1_difference(
+                    evaluation.labels, predicted(evaluation), predicted(reference[split]))}
+            scores[split][label] = [round(p, 6) for p in evaluation.p_signal]
             m = evaluation.metrics
             log.info("%s on %s: F1 %.3f at %.3f (AUC %.3f, ECE %.3f)", label, split, m["f1"],
                      m["threshold"], m["roc_auc"] or 0, m["ece"])

@@ -177,3 +177,33 @@ def test_the_validated_tfidf_baseline_learns_before_the_window_and_cuts_where_f1
     evaluation = baseline.evaluate(june, "1987-06")
     assert evaluation.p_signal == tfidf_p_signal(own, june)
     assert evaluation.metrics["threshold"] == expected and evaluation.metrics["f1"] > 0.8
+
+
+def test_f1_difference_is_the_gap_with_a_paired_bootstrap_interval_around_it():
+    """train.evaluate.f1_difference: the point gap is sklearn's F1 gap; a model that is
+    better on most draws has an interval above 0; a model against itself gains nothing."""
+    import random
+
+    from sklearn.metrics import f1_score
+
+    from train.evaluate import f1_difference
+
+    rng = random.Random(1)
+    labels = [int(rng.random() < 0.2) for _ in range(2000)]
+    good = [y if rng.random() < 0.97 else 1 - y for y in labels]
+    worse = [y if rng.random() < 0.90 else 1 - y for y in labels]
+    gap = f1_difference(labels, good, worse, resamples=500)
+    assert gap["difference"] == round(f1_score(labels, good) - f1_score(labels, worse), 4)
+    assert 0 < gap["low"] < gap["difference"] < gap["high"]
+    assert gap["share_not_better"] == 0.0
+    # two models two articles apart: a draw without either (about e^-2 of them) finds
+    # no gap, so the small gap is far from certain
+    close = list(good)
+    for i in [i for i, y in enumerate(labels) if y and good[i]][:2]:
+        close[i] = 0
+    near = f1_difference(labels, good, close, resamples=500)
+    assert 0 < near["difference"] < 0.01 and near["low"] == 0.0
+    assert 0.05 < near["share_not_better"] < 0.3
+    same = f1_difference(labels, good, good, resamples=200)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    assert same["share_not_better"] == 1.0

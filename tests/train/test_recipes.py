@@ -4,6 +4,8 @@ read back by bench/quality_table.py (real training steps on the tiny model)."""
 
 import json
 
+import pytest
+
 from bench.quality_table import chosen_on_validation, collect, over_seeds, read_evaluation
 
 
@@ -51,6 +53,17 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
             assert evaluation[label]["adapter"] == version.name
             assert evaluation[label]["metrics"]["threshold"] == version.calibration.threshold
         assert record["evaluations"][split]["short"] == evaluation["short"]["metrics"]
+        scores = json.loads((out / f"scores-{split}.json").read_text())
+        assert set(scores) == {"ids", "labels", *evaluation}
+        assert {len(v) for v in scores.values()} == {12}
+        reference = evaluation["tfidf-logreg-validated"]["metrics"]["f1"]
+        for label, entry in evaluation.items():
+            if label.startswith("tfidf"):
+                continue
+            gap = entry["f1_minus_tfidf_validated"]
+            assert gap["difference"] == pytest.approx(entry["metrics"]["f1"] - reference,
+                                                      abs=2e-4)
+            assert gap["low"] <= gap["difference"] <= gap["high"]
 
     # quality_table reads recipes.json as a report: seeds spread, the choice on validation
     adapters, models = collect([record], [read_evaluation(str(out / "eval-1987-06.json"))])
@@ -61,8 +74,6 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
 
 def test_a_bad_field_of_a_later_run_fails_before_any_training(tiny_overrides, tmp_path):
     """--then runs are checked with every variant's fields before the first step."""
-    import pytest
-
     from bench.recipes import main
     from train.config import ConfigError
 
