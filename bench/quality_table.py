@@ -150,12 +150,14 @@ def race(adapters: dict[str, dict], models: dict[str, dict[str, dict]], smooth: 
 
 
 def chosen_on_validation(adapters: dict[str, dict], models: dict[str, dict[str, dict]],
-                         reference: str) -> dict[str, Any] | None:
-    """The adapter a user would serve: the best validation F1 among the adapters trained
-    on the training window (not the updates), and its test windows against
-    ``reference``."""
+                         reference: str, train_split: str = "train") -> dict[str, Any] | None:
+    """The adapter a user would serve: the best validation F1 among the adapters
+    calibrated on the training split's validation days (not the updates, whose
+    validation days are another window's and which trained on a test window), and its
+    test windows against ``reference``."""
     scored = {label: row["calibration"]["after"]["f1"] for label, row in adapters.items()
-              if row.get("calibration") and label in models and "updated" not in label}
+              if row.get("calibration") and label in models
+              and row["calibration"]["fitted_on"]["split"] == train_split}
     if not scored:
         return None
     label = max(scored, key=scored.get)
@@ -198,7 +200,8 @@ def main() -> None:
              "adapters": {label: row["name"] for label, row in adapters.items()},
              "models": models, "over_seeds": over_seeds(models),
              "chosen_on_validation": chosen_on_validation(adapters, models,
-                                                          "tfidf-logreg-validated"),
+                                                          "tfidf-logreg-validated",
+                                                          args.train_split),
              "lora_vs_loraplus": lora_vs_loraplus}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")

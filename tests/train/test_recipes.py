@@ -68,8 +68,11 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
     # quality_table reads recipes.json as a report: seeds spread, the choice on validation
     adapters, models = collect([record], [read_evaluation(str(out / "eval-1987-06.json"))])
     assert over_seeds(models)["short"]["seeds"] == [0, 1]
+    # the update's validation days are April's: never a candidate, whatever its F1
+    candidates = {k: v for k, v in validation.items() if not k.startswith("update-")}
     assert chosen_on_validation(adapters, models, "tfidf-logreg")["label"] == max(
-        validation, key=validation.get)
+        candidates, key=candidates.get)
+    assert adapters[f"update-from-{chosen}"]["calibration"]["fitted_on"]["split"] == "1987-04"
 
 
 def test_a_bad_field_of_a_later_run_fails_before_any_training(tiny_overrides, tmp_path):
