@@ -8,7 +8,8 @@
 # 2. `signals data reuters` unless the dataset is already there,
 # 3. bench/recipes.py on train/configs/production.yaml with the GPU's settings: batch 32,
 #    every article of the training window at its natural rate, the calibration on the
-#    whole validation window (the rest of the arguments are passed on),
+#    whole validation window (the rest of the arguments are passed on; change these
+#    settings in a --variant's fields: a second --set would replace them all),
 # 4. archives every adapter it trained as OUT_DIR/adapters.tgz (registry directories).
 #
 # TIME_LIMIT: seconds bench/recipes.py may run (default: no limit); what finished is in
