@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -33,12 +34,13 @@ from train.config import apply_overrides, derive_config, load_config  # noqa: E4
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``name:field=value,field=value`` -> (name, ["field=value", ...])."""
+    """``name:field=value,field=value`` -> (name, ["field=value", ...]); a comma inside
+    ``[...]`` belongs to a list value (``loss_type=[sigmoid,sft]``)."""
     name, sep, fields = text.partition(":")
     if not sep or not name:
         raise argparse.ArgumentTypeError(
             f"variant {text!r} is not of the form name:field=value,... (fields may be empty)")
-    return name, [f for f in fields.split(",") if f]
+    return name, [f for f in re.split(r",(?![^\[]*\])", fields) if f]
 
 
 def step_timer():

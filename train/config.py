@@ -37,6 +37,10 @@ from pipeline.settings import Paths
 _paths = Paths()
 
 METHODS = ("lora", "loraplus", "qlora", "dpo", "rlhf")
+# TRL's DPOConfig.loss_type values (trl 1.16), summed when several are given.
+DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                  "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
+                  "sft", "sigmoid_norm"]
 
 
 class ConfigError(ValueError):
@@ -216,6 +220,21 @@ class DpoTrainConfig(TrainConfig):
 
     learning_rate: float = Field(default=5e-5, gt=0.0, le=1.0)
     """Peak learning rate; DPO needs a smaller one than SFT."""
+
+    loss_type: list[DpoLoss] = Field(default=["sigmoid"], min_length=1)
+    """TRL's DPO losses, summed with ``loss_weights``: ``[sigmoid]`` is DPO;
+    ``[sigmoid, sft]`` adds the chosen answer's negative log-likelihood (RPO), which
+    keeps the policy on the labels SFT learnt while DPO widens the margin."""
+
+    loss_weights: list[float] | None = None
+    """One weight per ``loss_type`` entry (TRL's default: 1.0 each)."""
+
+    @model_validator(mode="after")
+    def _one_weight_per_loss(self) -> DpoTrainConfig:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for "
+                             f"{len(self.loss_type)} loss_type entries")
+        return self
 
 
 class RlhfTrainConfig(TrainConfig):

@@ -35,6 +35,7 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
 
     # --- fit ----------------------------------------------------------------
     args = DPOConfig(**trainer_arguments(config, run.context, run.staging), beta=config.beta,
+                     loss_type=list(config.loss_type), loss_weights=config.loss_weights,
                      max_length=None)  # prompts are already cut by encode_prompt
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, callbacks=run.context.callbacks)

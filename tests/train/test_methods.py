@@ -153,6 +153,29 @@ def test_dpo_from_the_sft_adapter(sft_adapter, tiny_model_dir, reuters_dataset, 
     _assert_one_progress_bar(capfd.readouterr().err, "dpo training", "loss")
 
 
+def test_dpo_with_the_chosen_answers_likelihood_added_rpo(sft_adapter, tiny_model_dir,
+                                                          reuters_dataset):
+    """loss_type [sigmoid, sft]: at the first step the policy is its reference, so DPO's
+    own loss is exactly log 2; the first logged loss is that plus the chosen answer's
+    negative log-likelihood, and the manifest records the losses used."""
+    import math
+
+    from train.dpo import train_dpo
+
+    def run(*extra):
+        return train_dpo(load_config(None, [
+            f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}",
+            f"registry={sft_adapter.path.parent}", "method=dpo",
+            f"init_adapter={sft_adapter.name}", "max_examples=8", "sampling=balanced",
+            "max_steps=1", "batch_size=4", "max_prompt_tokens=160", "bf16=false",
+            "validation_days=null", *extra])).manifest
+
+    plain, rpo = run(), run("loss_type=[sigmoid, sft]", "loss_weights=[1.0, 1.0]")
+    assert plain.metrics.first_loss == pytest.approx(math.log(2), abs=1e-3)
+    assert rpo.metrics.first_loss > math.log(2) + 0.01
+    assert rpo.hyperparameters.model_dump()["loss_type"] == ["sigmoid", "sft"]
+
+
 def _assert_one_progress_bar(err: str, description: str, key: str) -> None:
     """The run showed a progress bar with its loss (or reward), not raw trainer dicts."""
     assert description in err and f"{key}=" in err and "2/2" in err, err[-2000:]

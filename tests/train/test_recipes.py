@@ -98,3 +98,12 @@ def test_quality_table_spreads_any_label_run_on_several_seeds():
     assert list(seeds) == ["short-384"]  # lonely-s1 has no seed-0 run beside it
     assert seeds["short-384"]["seeds"] == [0, 1]
     assert seeds["short-384"]["jun"]["f1"]["mean"] == 0.85
+
+
+def test_a_variant_s_list_value_keeps_its_commas():
+    from bench.bench_training import parse_variant
+
+    text = "rpo:method=dpo,loss_type=[sigmoid,sft],loss_weights=[1,0.5],beta=0.1"
+    assert parse_variant(text) == (
+        "rpo", ["method=dpo", "loss_type=[sigmoid,sft]", "loss_weights=[1,0.5]", "beta=0.1"])
+    assert parse_variant("plain:") == ("plain", [])
