@@ -134,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
                 reference[split] = evaluation
     write()
 
-    def predicted(evaluation) -> list[int]:
-        return [int(p >= evaluation.metrics["threshold"]) for p in evaluation.p_signal]
-
     scorer = Scorer(shared.base_model, shared.registry, cap)
 
     def train_and_evaluate(label: str, config) -> None:
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 **evaluation.to_dict(), "adapter": version.name,
                 # F1 minus the validated TF-IDF's on these articles, 95% paired bootstrap
                 "f1_minus_tfidf_validated": f1_difference(
-                    evaluation.labels, predicted(evaluation), predicted(reference[split]))}
+                    evaluation.labels, evaluation.predicted, reference[split].predicted)}
             scores[split][label] = [round(p, 6) for p in evaluation.p_signal]
             m = evaluation.metrics
             log.info("%s on %s: F1 %.3f at %.3f (AUC %.3f, ECE %.3f)", label, split, m["f1"],

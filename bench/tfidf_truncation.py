@@ -22,8 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.settings import Paths  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 
-VALIDATION_DAYS = 5  # the adapters' validation window (TrainConfig.validation_days)
+# the adapters' validation window, as bench/quality_table.py reads it
+VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
 
 
 def main(argv: list[str] | None = None) -> int:

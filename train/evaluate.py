@@ -36,13 +36,18 @@ BASE = "base"
 """How evaluations name the un-tuned base model."""
 
 
+def labels_at(p_signal: Sequence[float], threshold: float) -> list[int]:
+    """The labels a threshold gives (1: P(signal) at or above it), as the API labels."""
+    return [int(p >= threshold) for p in p_signal]
+
+
 def binary_metrics(labels: Sequence[int], p_signal: Sequence[float],
                    threshold: float = 0.5) -> dict[str, Any]:
     """Confusion matrix, accuracy, precision, recall, F1, ROC-AUC and ECE of P(signal)."""
     from sklearn.metrics import (accuracy_score, confusion_matrix,
                                  precision_recall_fscore_support, roc_auc_score)
 
-    predicted = [int(p >= threshold) for p in p_signal]
+    predicted = labels_at(p_signal, threshold)
     (tn, fp), (fn, tp) = confusion_matrix(labels, predicted, labels=[0, 1])
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, average="binary", zero_division=0)
@@ -125,6 +130,11 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "split": self.split, "metrics": self.metrics,
                 "by_month": self.by_month}
+
+    @property
+    def predicted(self) -> list[int]:
+        """The labels at the threshold its metrics applied."""
+        return labels_at(self.p_signal, self.metrics["threshold"])
 
 
 def sample_articles(articles: Sequence[Article], limit: int | None, seed: int = 0) -> list[Article]:
