@@ -337,6 +337,7 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
             signals=data.signals,
         ),
         hyperparameters=config.model_dump(mode="json"),
+        init_adapter=config.init_adapter,  # what an update, DPO or RLHF continued
         lora=LoraShape(rank=config.rank, alpha=config.alpha,
                        target_modules=config.target_modules),
         metrics=metrics,

@@ -59,5 +59,4 @@ def train_dpo(config: DpoTrainConfig, context: RunContext | None = None) -> Adap
         "reward_margin_curve": loss_curve(history, "rewards/margins"),
     }
     seen = 2 * mean_prompt_tokens(rows, tokenizer) * result.global_step * config.batch_size
-    extra = {"init_adapter": config.init_adapter}
-    return run.publish(metrics, seen, extra)
+    return run.publish(metrics, seen)

@@ -68,5 +68,4 @@ def train_lora(config: TrainConfig, context: RunContext | None = None,
     }
     seen = tokens_per_epoch * result.global_step * config.batch_size * max(
         trainer.args.world_size, 1) / len(rows)
-    # an update (continued from another adapter) names its start, as DPO and RLHF do
-    return run.publish(metrics, seen, {"init_adapter": config.init_adapter})
+    return run.publish(metrics, seen)

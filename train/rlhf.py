@@ -109,6 +109,5 @@ def train_rlhf(config: RlhfTrainConfig, context: RunContext | None = None) -> Ad
     }
     seen = mean_prompt_tokens(rows, tokenizer) * (
         2 * config.reward_steps * config.batch_size + result.global_step * config.batch_size)
-    extra = {"init_adapter": config.init_adapter, "algorithm": config.algorithm,
-             "reward_model_path": "reward_model"}
+    extra = {"algorithm": config.algorithm, "reward_model_path": "reward_model"}
     return run.publish(metrics, seen, extra)
