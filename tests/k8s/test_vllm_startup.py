@@ -54,10 +54,12 @@ class PodOnThisMachine:
         return value
 
     def command(self, container: dict) -> list[str]:
-        command = [*container["command"], *container.get("args", [])]
-        if command[0] in ("python", "python3"):
-            command[0] = sys.executable  # the project's venv stands in for the image's
-        mapped = [self.path(part) for part in command]
+        mapped = [self.path(part) for part in [*container["command"],
+                                                *container.get("args", [])]]
+        if mapped[0] in ("python", "python3"):
+            # the project's venv stands in for the image's; set after the mapping, so a
+            # checkout under /tmp is not taken for the pod's /tmp mount
+            mapped[0] = sys.executable
         if "--port" in mapped:
             mapped[mapped.index("--port") + 1] = str(self.port)
         if "--host" in mapped:
