@@ -22,6 +22,7 @@ import math
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -234,6 +235,22 @@ class VLLMBackend:
     async def close(self) -> None:
         await self._client.close()
         await self._http.aclose()
+
+
+@dataclass(frozen=True)
+class VLLMEndpoint:
+    """Where a running vLLM server is, for work that opens its own backend there
+    (calibrating an adapter on a whole window: ``signals adapters calibrate --vllm-url``)."""
+
+    url: str
+    served_name: str = "base"
+    """The base model's name on that server (``signals serve`` names it ``base``)."""
+    api_key: str | None = None
+    """The server's --api-key, if it was started with one."""
+
+    def backend(self, labels: LabelTokens, timeout_s: float = 600.0) -> VLLMBackend:
+        return VLLMBackend(self.url, self.served_name, labels, timeout_s=timeout_s,
+                           api_key=self.api_key)
 
 
 class InProcessBackend:

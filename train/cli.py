@@ -128,6 +128,7 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
+    from train.backends import VLLMEndpoint
     from train.registry import AdapterRegistry
     from train.validation import load_window, recalibrate
 
@@ -135,7 +136,9 @@ def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
     registry = AdapterRegistry(args.registry or paths.registry_dir)
     window = load_window(args.dataset or paths.datasets_dir / "reuters-acq", args.split,
                          args.date_from, args.date_to, args.limit, args.seed)
-    version = recalibrate(registry, args.name, window, args.base_model, args.method)
+    vllm = VLLMEndpoint(args.vllm_url, args.vllm_served_name,
+                        os.environ.get("VLLM_API_KEY")) if args.vllm_url else None
+    version = recalibrate(registry, args.name, window, args.base_model, args.method, vllm)
     c = version.calibration
     print(f"{version.name}: recalibrated from {version.manifest.recalibrated_from} on "
           f"{c.fitted_on.dataset}/{c.fitted_on.split} {c.fitted_on.date_from}.."
@@ -159,6 +162,17 @@ def cmd_adapters_promote(args: argparse.Namespace) -> int:
 
 
 # --- parser ------------------------------------------------------------------------
+
+def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--vllm-url`` / ``--vllm-served-name``: score on a running vLLM server."""
+    parser.add_argument("--vllm-url",
+                        help="score through this running vLLM server (started with runtime "
+                        "LoRA loading, as `signals serve` starts it; its --api-key from "
+                        "VLLM_API_KEY) instead of in this process: the faster path for "
+                        "whole windows on a CPU")
+    parser.add_argument("--vllm-served-name", default="base",
+                        help="the base model's name on that server (default: base)")
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``model``, ``train``, ``eval``, ``experiment`` and ``adapters`` to ``signals``."""
@@ -206,13 +220,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--registry", type=Path, help="registry directory")
     evaluate.add_argument("--base-model", type=Path, help="base model directory")
     evaluate.add_argument("--out", type=Path, help="output directory")
-    evaluate.add_argument("--vllm-url",
-                          help="score through this running vLLM server (started with "
-                          "runtime LoRA loading, as `signals serve` starts it; its "
-                          "--api-key from VLLM_API_KEY) instead of in this process: the "
-                          "faster path for whole windows on a CPU")
-    evaluate.add_argument("--vllm-served-name", default="base",
-                          help="the base model's name on that server (default: base)")
+    _add_vllm_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     experiment = commands.add_parser(
@@ -258,4 +266,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--base-model", type=Path,
                            help="base model directory (default: the manifest's)")
     calibrate.add_argument("--registry", type=Path, help="registry directory")
+    _add_vllm_arguments(calibrate)
     calibrate.set_defaults(func=cmd_adapters_calibrate)

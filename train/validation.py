@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -28,6 +29,7 @@ from typing import Literal
 from pipeline.article import Article
 from pipeline.dataset import load_split, read_manifest
 from pipeline.prompt import PromptStyle
+from train.backends import VLLMEndpoint
 from train.calibration import Calibration, CalibrationWindow, fit_calibration
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
@@ -88,9 +90,11 @@ def sample_window(articles: Sequence[Article], limit: int | None, seed: int) -> 
 
 def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article],
                  max_prompt_tokens: int, batch_size: int | None = None,
-                 style: PromptStyle = "full") -> list[float]:
+                 style: PromptStyle = "full", vllm: VLLMEndpoint | None = None) -> list[float]:
     """Uncalibrated P(signal) of ``articles`` under an adapter directory, computed the
-    way the API's in-process backend computes it (same prompt, same two-token softmax)."""
+    way the API computes it (same prompt, same two-token softmax): in this process
+    (transformers + peft), or on the running vLLM server ``vllm``, which hot-loads the
+    directory under a name of its own for the duration and unloads it after."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -98,17 +102,33 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
     from train.backends import InProcessBackend
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    backend = InProcessBackend(base_model, label_token_ids(tokenizer), batch_size=batch_size)
-    name = "calibrating"
-    asyncio.run(backend.load_adapter(name, Path(adapter_dir)))
+    labels = label_token_ids(tokenizer)
+    if vllm is not None:
+        backend = vllm.backend(labels)
+        # vLLM answers "already loaded" for a known name: a fresh one per call.
+        name = f"calibrating-{uuid.uuid4().hex[:12]}"
+    else:
+        backend = InProcessBackend(base_model, labels, batch_size=batch_size)
+        name = "calibrating"
+    # One event loop for every call: a vLLM backend's connections belong to it.
+    loop = asyncio.new_event_loop()
     out: list[float] = []
-    chunk = 32
-    with tqdm(total=len(articles), desc="scoring the validation window", unit="article") as bar:
-        for start in range(0, len(articles), chunk):
-            batch = articles[start:start + chunk]
-            ids = [encode_prompt(a, tokenizer, max_prompt_tokens, style).token_ids for a in batch]
-            out.extend(asyncio.run(backend.signal_probabilities(ids, [name] * len(ids))))
-            bar.update(len(batch))
+    try:
+        loop.run_until_complete(backend.load_adapter(name, Path(adapter_dir)))
+        chunk = 32
+        with tqdm(total=len(articles), desc=f"scoring the window ({backend.name})",
+                  unit="article") as bar:
+            for start in range(0, len(articles), chunk):
+                batch = articles[start:start + chunk]
+                ids = [encode_prompt(a, tokenizer, max_prompt_tokens, style).token_ids
+                       for a in batch]
+                out.extend(loop.run_until_complete(
+                    backend.signal_probabilities(ids, [name] * len(ids))))
+                bar.update(len(batch))
+        loop.run_until_complete(backend.unload_adapter(name))
+    finally:
+        loop.run_until_complete(backend.close())
+        loop.close()
     return out
 
 
@@ -123,13 +143,15 @@ def trained_prompt_cap(version: AdapterVersion, server_cap: int | None = None) -
 def calibrate_on_window(base_model: Path, adapter_dir: Path, window: WindowArticles,
                         max_prompt_tokens: int,
                         method: Literal["platt", "temperature"] = "platt",
-                        style: PromptStyle = "full") -> Calibration:
-    """Score the window with the adapter and fit its calibration and threshold there."""
+                        style: PromptStyle = "full",
+                        vllm: VLLMEndpoint | None = None) -> Calibration:
+    """Score the window with the adapter (in this process, or on the vLLM server
+    ``vllm``) and fit its calibration and threshold there."""
     if not window.articles:
         raise ValueError(f"the window {window.date_from}..{window.date_to} of "
                          f"{window.dataset}/{window.split} has no labelled articles")
     p_raw = raw_p_signal(base_model, adapter_dir, window.articles, max_prompt_tokens,
-                         style=style)
+                         style=style, vllm=vllm)
     calibration = fit_calibration([a.signal for a in window.articles], p_raw,
                                   window.describe(), method)
     log.info("calibration on %d articles (%s..%s, base rate %.3f): %s a=%.3f b=%.3f, "
@@ -161,8 +183,11 @@ def load_window(dataset: Path, split: str, date_from: date | None = None,
 
 def recalibrate(registry: AdapterRegistry, name_or_alias: str, window: WindowArticles,
                 base_model: Path | None = None,
-                method: Literal["platt", "temperature"] | None = None) -> AdapterVersion:
-    """Fit ``name_or_alias``'s calibration on ``window``; publish it as a new version."""
+                method: Literal["platt", "temperature"] | None = None,
+                vllm: VLLMEndpoint | None = None) -> AdapterVersion:
+    """Fit ``name_or_alias``'s calibration on ``window`` (scored in this process, or on
+    the vLLM server ``vllm``: the faster path for a whole window on a CPU); publish it as
+    a new version."""
     source = registry.resolve(name_or_alias)
     base_model = base_model or source.manifest.base_model
     if base_model is None:
@@ -170,7 +195,8 @@ def recalibrate(registry: AdapterRegistry, name_or_alias: str, window: WindowArt
     previous = source.calibration
     method = method or (previous.method if previous else "platt")
     calibration = calibrate_on_window(base_model, source.path, window,
-                                      trained_prompt_cap(source), method, source.prompt_style)
+                                      trained_prompt_cap(source), method, source.prompt_style,
+                                      vllm)
     name = registry.new_name(source.manifest.method or "adapter",
                              f"recal-{window.dataset}-{window.split}")
     staging = registry.staging_dir(name)

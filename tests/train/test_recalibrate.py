@@ -4,6 +4,8 @@ import filecmp
 import json
 from datetime import date
 
+import pytest
+
 from signals.cli import main
 from train.registry import AdapterRegistry
 
@@ -41,3 +43,62 @@ def test_calibrate_command_rejects_an_empty_window(trained_adapter, registry_dir
                  "--registry", str(registry_dir)])
     assert code == 2
     assert "no labelled articles" in capsys.readouterr().err
+
+
+def test_calibrate_command_rejects_a_vllm_that_is_down(trained_adapter, registry_dir,
+                                                       reuters_dataset, capsys):
+    """`--vllm-url` at a port nobody listens on: one clear line, exit 2, no new version."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    registry = AdapterRegistry(registry_dir)
+    names_before = {v.name for v in registry.list()}
+    code = main(["adapters", "calibrate", trained_adapter.name, "--split", "1987-04",
+                 "--limit", "4", "--dataset", str(reuters_dataset),
+                 "--registry", str(registry_dir), "--vllm-url", f"http://127.0.0.1:{port}"])
+    assert code == 2
+    assert f"vLLM at http://127.0.0.1:{port} is unreachable" in capsys.readouterr().err
+    assert {v.name for v in registry.list()} == names_before
+
+
+@pytest.mark.vllm
+def test_calibrate_through_vllm_fits_what_in_process_fits(trained_adapter, registry_dir,
+                                                          reuters_dataset, vllm_server, capsys,
+                                                          monkeypatch):
+    """The same window scored by a real vLLM server (the fast path for whole windows)
+    gives the calibration the in-process backend gives, and the server is left as it was."""
+    import httpx
+
+    from train.validation import load_window, recalibrate
+
+    registry = AdapterRegistry(registry_dir)
+    window = load_window(reuters_dataset, "1987-04", date(1987, 4, 1), date(1987, 4, 8), 32)
+    in_process = recalibrate(registry, trained_adapter.name, window).calibration
+    served_before = {m["id"] for m in httpx.get(f"{vllm_server.url}/v1/models").json()["data"]}
+    names_before = {v.name for v in registry.list()}
+
+    def no_model_here(*args, **kwargs):
+        raise AssertionError("--vllm-url must not load the model in this process")
+
+    monkeypatch.setattr("train.backends.InProcessBackend.__init__", no_model_here)
+    code = main(["adapters", "calibrate", trained_adapter.name, "--split", "1987-04",
+                 "--from", "1987-04-01", "--to", "1987-04-08", "--limit", "32",
+                 "--dataset", str(reuters_dataset), "--registry", str(registry_dir),
+                 "--vllm-url", vllm_server.url])
+    assert code == 0, capsys.readouterr().err
+    (new_name,) = {v.name for v in registry.list()} - names_before
+    through_vllm = registry.get(new_name).calibration
+    assert through_vllm.fitted_on == in_process.fitted_on
+    assert through_vllm.method == in_process.method
+    # The two backends' raw P agree within 1e-2 (tests/serve/test_vllm.py), not to the
+    # last bit, so the line fitted to them agrees as closely, not exactly.
+    assert through_vllm.slope == pytest.approx(in_process.slope, rel=0.05, abs=0.05)
+    assert through_vllm.intercept == pytest.approx(in_process.intercept, rel=0.05, abs=0.05)
+    for p_raw in (0.05, 0.2, 0.5, 0.8, 0.95):
+        assert through_vllm.apply(p_raw) == pytest.approx(in_process.apply(p_raw), abs=0.02)
+    # the adapter was hot-loaded there under a name of its own and unloaded after
+    served_after = {m["id"] for m in httpx.get(f"{vllm_server.url}/v1/models").json()["data"]}
+    assert served_after == served_before
+
