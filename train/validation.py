@@ -29,7 +29,8 @@ from typing import Literal
 from pipeline.article import Article
 from pipeline.dataset import load_split, read_manifest
 from pipeline.prompt import PromptStyle
-from train.backends import VLLMEndpoint
+from train.backends import (AdapterLoadError, BackendTimeout, BackendUnavailable,
+                            InProcessBackend, VLLMEndpoint)
 from train.calibration import Calibration, CalibrationWindow, fit_calibration
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
@@ -99,7 +100,6 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
     from transformers import AutoTokenizer
 
     from pipeline.prompt import encode_prompt, label_token_ids
-    from train.backends import InProcessBackend
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     labels = label_token_ids(tokenizer)
@@ -113,8 +113,10 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
     # One event loop for every call: a vLLM backend's connections belong to it.
     loop = asyncio.new_event_loop()
     out: list[float] = []
+    loaded = False
     try:
         loop.run_until_complete(backend.load_adapter(name, Path(adapter_dir)))
+        loaded = True
         chunk = 32
         with tqdm(total=len(articles), desc=f"scoring the window ({backend.name})",
                   unit="article") as bar:
@@ -125,8 +127,14 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
                 out.extend(loop.run_until_complete(
                     backend.signal_probabilities(ids, [name] * len(ids))))
                 bar.update(len(batch))
-        loop.run_until_complete(backend.unload_adapter(name))
     finally:
+        # Also after a failure: a shared server should not keep a one-off adapter.
+        if loaded:
+            try:
+                loop.run_until_complete(backend.unload_adapter(name))
+            except (BackendUnavailable, BackendTimeout, AdapterLoadError) as error:
+                log.warning("could not unload %s from the %s backend: %s", name,
+                            backend.name, error)
         loop.run_until_complete(backend.close())
         loop.close()
     return out
