@@ -102,3 +102,30 @@ def test_calibrate_through_vllm_fits_what_in_process_fits(trained_adapter, regis
     served_after = {m["id"] for m in httpx.get(f"{vllm_server.url}/v1/models").json()["data"]}
     assert served_after == served_before
 
+
+
+def test_a_window_that_fails_midway_still_unloads_and_keeps_its_error(
+        trained_adapter, base_model_dir, reuters_dataset, monkeypatch, caplog):
+    """A backend failing mid-window: the one-off adapter is still unloaded (a shared vLLM
+    server should not keep it), and an unload that fails too is logged, not raised over
+    the first error."""
+    from pipeline.dataset import load_split
+    from train.backends import BackendUnavailable, InProcessBackend
+    from train.validation import raw_p_signal
+
+    unloads = []
+
+    async def fail_midway(self, prompts, adapters):
+        raise BackendUnavailable("the server went away mid-window")
+
+    async def unload_fails_too(self, name):
+        unloads.append(name)
+        raise BackendUnavailable("cannot unload either")
+
+    monkeypatch.setattr(InProcessBackend, "signal_probabilities", fail_midway)
+    monkeypatch.setattr(InProcessBackend, "unload_adapter", unload_fails_too)
+    articles = load_split(reuters_dataset, "1987-04")[:4]
+    with pytest.raises(BackendUnavailable, match="went away mid-window"):
+        raw_p_signal(base_model_dir, trained_adapter.path, articles, 128)
+    assert unloads == ["calibrating"]
+    assert "could not unload calibrating" in caplog.text
