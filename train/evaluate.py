@@ -157,15 +157,14 @@ class Scorer:
         from transformers import AutoTokenizer
 
         from pipeline.prompt import label_token_ids
-        from train.backends import InProcessBackend, VLLMBackend
+        from train.backends import InProcessBackend, VLLMEndpoint
         from train.classifier import SignalClassifier
         from train.registry import AdapterRegistry
 
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         labels = label_token_ids(tokenizer)
         if vllm_url:
-            backend = VLLMBackend(vllm_url, vllm_served_name, labels, timeout_s=600.0,
-                                  api_key=vllm_api_key)
+            backend = VLLMEndpoint(vllm_url, vllm_served_name, vllm_api_key).backend(labels)
         else:
             backend = InProcessBackend(base_model, labels, batch_size=batch_size)
         self.classifier = SignalClassifier(backend, tokenizer, AdapterRegistry(registry),
