@@ -9,8 +9,10 @@ accuracy, precision, recall, F1, ROC-AUC, the expected calibration error, and
 ``best_f1`` (the best F1 any threshold
 reaches on the evaluated articles: a bound to read F1 against, never tuned on); and a
 per-month table, because a model's quality is expected to decay with the time since
-its training window. The honest reference is :func:`tfidf_baseline`: TF-IDF +
-logistic regression, what a practitioner would try first.
+its training window. The honest reference is :class:`TunedLexical`: TF-IDF + a linear
+model with its settings chosen on the validation window (:mod:`train.lexical`), what a
+practitioner would ship; :class:`TfidfBaseline` is the same features at scikit-learn's
+defaults (C=1), kept as the untuned row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.article import Article
 from train.calibration import expected_calibration_error, f1_optimal_threshold
+from train.lexical import LEXICAL_GRID, LexicalParams, lexical_text, select_lexical
 
 if TYPE_CHECKING:
     from train.classifier import Classification
@@ -199,32 +202,35 @@ class Scorer:
 
     def evaluate(self, articles: Sequence[Article], adapter: str | None, split: str,
                  threshold: float | None = None,
-                 serving_base_rate: float | None = None) -> Evaluation:
+                 signal_rate: float | str | None = None) -> Evaluation:
         """Metrics at the threshold serving applies: ``threshold`` if given, else the
         adapter version's own (calibrated versions), else 0.5.
 
-        ``serving_base_rate``: prior-shift the calibrated P to this known signal rate
-        of the evaluated window (only when asked; never silently).
+        ``signal_rate``: label shift, as the API applies it (only when asked; never
+        silently): prior-shift the calibrated P to this signal rate of the evaluated
+        window, or with ``"estimate"`` to the rate EM estimates from the whole window's
+        calibrated P (:func:`train.calibration.estimate_prior`), its labels unread.
         """
+        from train.calibration import estimate_prior, prior_shift
+
         results = self.classify(articles, adapter, threshold)
         p = [c.p_signal for c in results]
-        if serving_base_rate is not None:
-            calibration = self.classifier.resolve(adapter).calibration if adapter not in (
-                None, BASE) else None
-            if calibration is None:
-                raise ValueError(f"{adapter or BASE} has no calibration to prior-shift")
-            p = [calibration.apply(c.p_raw, serving_base_rate) for c in results]
         applied = results[0].threshold if results else (0.5 if threshold is None else threshold)
+        rate = None
+        if signal_rate is not None:
+            version = self.classifier.resolve(adapter)
+            if version is None or not (results and results[0].calibrated):
+                raise ValueError(f"{adapter or BASE} has no calibration to prior-shift")
+            fitted = self.classifier.fitted_rate(version)
+            rate = estimate_prior(p, fitted) if signal_rate == "estimate" else float(signal_rate)
+            p = [prior_shift(v, fitted, rate) for v in p]
         labels = [a.signal for a in articles]
         metrics = {**binary_metrics(labels, p, applied), "calibrated": bool(
-            results and results[0].calibrated), "serving_base_rate": serving_base_rate,
+            results and results[0].calibrated), "signal_rate": signal_rate,
+            "estimated_signal_rate": None if rate is None else round(rate, 4),
             "backend": self.classifier.backend.name}
         return Evaluation(model=adapter or BASE, split=split, metrics=metrics,
                           by_month=per_month(articles, p, applied), p_signal=p, labels=labels)
-
-
-def _tfidf_text(article: Article) -> str:
-    return f"{article.title}\n{article.text}"
 
 
 def tfidf_model(train: Sequence[Article]):
@@ -237,12 +243,12 @@ def tfidf_model(train: Sequence[Article]):
     labelled = [a for a in train if a.signal is not None]
     model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
                           LogisticRegression(max_iter=2000))
-    return model.fit([_tfidf_text(a) for a in labelled], [a.signal for a in labelled])
+    return model.fit([lexical_text(a) for a in labelled], [a.signal for a in labelled])
 
 
 def tfidf_p_signal(model, articles: Sequence[Article]) -> list[float]:
     """P(signal) of ``articles`` under a :func:`tfidf_model`."""
-    return model.predict_proba([_tfidf_text(a) for a in articles])[:, 1].tolist()
+    return model.predict_proba([lexical_text(a) for a in articles])[:, 1].tolist()
 
 
 def tfidf_baseline(train: Sequence[Article], test: Sequence[Article], split: str,
@@ -279,5 +285,28 @@ class TfidfBaseline:
         labels = [a.signal for a in test]
         return Evaluation(model=self.name, split=split,
                           metrics=binary_metrics(labels, p, self.threshold),
+                          by_month=per_month(test, p, self.threshold), p_signal=p,
+                          labels=labels)
+
+
+class TunedLexical:
+    """The tuned lexical reference (``tfidf-tuned``) as an evaluation row: chosen on
+    the training split's validation window by :func:`select_lexical`, cut at its own
+    threshold there."""
+
+    name = "tfidf-tuned"
+
+    def __init__(self, train: Sequence[Article], validation_days: int,
+                 grid: Sequence[LexicalParams] = LEXICAL_GRID, dataset: str = "dataset"):
+        self.selection = select_lexical(train, validation_days, grid, dataset)
+        self.model = self.selection.model
+        self.threshold = self.model.calibration.threshold
+
+    def evaluate(self, test: Sequence[Article], split: str) -> Evaluation:
+        p = self.model.p_signal(test)
+        labels = [a.signal for a in test]
+        return Evaluation(model=self.name, split=split,
+                          metrics={**binary_metrics(labels, p, self.threshold),
+                                   "calibrated": True, "params": self.model.params.label},
                           by_month=per_month(test, p, self.threshold), p_signal=p,
                           labels=labels)
