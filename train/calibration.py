@@ -14,9 +14,14 @@ trained on:
 - the window itself (dataset, split, dates, size, base rate) and the metrics on it
   before and after.
 
-:func:`prior_shift` corrects a calibrated P for a serving window whose signal rate is
-known and differs from the fitting window's (Saerens et al. 2002): it is never applied
-silently; callers pass the serving rate explicitly.
+:func:`prior_shift` corrects a calibrated P for a serving window whose signal rate
+differs from the fitting window's (Saerens et al. 2002): it is never applied silently;
+callers pass the serving rate, known or estimated. :func:`estimate_prior` estimates that
+rate from the calibrated P of unlabelled articles (the EM re-estimation of the prior of
+Saerens, Latinne and Decaestecker, Neural Computation 2002: it assumes P(article | label)
+is the same in both windows, label shift). The label is then cut at the version's own
+threshold on the shifted P, the decision Bayes' rule gives for a threshold on the
+posterior; :func:`shifted_threshold` is the same cut read on the unshifted P.
 
 This module is pure numbers and types (numpy/scipy, no model), so the serving side,
 evaluation, the demo and the experiment can all import it.
@@ -150,6 +155,39 @@ def prior_shift(p: float, fitted_rate: float, serving_rate: float) -> float:
     return _sigmoid(logit(p) + logit(serving_rate) - logit(fitted_rate))
 
 
+def estimate_prior(p_calibrated: Sequence[float], fitted_rate: float,
+                   max_iter: int = 200, tolerance: float = 1e-7) -> float:
+    """The signal rate of a window of unlabelled articles, from their calibrated P.
+
+    EM (Saerens et al. 2002): start from the fitting window's rate, shift every P to the
+    current estimate (:func:`prior_shift`), take their mean as the next estimate; stop
+    when it moves less than ``tolerance``. The fixed point is the maximum-likelihood
+    prior under label shift. Returns a rate in (0, 1), clipped to [1e-4, 1 - 1e-4]."""
+    import numpy as np
+
+    if not 0.0 < fitted_rate < 1.0:
+        raise ValueError(f"fitted_rate must be strictly between 0 and 1, got {fitted_rate}")
+    p = np.clip(np.asarray(p_calibrated, dtype=float), _EPS, 1 - _EPS)
+    if p.size == 0:
+        raise ValueError("cannot estimate a signal rate from no articles")
+    z = np.log(p / (1 - p)) - logit(fitted_rate)  # the log likelihood ratio of each
+    rate = fitted_rate
+    for _ in range(max_iter):
+        shifted = 1.0 / (1.0 + np.exp(-(z + logit(rate))))
+        new = float(np.clip(shifted.mean(), 1e-4, 1 - 1e-4))
+        if abs(new - rate) < tolerance:
+            return new
+        rate = new
+    return rate
+
+
+def shifted_threshold(threshold: float, fitted_rate: float, serving_rate: float) -> float:
+    """The cut on the unshifted calibrated P that gives the same labels as ``threshold``
+    on the P shifted from ``fitted_rate`` to ``serving_rate`` (Bayes' rule: the prior
+    odds move the cut's odds the other way)."""
+    return prior_shift(threshold, serving_rate, fitted_rate)
+
+
 def fit_logit_scaling(labels: Sequence[int], p_raw: Sequence[float],
                       method: Literal["platt", "temperature"] = "platt") -> tuple[float, float]:
     """``(slope, intercept)`` minimising the log-loss of ``sigmoid(slope*logit(p)+intercept)``.
@@ -265,3 +303,77 @@ def fit_calibration(labels: Sequence[int], p_raw: Sequence[float], window: Calib
     threshold, _ = f1_optimal_threshold(labels, calibrated)
     return unfitted.model_copy(update={
         "threshold": threshold, "after": window_metrics(labels, calibrated, threshold)})
+
+
+class EnsembleSpec(BaseModel):
+    """How an ensemble version combines its adapter with a lexical model.
+
+    ``P(signal) = sigmoid(adapter_weight * logit(p_raw) + lexical_weight * margin +
+    intercept)``: logistic regression on the adapter's raw two-token logit and the lexical
+    model's margin (stacking), fitted on the validation window both halves never trained
+    on, so the combined P is calibrated to that window's signal rate. Stored under
+    ``"ensemble"`` in the version's manifest; the lexical model lies beside the adapter
+    files (``lexical_file``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lexical_file: str = "lexical.joblib"
+    """The fitted lexical model in the version's directory (:class:`train.lexical.LexicalModel`)."""
+
+    lexical: str
+    """The lexical model's setting (:attr:`train.lexical.LexicalParams.label`)."""
+
+    adapter_weight: float
+    """Weight of ``logit(p_raw)`` of the adapter."""
+
+    lexical_weight: float
+    """Weight of the lexical model's margin."""
+
+    intercept: float
+    """Added to the weighted sum."""
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    """Decision threshold on the combined P: the F1-optimal one on the window."""
+
+    fitted_on: CalibrationWindow
+    """The labelled window the weights and the threshold were chosen on."""
+
+    after: WindowMetrics
+    """The combined P on the window at :attr:`threshold`."""
+
+    adapter_alone: WindowMetrics
+    """The adapter's own calibrated P on the window at its own threshold."""
+
+    lexical_alone: WindowMetrics
+    """The lexical model's calibrated P on the window at its own threshold."""
+
+    def combine(self, p_raw: float, lexical_margin: float) -> float:
+        """The combined P(signal) of one article."""
+        return _sigmoid(self.adapter_weight * logit(p_raw)
+                        + self.lexical_weight * float(lexical_margin) + self.intercept)
+
+
+def fit_ensemble(labels: Sequence[int], p_raw: Sequence[float],
+                 lexical_margin: Sequence[float], window: CalibrationWindow,
+                 lexical: str, adapter_alone: WindowMetrics,
+                 lexical_alone: WindowMetrics) -> EnsembleSpec:
+    """Stack an adapter's raw logit and a lexical margin on one labelled window: the
+    weights by (nearly unregularised) logistic regression, then the F1-optimal cut."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray([int(v) for v in labels])
+    if len(y) != len(p_raw) or len(y) != len(lexical_margin) or len(set(y.tolist())) != 2:
+        raise ValueError("need one adapter P and one lexical margin per label, and both "
+                         "signals and non-signals")
+    x = np.column_stack([[logit(p) for p in p_raw], np.asarray(lexical_margin, dtype=float)])
+    model = LogisticRegression(C=1e4, max_iter=5000).fit(x, y)
+    (a, b), c = model.coef_[0], model.intercept_[0]
+    spec = EnsembleSpec(lexical=lexical, adapter_weight=float(a), lexical_weight=float(b),
+                        intercept=float(c), threshold=0.5, fitted_on=window,
+                        after=adapter_alone, adapter_alone=adapter_alone,
+                        lexical_alone=lexical_alone)
+    combined = [spec.combine(p, m) for p, m in zip(p_raw, lexical_margin)]
+    threshold, _ = f1_optimal_threshold(y.tolist(), combined)
+    return spec.model_copy(update={
+        "threshold": threshold, "after": window_metrics(y.tolist(), combined, threshold)})
