@@ -58,7 +58,7 @@ from serve.schemas import (
     adapter_path,
 )
 from train.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from train.classifier import BASE_NAME, BaseModelNotAdapter, SignalClassifier
+from train.classifier import BASE_NAME, BaseModelNotAdapter, NotEnoughToEstimate, SignalClassifier
 from train.registry import AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,8 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
             raise ApiError(502, "adapter_load_failed", str(error)) from error
         except BaseModelNotAdapter as error:
             raise ApiError(400, "base_model_not_adapter", str(error)) from error
+        except NotEnoughToEstimate as error:
+            raise ApiError(422, "signal_rate_not_estimable", str(error)) from error
 
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=classify_auth)
     async def classify(request: ClassifyRequest) -> ClassifyResponse:
@@ -220,7 +222,8 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
                            f"{len(pairs)} articles in one request; at most {max_batch}")
         valid = [pair for pair in pairs if pair[0].content_problem() is None]
         started = time.perf_counter()
-        results = iter(await call_backend(classifier.classify_mixed(valid, request.threshold))
+        results = iter(await call_backend(classifier.classify_mixed(
+            valid, request.threshold, request.signal_rate))
                        if valid else [])
         metrics.latency.observe(time.perf_counter() - started)
         metrics.batch.observe(len(pairs))

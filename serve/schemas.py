@@ -3,6 +3,8 @@ rules its OpenAPI document states (``serve/app.py`` serves them)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -52,6 +54,14 @@ class ClassifyRequest(BaseModel):
         default=None, ge=0.0, le=1.0,
         description="P(signal) at or above which the label is 1; default: the adapter "
         "version's own threshold, else the server's.")
+    signal_rate: Annotated[float, Field(gt=0.0, lt=1.0)] | Literal["estimate"] | None = Field(
+        default=None, description="Label shift: the signal rate of the window these "
+        "articles come from. Each calibrated version's P(signal) is prior-shifted from the "
+        "rate of its validation window to this one (Saerens et al. 2002) and cut at the "
+        "version's threshold on the shifted P. 'estimate': estimate the rate per version "
+        "from this request's articles (EM on their calibrated P; at least 30 articles of "
+        "the version, else 422). Default: no shift. The base model and uncalibrated "
+        "versions are never shifted.")
     strict: bool = Field(
         default=False, description="False (default): an empty article (no title, no text) "
         "gets an 'error' entry in its place in 'results' and the others are classified. "
@@ -99,6 +109,13 @@ class ArticleResult(BaseModel):
         "True when p_signal is calibrated by the adapter version; false for the base "
         "model and for versions without a calibration (served at the server threshold)."))
     p_raw: float = Field(description="The uncalibrated two-token softmax.")
+    signal_rate: float | None = Field(default=None, description=(
+        "The signal rate p_signal was prior-shifted to (the request's, or estimated from "
+        "its articles); null when not shifted."))
+    fitted_rate: float | None = Field(default=None, description=(
+        "The signal rate the version's calibration was fitted at (its validation "
+        "window's), i.e. the prior p_signal holds when not shifted: what a client needs "
+        "to estimate or apply label shift itself; null when not calibrated."))
     truncated: bool = Field(description="True when the text was cut to fit the model.")
 
 

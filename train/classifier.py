@@ -20,11 +20,24 @@ from pathlib import Path
 from pipeline.article import Article
 from pipeline.prompt import encode_prompt, label_token_ids
 from train.backends import AdapterLoadError, Backend, BackendUnavailable
+from train.calibration import estimate_prior, prior_shift
+from train.lexical import LexicalModel
 from train.registry import AdapterRegistry, AdapterVersion
+
+ESTIMATE = "estimate"
+"""``signal_rate`` value that asks for the rate to be estimated from the articles."""
+
+MIN_ARTICLES_TO_ESTIMATE = 30
+"""Fewer articles of one version than this give no usable estimate of a signal rate."""
 
 log = logging.getLogger(__name__)
 
 BASE_NAME = "base"
+
+
+class NotEnoughToEstimate(ValueError):
+    """``signal_rate: estimate`` for a version with too few articles in the request, or
+    for one without a calibration to shift."""
 
 
 class BaseModelNotAdapter(ValueError):
@@ -49,6 +62,12 @@ class Classification:
     """True when ``p_signal`` went through the adapter version's calibration."""
     p_raw: float | None = None
     """The uncalibrated two-token softmax (equal to ``p_signal`` when not calibrated)."""
+    signal_rate: float | None = None
+    """The serving window's signal rate ``p_signal`` was prior-shifted to (given by the
+    request or estimated from its articles); None when not shifted."""
+    fitted_rate: float | None = None
+    """The signal rate the version's calibration was fitted at (its validation
+    window's): the prior ``p_signal`` holds when not shifted; None when uncalibrated."""
 
 
 class SignalClassifier:
@@ -66,6 +85,7 @@ class SignalClassifier:
         self.loaded: OrderedDict[str, AdapterVersion] = OrderedDict()  # LRU order
         self._in_flight: Counter[str] = Counter()
         self._load_lock = asyncio.Lock()
+        self._lexical: dict[str, LexicalModel] = {}  # ensemble versions' lexical halves
 
     # --- adapters ------------------------------------------------------------------
 
@@ -158,13 +178,23 @@ class SignalClassifier:
         return min(self.max_prompt_tokens, trained) if trained else self.max_prompt_tokens
 
     async def classify(self, articles: list[Article], adapter: str | None = None,
-                       threshold: float | None = None) -> list[Classification]:
+                       threshold: float | None = None,
+                       signal_rate: float | str | None = None) -> list[Classification]:
         """Classify ``articles`` with one adapter (None/'base' = the base model)."""
-        return await self.classify_mixed([(a, adapter) for a in articles], threshold)
+        return await self.classify_mixed([(a, adapter) for a in articles], threshold,
+                                         signal_rate)
 
     async def classify_mixed(self, items: Sequence[tuple[Article, str | None]],
-                             threshold: float | None = None) -> list[Classification]:
-        """Classify articles that each name their own adapter, in one backend batch."""
+                             threshold: float | None = None,
+                             signal_rate: float | str | None = None) -> list[Classification]:
+        """Classify articles that each name their own adapter, in one backend batch.
+
+        ``signal_rate``: the serving window's signal rate, to prior-shift each calibrated
+        version's P to (label shift, :func:`train.calibration.prior_shift`); or
+        ``"estimate"``: estimate it per version from this batch's articles by EM
+        (:func:`train.calibration.estimate_prior`, at least
+        :data:`MIN_ARTICLES_TO_ESTIMATE` articles of the version). The label is cut at
+        the version's threshold on the shifted P. None (default): no shift."""
         # Resolve every name and mark the versions in use before the first await, so an
         # unload (a swap) that starts meanwhile waits for this request instead of taking
         # its adapter away between loading and asking the backend.
@@ -196,25 +226,97 @@ class SignalClassifier:
                 for name in names:
                     await self.ensure_loaded(name)
                 probabilities = await self.backend.signal_probabilities(token_ids, targets)
+        margins = await asyncio.to_thread(self._lexical_margins, items, versions)
+        decided = [self.decision(versions[requested], p_raw, threshold, margin)
+                   for (_, requested), p_raw, margin in zip(items, probabilities, margins)]
+        rates = self._signal_rates(items, versions, decided, signal_rate)
         results = []
-        for (article, requested), p_raw, prompt in zip(items, probabilities, prompts):
+        for (article, requested), p_raw, prompt, (p, cut, calibrated) in zip(
+                items, probabilities, prompts, decided):
             version = versions[requested]
-            p, cut, calibrated = self.decision(version, p_raw, threshold)
+            rate = rates.get(version.name) if version is not None else None
+            if rate is not None:
+                p = prior_shift(p, self.fitted_rate(version), rate)
             results.append(Classification(
                 id=article.id, label=int(p >= cut), p_signal=p,
                 adapter=version.name if version else BASE_NAME,
                 requested=requested or BASE_NAME, threshold=cut, truncated=prompt.truncated,
-                calibrated=calibrated, p_raw=p_raw))
+                calibrated=calibrated, p_raw=p_raw, signal_rate=rate,
+                fitted_rate=self.fitted_rate(version) if calibrated else None))
         return results
 
+    def lexical_model(self, version: AdapterVersion) -> LexicalModel:
+        """The lexical half of an ensemble version, read once from its directory."""
+        model = self._lexical.get(version.name)
+        if model is None:
+            model = LexicalModel.load(version.path / version.manifest.ensemble.lexical_file)
+            self._lexical[version.name] = model
+        return model
+
+    def _lexical_margins(self, items, versions) -> list[float | None]:
+        """The lexical margin of every article classified by an ensemble version."""
+        margins: list[float | None] = [None] * len(items)
+        by_version: dict[str, list[int]] = {}
+        for i, (_, requested) in enumerate(items):
+            version = versions[requested]
+            if version is not None and version.manifest.ensemble is not None:
+                by_version.setdefault(requested, []).append(i)
+        for requested, indices in by_version.items():
+            model = self.lexical_model(versions[requested])
+            for i, m in zip(indices, model.margin([items[i][0] for i in indices])):
+                margins[i] = m
+        return margins
+
+    @staticmethod
+    def fitted_rate(version: AdapterVersion) -> float:
+        """The signal rate a version's P is calibrated to (its fitting window's)."""
+        ensemble = version.manifest.ensemble
+        return (ensemble.fitted_on if ensemble else version.calibration.fitted_on).base_rate
+
+    def _signal_rates(self, items, versions, decided, signal_rate) -> dict[str, float]:
+        """{version name: the rate to shift its P to} for the calibrated versions."""
+        if signal_rate is None:
+            return {}
+        groups: dict[str, list[float]] = {}
+        for (_, requested), (p, _, calibrated) in zip(items, decided):
+            version = versions[requested]
+            if version is not None and calibrated:
+                groups.setdefault(version.name, []).append(p)
+        if signal_rate != ESTIMATE:
+            return {name: float(signal_rate) for name in groups}
+        rates = {}
+        for (_, requested) in items:
+            version = versions[requested]
+            if version is None or version.name in rates:
+                continue
+            found = groups.get(version.name, [])
+            if not found:
+                raise NotEnoughToEstimate(f"{version.name} has no calibration: there is no "
+                                          "calibrated P to estimate a signal rate from")
+            if len(found) < MIN_ARTICLES_TO_ESTIMATE:
+                raise NotEnoughToEstimate(
+                    f"estimating the signal rate needs at least {MIN_ARTICLES_TO_ESTIMATE} "
+                    f"articles of {version.name} in the request, got {len(found)}")
+            rates[version.name] = round(estimate_prior(found, self.fitted_rate(version)), 6)
+        return rates
+
     def decision(self, version: AdapterVersion | None, p_raw: float,
-                 threshold: float | None = None) -> tuple[float, float, bool]:
+                 threshold: float | None = None,
+                 lexical_margin: float | None = None) -> tuple[float, float, bool]:
         """``(p_signal, threshold, calibrated)`` for one raw P under ``version``.
 
         A calibrated version answers with its calibrated P and, unless the request set
-        one, its own F1-optimal threshold; the base model and versions without a
-        calibration (older ones) answer with the raw P at the server's threshold.
+        one, its own F1-optimal threshold; an ensemble version with the P that combines
+        its adapter's raw P with its lexical model's margin (``lexical_margin``), at the
+        ensemble's own threshold; the base model and versions without a calibration
+        (older ones) answer with the raw P at the server's threshold.
         """
+        ensemble = version.manifest.ensemble if version is not None else None
+        if ensemble is not None:
+            if lexical_margin is None:
+                raise ValueError(f"ensemble version {version.name} needs the lexical margin")
+            return (ensemble.combine(p_raw, lexical_margin),
+                    ensemble.threshold if threshold is None else threshold, True)
         calibration = version.calibration if version is not None else None
         if calibration is None:
             return p_raw, self.threshold if threshold is None else threshold, False

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.dataset import IsoTime, malformed_field
 from pipeline.prompt import PromptStyle
-from train.calibration import Calibration
+from train.calibration import Calibration, EnsembleSpec
 
 
 class InvalidManifest(ValueError):
@@ -177,6 +177,13 @@ class AdapterManifest(_Open):
     scale: float | None = None
     """Factor a variant's LoRA B matrices were multiplied by."""
 
+    ensemble: EnsembleSpec | None = None
+    """An ensemble version's combination of its adapter with a lexical model; None for
+    a plain adapter (every version written before ensembles existed)."""
+
+    ensemble_of: str | None = None
+    """The adapter version whose weights this ensemble version shares."""
+
     @classmethod
     def parse(cls, raw: Any, name: str) -> AdapterManifest:
         """Validate ``raw`` (the decoded JSON); :class:`InvalidManifest` names the
@@ -192,6 +199,8 @@ class AdapterManifest(_Open):
         data = self.model_dump(mode="json", exclude_unset=True)
         if self.calibration is not None:
             data["calibration"] = self.calibration.model_dump(mode="json")
+        if self.ensemble is not None:
+            data["ensemble"] = self.ensemble.model_dump(mode="json")
         return data
 
     def with_paths(self, convert) -> AdapterManifest:

@@ -396,3 +396,34 @@ def test_adapter_without_calibration_serves_uncalibrated_at_the_server_threshold
         assert c["p_raw"] == pytest.approx(r["p_signal"], abs=1e-5)
     base = httpx.post(f"{api}/v1/classify", json=body, timeout=120).json()["results"]
     assert all(r["calibrated"] is False and r["threshold"] == 0.5 for r in base)
+
+
+def test_signal_rate_prior_shifts_a_calibrated_version_and_never_the_base(api, trained_adapter):
+    """Label shift when asked: the calibrated P moves to the given rate by Bayes' rule,
+    the label is cut at the version's own threshold on the shifted P; the base model is
+    not shifted; 'estimate' on fewer than 30 articles is a 422 with a message. The
+    fixture adapter's manifest has none of the ensemble fields (an older version)."""
+    from train.calibration import prior_shift
+
+    manifest = json.loads((trained_adapter.path / "manifest.json").read_text())
+    assert "ensemble" not in manifest and "ensemble_of" not in manifest
+    calibration = trained_adapter.calibration
+    body = {"articles": [ACQ, EARN], "adapter": trained_adapter.name}
+    plain = httpx.post(f"{api}/v1/classify", json=body, timeout=120).json()["results"]
+    shifted = httpx.post(f"{api}/v1/classify", json={**body, "signal_rate": 0.45},
+                         timeout=120).json()["results"]
+    for p, s in zip(plain, shifted):
+        assert p["signal_rate"] is None and s["signal_rate"] == 0.45
+        assert s["p_signal"] == pytest.approx(
+            prior_shift(p["p_signal"], calibration.fitted_on.base_rate, 0.45), abs=1e-6)
+        assert s["p_signal"] > p["p_signal"]  # 0.45 is above any fitting window's rate here
+        assert s["threshold"] == calibration.threshold
+        assert s["label"] == int(s["p_signal"] >= s["threshold"])
+    base = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ], "signal_rate": 0.45},
+                      timeout=120).json()["results"][0]
+    assert base["signal_rate"] is None and base["calibrated"] is False
+    _error(httpx.post(f"{api}/v1/classify", json={**body, "signal_rate": "estimate"},
+                      timeout=120), 422, "signal_rate_not_estimable")
+    for bad in (0.0, 1.0, "guess"):
+        assert httpx.post(f"{api}/v1/classify", json={**body, "signal_rate": bad},
+                          timeout=120).status_code == 422
