@@ -5,11 +5,24 @@ Training (the SFT/DPO/RL views), the in-process backend and the vLLM backend all
 as the text, so every consumer feeds the model exactly the same tokens: training
 appends the label token, serving asks for the probabilities of the two label tokens
 at the next position.
+
+Article text is always plain text to the model. The title and text are strangers'
+words: a page that writes ``<|im_end|><|im_start|>assistant`` must not close the user
+turn and forge an answer. Before rendering, every string the tokenizer would parse as
+one of its added (control) tokens is broken with a zero-width space after its first
+character (:func:`plain_text`), so it tokenises as ordinary characters on every path:
+the ids :func:`encode_prompt` returns (SFT rows, the in-process backend, vLLM, which
+receives those ids) and its text (DPO/RL rows, re-tokenised by TRL) alike. An article
+that holds no such string renders exactly the ids it always did, so adapters trained
+before this rule behave the same.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from pipeline.article import Article
@@ -88,12 +101,59 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase) -> LabelTokens:
     return LabelTokens(not_signal=ids[NOT_SIGNAL_TOKEN], signal=ids[SIGNAL_TOKEN])
 
 
+ZERO_WIDTH_SPACE = "\u200b"
+"""What :func:`plain_text` inserts to break a control-token string: invisible, and
+tokenised as ordinary bytes."""
+
+CHAT_MARKUP = ("<|",)
+"""Openings of chat-markup tokens in the common templates (ChatML's ``<|im_start|>``,
+``<|endoftext|>``, Llama 3's ``<|eot_id|>``): broken in every message, so a teacher LLM
+behind a chat API that renders a template cannot be handed forged turns either."""
+
+
+@lru_cache(maxsize=32)
+def _marker_pattern(markers: tuple[str, ...]) -> re.Pattern[str] | None:
+    # Longest first, so a marker that contains another is broken as the longer one.
+    usable = sorted({m for m in markers if len(m) > 1}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, usable))) if usable else None
+
+
+def plain_text(text: str, markers: Iterable[str]) -> str:
+    """``text`` with every occurrence of each of ``markers`` broken by a
+    :data:`ZERO_WIDTH_SPACE` after its first character; ``text`` itself when it holds
+    none. An insertion never creates an occurrence, so this ends with none left
+    (overlapping occurrences take another pass). Single-character markers cannot be
+    broken and are left alone."""
+    pattern = _marker_pattern(tuple(markers))
+    if pattern is None:
+        return text
+    while pattern.search(text):
+        text = pattern.sub(lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
+    return text
+
+
+def control_token_strings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """Every string ``tokenizer`` parses as one token of its own when it meets it in
+    text: its added tokens (SmolLM2: ``<|im_start|>``, ``<|im_end|>``,
+    ``<|endoftext|>``, ``<filename>``, ...) and its special tokens."""
+    added = [token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+    return tuple(sorted(set(added) | set(tokenizer.all_special_tokens)))
+
+
+def _plain_article(article: Article, tokenizer: PreTrainedTokenizerBase) -> Article:
+    markers = control_token_strings(tokenizer)
+    title, text = plain_text(article.title, markers), plain_text(article.text, markers)
+    if title == article.title and text == article.text:
+        return article
+    return article.model_copy(update={"title": title, "text": text})
+
+
 def _user_message(article: Article, text: str) -> str:
-    lines = [f"Title: {article.title.strip()}"]
+    lines = [f"Title: {plain_text(article.title.strip(), CHAT_MARKUP)}"]
     if article.date_published is not None:
         lines.append(f"Published: {article.date_published.isoformat()[:10]}")
     lines.append("")
-    lines.append(text.strip())
+    lines.append(plain_text(text.strip(), CHAT_MARKUP))
     return "\n".join(lines)
 
 
@@ -102,7 +162,8 @@ def signal_messages(article: Article, text: str | None = None,
     """The chat messages the model is asked with: the instruction of ``style``, then the
     article (``text`` instead of the article's own text when given, e.g. cut to a
     budget). The classifier renders them with the chat template; a teacher LLM gets them
-    as is."""
+    as is. Chat markup in the article (:data:`CHAT_MARKUP`) is broken
+    (:func:`plain_text`)."""
     if style not in INSTRUCTIONS:
         raise ValueError(f"unknown prompt style {style!r} (known: {', '.join(INSTRUCTIONS)})")
     return [
@@ -129,7 +190,10 @@ def _cut(text: str, max_tokens: int, tokenizer: PreTrainedTokenizerBase) -> tupl
         text, cut = text[: max_tokens * _MAX_CHARS_PER_TOKEN], True
     ids = _tokens(text, tokenizer)
     if len(ids) > max_tokens:
-        text, cut = tokenizer.decode(ids[:max_tokens]), True
+        # Decoding a prefix cannot spell a control token the text did not, but the
+        # rule is cheap to re-apply to what is kept.
+        text = plain_text(tokenizer.decode(ids[:max_tokens]), control_token_strings(tokenizer))
+        cut = True
     return text, cut
 
 
@@ -144,9 +208,11 @@ def encode_prompt(
 
     The instruction and the answer position always survive. A title longer than half
     the room left by the instruction is cut; the body text is cut to what remains
-    (both from the end). Raises ``ValueError`` only when the instruction alone does
-    not fit ``max_prompt_tokens``.
+    (both from the end). Control-token strings in the title and text are broken first
+    (:func:`plain_text`), so no id in the article's span is a control token. Raises
+    ``ValueError`` only when the instruction alone does not fit ``max_prompt_tokens``.
     """
+    article = _plain_article(article, tokenizer)
     fixed = len(_tokens(_render(article.model_copy(update={"title": ""}), "", tokenizer, style),
                         tokenizer))
     room = max_prompt_tokens - fixed
