@@ -10,7 +10,7 @@ one process (in-process training and scoring, on CUDA when there is one), and
 ``OUT/recipes.json`` plus ``OUT/eval-<split>.json`` are rewritten after every training and
 evaluation, so a run cut off by a time limit keeps what it finished. The eval files have
 the shape ``signals eval --out`` writes (``bench/quality_table.py LABEL=FILE`` reads them),
-and each adapter's entry adds its F1 minus the validated TF-IDF's on the same articles with
+and each adapter's entry adds its F1 minus the tuned TF-IDF reference's on the same articles with
 a 95% paired bootstrap interval; ``OUT/scores-<split>.json`` holds every model's
 P(signal) per article::
 
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from pipeline.dataset import load_split
-    from train.evaluate import Scorer, TfidfBaseline, f1_difference, sample_articles
+    from train.evaluate import (Scorer, TfidfBaseline, TunedLexical, f1_difference,
+                                sample_articles)
     from train.experiment import adapter_rows
     from train.jobs import run_training
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, dict[str, Any]] = {
         split: {"ids": [str(a.id) for a in articles],
                 "labels": [a.signal for a in articles]} for split, articles in windows.items()}
-    reference: dict[str, Any] = {}  # the validated TF-IDF's evaluation per window
+    reference: dict[str, Any] = {}  # the tuned TF-IDF reference's evaluation per window
     adapters: dict[str, Any] = {}
     record: dict[str, Any] = {"config_file": str(args.config), "set": args.set,
                               "variants": {n: f for n, f in args.variants},
@@ -125,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / f"scores-{split}.json").write_text(json.dumps(scores[split]))
 
     for baseline in (TfidfBaseline(train_articles, threshold=0.5),
-                     TfidfBaseline(train_articles, shared.validation_days)):
+                     TfidfBaseline(train_articles, shared.validation_days),
+                     TunedLexical(train_articles, shared.validation_days)):
         for split, articles in windows.items():
             evaluation = baseline.evaluate(articles, split)
             evaluations[split][baseline.name] = evaluation.to_dict()
             scores[split][baseline.name] = [round(p, 6) for p in evaluation.p_signal]
-            if baseline.name == "tfidf-logreg-validated":
+            if baseline.name == TunedLexical.name:
                 reference[split] = evaluation
     write()
 
@@ -148,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = scorer.evaluate(articles, version.name, split, None)
             evaluations[split][label] = {
                 **evaluation.to_dict(), "adapter": version.name,
-                # F1 minus the validated TF-IDF's on these articles, 95% paired bootstrap
-                "f1_minus_tfidf_validated": f1_difference(
+                # F1 minus the tuned TF-IDF's on these articles, 95% paired bootstrap
+                "f1_minus_tfidf_tuned": f1_difference(
                     evaluation.labels, evaluation.predicted, reference[split].predicted)}
             scores[split][label] = [round(p, 6) for p in evaluation.p_signal]
             m = evaluation.metrics

@@ -60,9 +60,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"split {args.split!r} of {dataset} has no labelled articles")
     results = {}
     if args.baseline:
-        results["tfidf-logreg"] = tfidf_baseline(load_split(dataset, args.train_split), articles,
-                                                 args.split,
+        train_articles = load_split(dataset, args.train_split)
+        results["tfidf-logreg"] = tfidf_baseline(train_articles, articles, args.split,
                                                  0.5 if args.threshold is None else args.threshold)
+        # the reference: settings, calibration and threshold chosen on the validation
+        # days the adapters are calibrated on (TrainConfig.validation_days' default)
+        from train.config import TrainConfig
+        from train.evaluate import TunedLexical
+
+        days = TrainConfig.model_fields["validation_days"].default
+        results["tfidf-tuned"] = TunedLexical(train_articles, days, dataset=dataset.name
+                                              ).evaluate(articles, args.split)
     scorer = Scorer(base_model, registry, args.max_prompt_tokens, vllm_url=args.vllm_url,
                     vllm_served_name=args.vllm_served_name,
                     vllm_api_key=os.environ.get("VLLM_API_KEY"))
@@ -148,6 +156,32 @@ def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
           f"{c.threshold:.4f}; on the window F1 {c.before.f1:.3f} -> {c.after.f1:.3f}, "
           f"ECE {c.before.ece:.3f} -> {c.after.ece:.3f}")
     print(f"  promote it with: signals adapters promote {version.name}")
+    return 0
+
+
+def cmd_adapters_ensemble(args: argparse.Namespace) -> int:
+    from train.backends import VLLMEndpoint
+    from train.ensemble import build_ensemble
+    from train.registry import AdapterRegistry
+
+    paths = Paths()
+    registry = AdapterRegistry(args.registry or paths.registry_dir)
+    vllm = VLLMEndpoint(args.vllm_url, args.vllm_served_name,
+                        os.environ.get("VLLM_API_KEY")) if args.vllm_url else None
+    version = build_ensemble(registry, args.name, args.dataset or paths.datasets_dir /
+                             "reuters-acq", args.validation_days, vllm, limit=args.limit,
+                             seed=args.seed)
+    e = version.manifest.ensemble
+    w = e.fitted_on
+    print(f"{version.name}: {version.manifest.ensemble_of} + {e.lexical}, fitted on "
+          f"{w.dataset}/{w.split} {w.date_from}..{w.date_to} ({w.n} articles)")
+    print(f"  P = sigmoid({e.adapter_weight:.3f} * logit(p_adapter) + {e.lexical_weight:.3f}"
+          f" * lexical margin + {e.intercept:.3f}); threshold {e.threshold:.4f}")
+    print(f"  F1 on the window: ensemble {e.after.f1:.4f}, adapter alone "
+          f"{e.adapter_alone.f1:.4f}, lexical alone {e.lexical_alone.f1:.4f}")
+    better = e.after.f1 > max(e.adapter_alone.f1, e.lexical_alone.f1)
+    print(f"  validation {'prefers' if better else 'does NOT prefer'} the ensemble"
+          + (f"; promote it with: signals adapters promote {version.name}" if better else ""))
     return 0
 
 
@@ -268,3 +302,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--registry", type=Path, help="registry directory")
     _add_vllm_arguments(calibrate)
     calibrate.set_defaults(func=cmd_adapters_calibrate)
+    ensemble = adapter_cmds.add_parser(
+        "ensemble", help="combine a calibrated adapter with the TF-IDF model chosen on its "
+        "validation window (weights and threshold fitted there); publishes a new version")
+    ensemble.add_argument("name", help="calibrated adapter version name or alias")
+    ensemble.add_argument("--validation-days", type=int, default=5,
+                          help="the days its calibration was fitted on: the last N of its "
+                          "training split (default: 5, TrainConfig's)")
+    ensemble.add_argument("--dataset", type=Path, help="dataset directory "
+                          "(default: $SIGNALS_DATA_DIR/datasets/reuters-acq)")
+    ensemble.add_argument("--limit", type=int, help="fit the weights on a seeded random "
+                          "sample of the window (default: all of it)")
+    ensemble.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ensemble.add_argument("--registry", type=Path, help="registry directory")
+    _add_vllm_arguments(ensemble)
+    ensemble.set_defaults(func=cmd_adapters_ensemble)

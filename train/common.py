@@ -22,9 +22,10 @@ from typing import Any
 from pipeline.article import Article
 from pipeline.dataset import DatasetManifest, load_split, read_manifest
 from train.config import TrainConfig
+from train.ensemble import build_ensemble
 from train.manifest import AdapterManifest, DatasetWindow, LoraShape
 from train.registry import MANIFEST, AdapterNotFound, AdapterRegistry, AdapterVersion
-from train.validation import (WindowArticles, calibrate_on_window, sample_window,
+from train.validation import (WindowArticles, fit_on_window, raw_p_signal, sample_window,
                               split_off_validation)
 
 log = logging.getLogger(__name__)
@@ -318,11 +319,11 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
     """Fit the calibration on the validation window (when there is one), write the
     manifest and move the staged adapter into the registry (atomic)."""
     shutil.rmtree(staging / "trainer", ignore_errors=True)
-    calibration = None
+    calibration, p_raw = None, None
     if data.validation is not None:
-        calibration = calibrate_on_window(config.base_model, staging, data.validation,
-                                          config.max_prompt_tokens, config.calibration_method,
-                                          config.prompt_style)
+        p_raw = raw_p_signal(config.base_model, staging, data.validation.articles,
+                             config.max_prompt_tokens, style=config.prompt_style)
+        calibration = fit_on_window(data.validation, p_raw, config.calibration_method)
     manifest = AdapterManifest(
         method=config.method,
         base_model=config.base_model.resolve(),
@@ -352,4 +353,12 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
     )
     version = registry.publish(name, manifest)
     log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest.wall_time_s)
+    if config.ensemble and calibration is not None:
+        ensemble = build_ensemble(registry, name, config.dataset, config.validation_days,
+                                  scored=(data.validation.articles, p_raw))
+        spec = ensemble.manifest.ensemble
+        preferred = ensemble.name if spec.after.f1 > calibration.after.f1 else name
+        log.info("published ensemble %s; validation F1 %.4f against the adapter's %.4f: "
+                 "validation prefers %s", ensemble.name, spec.after.f1,
+                 calibration.after.f1, preferred)
     return version

@@ -86,6 +86,13 @@ class TrainConfig(BaseModel):
     """``platt``: slope and intercept on logit P(signal) (corrects a shifted base rate);
     ``temperature``: slope only."""
 
+    ensemble: bool = False
+    """After the calibration, also publish an ensemble version: this adapter's logit
+    combined with the TF-IDF model chosen on the same validation window, the weights
+    fitted there from the scores the calibration already computed
+    (``train/ensemble.py``); the log and the manifest say which of the two validation
+    prefers. Needs a validation window."""
+
     max_examples: int | None = Field(default=None, ge=1)
     """Train on at most this many examples of the split (a bounded slice); None = all."""
 
@@ -179,6 +186,9 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"dataset: {self.dataset} is not a dataset directory (no manifest.json); "
                 "run `signals data reuters` or name another one")
+        if self.ensemble and self.validation_days is None:
+            raise ValueError("ensemble: an ensemble is fitted on the validation window; "
+                             "set validation_days")
         return self
 
 

@@ -174,7 +174,7 @@ def _train(config: ExperimentConfig, shared: TrainConfig, **update: Any):
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Train, evaluate and report; returns the report dict (also written to out_dir)."""
-    from train.evaluate import Scorer, TfidfBaseline, sample_articles
+    from train.evaluate import Scorer, TfidfBaseline, TunedLexical, sample_articles
     from train.plots import plot_confusion_matrices, plot_loss_curves, plot_per_window
 
     started = time.monotonic()
@@ -196,6 +196,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
                                threshold=0.5 if config.threshold is None else config.threshold)]
     if shared.validation_days and config.threshold is None:
         baselines.append(TfidfBaseline(train_articles, shared.validation_days))
+        baselines.append(TunedLexical(train_articles, shared.validation_days,
+                                      dataset=config.dataset.name))
     scorer = Scorer(config.base_model, config.registry, config.max_prompt_tokens)
     for split, articles in windows.items():
         for baseline in baselines:

