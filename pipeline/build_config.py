@@ -40,7 +40,12 @@ class FeedSource(_Strict):
     name: str = Field(description="Source name written into each article's `source`.")
     url: str = Field(description="The feed's URL.")
     timeout_s: float = Field(default=DEFAULT_FEED_TIMEOUT_S, gt=0,
-                             description="Seconds to wait for the feed before giving up.")
+                             description="Seconds the whole fetch may take (redirects and "
+                             "a slow body included) before giving up.")
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Non-global networks (CIDR) this feed may be fetched from, e.g. a feed "
+        "on your own intranet; default none: only global addresses (pipeline/egress.py).")
 
 
 class FileSource(_Strict):

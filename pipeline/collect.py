@@ -106,7 +106,8 @@ def _read_files(source: FileSource, report: SourceReport, strict: bool) -> None:
 
 def _read_feed(source: FeedSource, report: SourceReport, strict: bool) -> None:
     try:
-        response = fetch_feed(source.url, source.timeout_s)
+        response = fetch_feed(source.url, source.timeout_s,
+                              allow_networks=source.allow_networks)
     except FeedError as exc:
         report.fail(source.url, exc.reason, strict)
         return

@@ -155,7 +155,8 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     if kind == "rss":
         if is_url:
             try:
-                result = read_feed(args.input, source, timeout_s=args.timeout)
+                result = read_feed(args.input, source, timeout_s=args.timeout,
+                                   allow_networks=args.allow_network)
             except FeedError as exc:
                 raise RuntimeError(str(exc)) from exc
         else:
@@ -235,5 +236,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     importer.add_argument("--out", type=Path, required=True, help="JSONL file to write")
     importer.add_argument("--timeout", type=float, default=10.0,
                           help="feed timeout in seconds (default 10)")
+    importer.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
+                          help="a non-global network the feed may be fetched from, e.g. "
+                          "10.0.0.0/8 for an intranet feed (repeatable; default: global "
+                          "addresses only, pipeline/egress.py)")
     importer.set_defaults(func=cmd_data_import)
 

@@ -1,11 +1,18 @@
 """RSS 0.9x / 1.0 / 2.0 and Atom feeds: fetched with ``httpx`` (explicit timeouts and HTTP
-errors: :class:`FeedError`), parsed with ``feedparser`` into a :class:`FeedResult`."""
+errors: :class:`FeedError`), parsed with ``feedparser`` into a :class:`FeedResult`.
+
+A fetch is bounded: the whole answer (redirects included) within ``timeout_s`` of wall
+time however slowly it drips, at most ``max_bytes`` after decompression (a compressed
+bomb stops there), and it connects only where the address policy admits
+(:mod:`pipeline.egress`: global addresses, plus ``allow_networks``), on every redirect hop.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -16,6 +23,7 @@ import httpx
 
 from pipeline.article import Article
 from pipeline.dedupe import hash_title_and_text
+from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
 from pipeline.html_text import html_to_text, normalise_whitespace
 from pipeline.sources import ReadResult
 
@@ -25,6 +33,18 @@ USER_AGENT = "newsletter-signals/0.1 (+feed reader)"
 FEED_ACCEPT = ("application/rss+xml, application/atom+xml, application/rdf+xml, "
                "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5")
 DEFAULT_FEED_TIMEOUT_S = 10.0
+MAX_FEED_BYTES = 20_000_000
+"""The most a feed may decompress to."""
+MAX_FEED_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class FeedAnswer:
+    """A feed's body as fetched: the bytes, the final URL, the HTTP charset."""
+
+    content: bytes
+    url: str
+    charset_encoding: str | None
 
 
 @dataclass
@@ -50,15 +70,35 @@ class FeedError(Exception):
 
 
 def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
-               client: httpx.Client | None = None) -> httpx.Response:
-    """GET a feed; any failure to get a 2xx/3xx answer raises :class:`FeedError`."""
+               client: httpx.Client | None = None, allow_networks: Sequence[str] = (),
+               max_bytes: int = MAX_FEED_BYTES) -> FeedAnswer:
+    """GET a feed (see the module docstring for its bounds); any failure to get a
+    complete 2xx answer raises :class:`FeedError`. ``client`` (tests, a shared pool) is
+    used as given, without the address policy."""
     headers = {"User-Agent": USER_AGENT, "Accept": FEED_ACCEPT}
+    deadline = time.monotonic() + timeout_s
+    policy = AddressPolicy.allowing(allow_networks)
+    own = client is None
+    if own:
+        client = httpx.Client(transport=policy_transport(policy), timeout=timeout_s,
+                              follow_redirects=True, max_redirects=MAX_FEED_REDIRECTS)
     try:
-        if client is not None:
-            response = client.get(url, headers=headers, timeout=timeout_s, follow_redirects=True)
-        else:
-            with httpx.Client(timeout=timeout_s, follow_redirects=True) as own_client:
-                response = own_client.get(url, headers=headers)
+        with client.stream("GET", url, headers=headers, timeout=timeout_s,
+                           follow_redirects=True) as response:
+            if response.status_code >= 400:
+                raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}")
+            body, size = [], 0
+            for chunk in response.iter_bytes():  # decompressed
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FeedError(url, f"more than {max_bytes} bytes after decompression")
+                if time.monotonic() > deadline:
+                    raise FeedError(url, f"not complete after {timeout_s:g} s")
+                body.append(chunk)
+            return FeedAnswer(b"".join(body), str(response.url), response.charset_encoding)
+    except BlockedAddress as exc:
+        raise FeedError(url, f"refused address {exc} (a feed on your own network: "
+                        "add it to allow_networks)") from exc
     except httpx.TimeoutException as exc:
         raise FeedError(url, f"timed out after {timeout_s:g} s ({type(exc).__name__})") from exc
     except httpx.UnsupportedProtocol as exc:
@@ -69,9 +109,9 @@ def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
         raise FeedError(url, f"request failed ({type(exc).__name__}: {exc})") from exc
     except httpx.InvalidURL as exc:
         raise FeedError(url, f"invalid URL ({exc})") from exc
-    if response.status_code >= 400:
-        raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}")
-    return response
+    finally:
+        if own:
+            client.close()
 
 
 def read_feed(
@@ -79,6 +119,7 @@ def read_feed(
     source: str,
     timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
     client: httpx.Client | None = None,
+    allow_networks: Sequence[str] = (),
 ) -> FeedResult:
     """The articles of an RSS or Atom feed, fetched from a URL or given as bytes.
 
@@ -88,7 +129,7 @@ def read_feed(
     """
     if isinstance(url_or_bytes, bytes):
         return parse_feed(url_or_bytes, source)
-    response = fetch_feed(url_or_bytes, timeout_s, client)
+    response = fetch_feed(url_or_bytes, timeout_s, client, allow_networks)
     return parse_feed(response.content, source, url=str(response.url),
                       http_charset=response.charset_encoding)
 

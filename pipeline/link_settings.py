@@ -8,6 +8,7 @@ the extractor.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -82,10 +83,25 @@ class LinkSettings(BaseModel):
         "dateparser over every locale). Off: dates come from markup only (meta tags, "
         "JSON-LD, <time>, the URL). On, one Reuters page took 13.7 s on first use and "
         "pages with date-like text cost tens of ms more each (bench/bench_links.py).")
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR, e.g. ``10.20.0.0/16``) a link may reach although they "
+        "are not global: an intranet ingested on purpose, a test's loopback server. "
+        "Default: none; only global addresses are fetched (``pipeline/egress.py``).")
     min_page_chars: int = Field(
         default=200, ge=0,
         description="Extracted text shorter than this is not an article (a cookie wall, "
         "an index page): ``extraction_failed``.")
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_parse(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allow_networks: {network!r} is not a network: {exc}") from exc
+        return networks
 
     @field_validator("teaser_patterns")
     @classmethod

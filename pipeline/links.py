@@ -55,6 +55,9 @@ it is ``ok``:
 ``too_large``          ``Content-Length`` or the bytes read exceeded ``max_page_bytes``
 ``unsupported_type``   not HTML (a PDF, an image): not downloaded, not extracted
 ``too_many_redirects`` more than ``max_redirects`` hops
+``blocked_address``    the link, a redirect hop or its robots.txt would connect to a
+                       loopback, private, link-local or other non-global address
+                       (:mod:`pipeline.egress`; ``allow_networks`` admits some)
 ``connection_error``   connection refused/reset, DNS failure (after retries)
 ``extraction_failed``  HTML fetched but no article text of ``min_page_chars`` found
 ``deadline``           the caller's deadline passed first
@@ -90,6 +93,7 @@ from pydantic import BaseModel, Field
 
 from pipeline.article import Article
 from pipeline.dedupe import normalise_text
+from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
 from pipeline.link_settings import LinkSettings
 
 log = logging.getLogger(__name__)
@@ -98,7 +102,7 @@ TextOrigin = Literal["teaser", "page", "both"]
 FetchStatus = Literal[
     "ok", "not_needed", "no_link", "invalid_url", "robots_disallowed", "http_error",
     "rate_limited", "timeout", "too_large", "unsupported_type", "too_many_redirects",
-    "connection_error", "extraction_failed", "deadline", "error",
+    "blocked_address", "connection_error", "extraction_failed", "deadline", "error",
 ]
 EXTRACTOR = f"trafilatura {trafilatura.__version__}"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -210,8 +214,9 @@ def canonical_url(url: str) -> str | None:
 
 
 def host_of(url: str) -> str:
-    """``host[:port]``, the unit the politeness limits and counters apply to."""
-    return urlsplit(url).netloc.lower()
+    """``host[:port]``, the unit the politeness limits and counters apply to; never the
+    URL's credentials (``user:password@``), which would end up in metric labels."""
+    return urlsplit(url).netloc.rpartition("@")[2].lower()
 
 
 # --------------------------------------------------------------------------- fetching
@@ -286,12 +291,13 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _read_capped(response: httpx.Response, limit: int) -> bool:
-    """Read a streamed body to its end unless it exceeds ``limit``; True if complete."""
+def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bool:
+    """Read a streamed body to its end unless it exceeds ``limit`` bytes or runs past
+    ``deadline`` (``time.monotonic()``); True if complete."""
     size = 0
     for chunk in response.iter_bytes():
         size += len(chunk)
-        if size > limit:
+        if size > limit or time.monotonic() > deadline:
             return False
     return True
 
@@ -333,6 +339,8 @@ class LinkEnricher:
                  counters: LinkCounters | None = None) -> None:
         self.settings = settings or LinkSettings()
         self.counters = counters or LinkCounters()
+        self.policy = AddressPolicy.allowing(self.settings.allow_networks)
+        """Where a fetch may connect: global addresses and ``allow_networks``."""
         self._executor = ThreadPoolExecutor(max_workers=self.settings.max_concurrency,
                                             thread_name_prefix="link-fetch")
         self._client = self._make_client()
@@ -343,8 +351,9 @@ class LinkEnricher:
 
     def _make_client(self) -> httpx.Client:
         s = self.settings
-        transport: httpx.BaseTransport = httpx.HTTPTransport(
-            limits=httpx.Limits(max_connections=s.max_concurrency))
+        # every connection (each hop, robots.txt) is checked where it is opened
+        transport: httpx.BaseTransport = policy_transport(
+            self.policy, limits=httpx.Limits(max_connections=s.max_concurrency))
         if s.cache_path is not None:
             s.cache_path.parent.mkdir(parents=True, exist_ok=True)
             # shared=False: a private cache for this crawler; RFC rules, not "cache all".
@@ -498,6 +507,11 @@ class LinkEnricher:
     async def _resolve_hops(self, url: str) -> _Page:
         current, hops = url, 0
         while True:
+            try:  # before robots.txt: a refused host gets no request at all
+                await self._in_thread(self.policy.check_url, current)
+            except BlockedAddress as blocked:
+                return _Page("blocked_address", str(blocked), final_url=current,
+                             redirects=hops)
             if self.settings.respect_robots and not await self._robots_allow(current):
                 return _Page("robots_disallowed", f"robots.txt disallows {current}",
                              final_url=current, redirects=hops)
@@ -571,7 +585,7 @@ class LinkEnricher:
                     # Read a short error or redirect body to its end: the cache stores an
                     # answer only once its body is complete, and a stored 301 is one
                     # request fewer next time.
-                    _read_capped(response, ERROR_BODY_BYTES)
+                    _read_capped(response, ERROR_BODY_BYTES, started + s.page_timeout_s)
                 if response.is_redirect and response.headers.get("location"):
                     return _Answer(url, status, location=urljoin(url, response.headers["location"]))
                 if status in RETRY_STATUSES:
@@ -613,6 +627,8 @@ class LinkEnricher:
             return _StopFetch("invalid_url", f"{type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             return _StopFetch("connection_error", f"{type(exc).__name__}: {exc}")
+        except BlockedAddress as exc:  # re-resolved to a refused address at connect
+            return _StopFetch("blocked_address", str(exc))
 
     # ---------------------------------------------------------------- robots.txt
 
@@ -646,11 +662,13 @@ class LinkEnricher:
         return robots
 
     def _robots_request(self, url: str) -> str | int:
-        """robots.txt text, or the status that stood for it (599: unreachable)."""
+        """robots.txt text, or the status that stood for it (599: unreachable, or not
+        complete within ``page_timeout_s``, as a page would not be)."""
+        deadline = time.monotonic() + self.settings.page_timeout_s
         try:
             with self._client.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code != 200:
-                    _read_capped(response, ERROR_BODY_BYTES)  # complete, so cacheable
+                    _read_capped(response, ERROR_BODY_BYTES, deadline)  # complete: cacheable
                     return response.status_code
                 # RFC 9309: at least 500 KiB must be parsed; a longer file is cut there.
                 body = bytearray()
@@ -658,8 +676,10 @@ class LinkEnricher:
                     body += chunk
                     if len(body) >= ROBOTS_BYTES:
                         break
+                    if time.monotonic() > deadline:
+                        return 599
                 return bytes(body[:ROBOTS_BYTES]).decode("utf-8", errors="replace")
-        except httpx.HTTPError:
+        except (httpx.HTTPError, BlockedAddress):
             return 599
 
     # ---------------------------------------------------------------- extraction

@@ -215,3 +215,24 @@ def test_the_gpu_overlay_serves_both_public_apis_over_tls_only():
         "nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert not [o for o in render("overlays/cpu-dev") if o["kind"] == "Ingress"]
+
+
+def test_the_ingress_routes_the_apis_v1_paths_only():
+    """/metrics, /docs, /openapi.json and the probes stay inside the cluster."""
+    [ingress] = [o for o in render("overlays/gpu") if o["kind"] == "Ingress"]
+    paths = [(p["path"], p["pathType"]) for rule in ingress["spec"]["rules"]
+             for p in rule["http"]["paths"]]
+    assert paths == [("/v1", "Prefix"), ("/v1", "Prefix")]
+
+
+@pytest.mark.parametrize("kustomization, required", [("overlays/gpu", True),
+                                                     ("overlays/cpu-dev", False)])
+def test_the_gpu_overlay_requires_the_read_and_classify_tokens(kustomization, required):
+    containers = {p.owner: p.spec["containers"][0] for p in pod_templates(render(kustomization))}
+    for owner, variable, key in (
+            ("Deployment/classifier", "SIGNALS_SERVE_CLASSIFY_TOKEN", "classify-token"),
+            ("Deployment/ingestion", "SIGNALS_INGEST_READ_TOKEN", "ingest-read-token"),
+            ("Deployment/ingestion", "SIGNALS_INGEST_CLASSIFIER_TOKEN", "classify-token")):
+        reference = env_value(containers[owner], variable)["valueFrom"]["secretKeyRef"]
+        assert reference["key"] == key and reference["optional"] is (not required), (
+            owner, variable)

@@ -32,6 +32,8 @@ from tests.pipeline.test_imap import imap_server, newsletters_mailbox  # noqa: F
 FIXTURES = Path(__file__).parent / "fixtures"
 CONFIGS = Path(__file__).resolve().parents[2] / "pipeline" / "configs"
 
+LOCAL_FEED = {"allow_networks": ["127.0.0.0/8"]}  # the feed server is on loopback
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -62,10 +64,10 @@ def config_for(feed_server: str, tmp_path: Path, **overrides) -> PipelineConfig:
         "datasets_dir": str(tmp_path / "datasets"),
         "work_dir": str(tmp_path / "work"),
         "sources": [
-            {"kind": "rss", "name": "tidemark", "url": f"{feed_server}/wire"},
-            {"kind": "rss", "name": "ledger", "url": f"{feed_server}/ledger"},
-            {"kind": "rss", "name": "ledger-mirror", "url": f"{feed_server}/truncated"},
-            {"kind": "rss", "name": "broken", "url": f"{feed_server}/error", "timeout_s": 5},
+            {"kind": "rss", "name": "tidemark", "url": f"{feed_server}/wire", **LOCAL_FEED},
+            {"kind": "rss", "name": "ledger", "url": f"{feed_server}/ledger", **LOCAL_FEED},
+            {"kind": "rss", "name": "ledger-mirror", "url": f"{feed_server}/truncated", **LOCAL_FEED},
+            {"kind": "rss", "name": "broken", "url": f"{feed_server}/error", **LOCAL_FEED, "timeout_s": 5},
             {"kind": "jsonl", "name": "archive",
              "paths": [str(FIXTURES / "build_archive.jsonl"), str(FIXTURES / "records.jsonl")]},
             {"kind": "csv", "name": "sheet", "paths": str(FIXTURES / "records.csv")},
@@ -167,7 +169,7 @@ def test_second_build_does_no_work_and_a_changed_input_rebuilds(feed_server, tmp
     records = tmp_path / "archive.jsonl"
     shutil.copy(FIXTURES / "build_archive.jsonl", records)
     config = config_for(feed_server, tmp_path, sources=[
-        {"kind": "rss", "name": "tidemark", "url": f"{feed_server}/wire"},
+        {"kind": "rss", "name": "tidemark", "url": f"{feed_server}/wire", **LOCAL_FEED},
         {"kind": "jsonl", "name": "archive", "paths": str(records)}])
     first = build_dataset(config)
     train_file = tmp_path / "datasets" / "newsletters" / "train.jsonl"
@@ -229,7 +231,7 @@ def test_undated_articles_can_go_to_their_own_split(feed_server, tmp_path):
 
 def test_strict_build_fails_on_a_missing_file(feed_server, tmp_path):
     config = config_for(feed_server, tmp_path, strict=True, sources=[
-        {"kind": "rss", "name": "tidemark", "url": f"{feed_server}/wire"},
+        {"kind": "rss", "name": "tidemark", "url": f"{feed_server}/wire", **LOCAL_FEED},
         {"kind": "eml", "name": "desk", "paths": [str(tmp_path / "missing.eml")]}])
     with pytest.raises(RuntimeError, match="missing.eml: no such file"):
         build_dataset(config)

@@ -38,7 +38,8 @@ def test_build_then_rebuild_then_stats_and_show(feed_url, tmp_path, capsys):
         "name": "cli-set",
         "work_dir": str(tmp_path / "work"),
         "sources": [
-            {"kind": "rss", "name": "tidemark", "url": f"{feed_url}/wire.xml"},
+            {"kind": "rss", "name": "tidemark", "url": f"{feed_url}/wire.xml",
+             "allow_networks": ["127.0.0.0/8"]},  # the test's feed is on loopback
             {"kind": "jsonl", "name": "archive", "paths": [str(FIXTURES / "build_archive.jsonl")]},
         ],
         "split": {"train_end": "2024-05-31"},
@@ -76,7 +77,7 @@ def test_build_then_rebuild_then_stats_and_show(feed_url, tmp_path, capsys):
 def test_import_feed_url_and_files_with_counts(feed_url, tmp_path, capsys):
     out_file = tmp_path / "feed.jsonl"
     assert run_cli(["data", "import", f"{feed_url}/wire.xml", "--source", "tidemark",
-                    "--out", str(out_file)]) == 0
+                    "--allow-network", "127.0.0.0/8", "--out", str(out_file)]) == 0
     articles = read_jsonl(out_file)
     assert [a.id for a in articles] == ["tidemark-2024-05-2281", "tidemark-2024-06-0117",
                                         "tidemark-2024-06-0342"]
@@ -117,7 +118,11 @@ def test_import_json_array_skips_and_explains_what_the_api_would_refuse(tmp_path
 
 def test_import_errors_are_clear(feed_url, tmp_path):
     with pytest.raises(RuntimeError, match="HTTP 404"):
-        run_cli(["data", "import", f"{feed_url}/gone.xml", "--out", str(tmp_path / "x.jsonl")])
+        run_cli(["data", "import", f"{feed_url}/gone.xml", "--allow-network", "127.0.0.1/32",
+                 "--out", str(tmp_path / "x.jsonl")])
+    with pytest.raises(RuntimeError, match="refused address 127.0.0.1: loopback.*allow_networks"):
+        run_cli(["data", "import", f"{feed_url}/wire.xml", "--out", str(tmp_path / "x.jsonl")])
+    assert not (tmp_path / "x.jsonl").exists()
     with pytest.raises(FileNotFoundError, match="no such file"):
         run_cli(["data", "import", str(tmp_path / "absent.eml"), "--out",
                  str(tmp_path / "x.jsonl")])

@@ -32,7 +32,7 @@ def test_link_list_build_uses_page_text_dedupes_by_article_and_reports_it(tmp_pa
             "name": "linked", "sources": [{"kind": "links", "name": "links",
                                            "paths": [str(links)]}],
             "links": {"cache_path": str(tmp_path / "cache.sqlite"), "per_host_interval_s": 0,
-                      "deadline_s": 60},
+                      "deadline_s": 60, "allow_networks": ["127.0.0.0/8"]},
             "split": {"train_end": "2024-01-31"}, "datasets_dir": str(tmp_path / "datasets"),
             "work_dir": str(tmp_path / "work")})
         manifest = build_dataset(config)

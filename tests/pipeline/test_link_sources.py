@@ -95,7 +95,8 @@ def test_newsletter_stories_are_classified_on_their_article_text(tmp_path):
     with serve_link_site() as site:
         stories = read_newsletter_links(newsletter(site.base), "markets-morning").articles
         counters = LinkCounters()
-        settings = LinkSettings(cache_path=tmp_path / "cache.sqlite", per_host_interval_s=0.0)
+        settings = LinkSettings(cache_path=tmp_path / "cache.sqlite", per_host_interval_s=0.0,
+                                allow_networks=["127.0.0.0/8"])
         results = enrich_articles(stories, settings, deadline_s=30, counters=counters)
         requests = dict(site.requests)
     assert len(results) == 10

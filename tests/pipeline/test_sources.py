@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+LOOPBACK = ["127.0.0.0/8"]  # the feed server is on loopback; feeds elsewhere are refused
+
 from pipeline.article import Article
 from pipeline.emails import read_eml, read_mbox
 from pipeline.feeds import FeedError, read_feed
@@ -135,7 +137,7 @@ def test_html_sections_split_at_headings_in_layout_tables():
 
 
 def test_rss20_html_content_entities_and_dates(feed_server):
-    result = read_feed(f"{feed_server}/rss20", "ledger", timeout_s=5)
+    result = read_feed(f"{feed_server}/rss20", "ledger", timeout_s=5, allow_networks=LOOPBACK)
     assert (result.feed_format, result.feed_title) == ("rss20", "Harbour Street Ledger")
     assert result.problems == [] and result.skipped == 0 and not result.malformed
     norvik, brightwater, castellan = result.articles
@@ -164,7 +166,7 @@ def test_rss20_html_content_entities_and_dates(feed_server):
 
 
 def test_rss10_rdf(feed_server):
-    result = read_feed(f"{feed_server}/rss10", "filings", timeout_s=5)
+    result = read_feed(f"{feed_server}/rss10", "filings", timeout_s=5, allow_networks=LOOPBACK)
     assert result.feed_format == "rss10" and result.problems == []
     assert [(a.id, a.title, a.date_published) for a in result.articles] == [
         ("https://filings.example.org/f/88121",
@@ -178,7 +180,7 @@ def test_rss10_rdf(feed_server):
 
 
 def test_rss091_items_have_no_dates(feed_server):
-    result = read_feed(f"{feed_server}/rss091", "millane", timeout_s=5)
+    result = read_feed(f"{feed_server}/rss091", "millane", timeout_s=5, allow_networks=LOOPBACK)
     assert result.feed_format.startswith("rss09")
     assert [a.title for a in result.articles] == [
         "Copper futures hit a two-year high", "Regional lender Ashby Trust halts buyback"]
@@ -188,7 +190,7 @@ def test_rss091_items_have_no_dates(feed_server):
 
 
 def test_atom_html_title_xhtml_content_and_published_before_updated(feed_server):
-    result = read_feed(f"{feed_server}/atom", "sidereal", timeout_s=5)
+    result = read_feed(f"{feed_server}/atom", "sidereal", timeout_s=5, allow_networks=LOOPBACK)
     assert result.feed_format == "atom10" and result.problems == []
     batteries, jets = result.articles
     assert batteries.id == "tag:research.sidereal.example,2024:note-311"
@@ -203,7 +205,7 @@ def test_atom_html_title_xhtml_content_and_published_before_updated(feed_server)
 
 
 def test_broken_date_is_kept_empty_and_empty_entry_skipped(feed_server):
-    result = read_feed(f"{feed_server}/defects", "quayside", timeout_s=5)
+    result = read_feed(f"{feed_server}/defects", "quayside", timeout_s=5, allow_networks=LOOPBACK)
     tidewater, haldane = result.articles
     assert tidewater.id == "qs-1001" and tidewater.date_published is None
     assert tidewater.text.startswith("Tidewater Ports won a 30-year concession")
@@ -216,7 +218,7 @@ def test_broken_date_is_kept_empty_and_empty_entry_skipped(feed_server):
 
 def test_truncated_feed_yields_the_complete_entries_before_the_cut(feed_server):
     complete = read_feed(fixture_bytes("rss20.xml"), "ledger").articles
-    result = read_feed(f"{feed_server}/truncated", "ledger", timeout_s=5)
+    result = read_feed(f"{feed_server}/truncated", "ledger", timeout_s=5, allow_networks=LOOPBACK)
     assert result.malformed
     # The half-read third item is dropped, the two before it are intact.
     assert result.articles == complete[:2]
@@ -226,7 +228,7 @@ def test_truncated_feed_yields_the_complete_entries_before_the_cut(feed_server):
 
 
 def test_non_utf8_feed_decodes_accents(feed_server):
-    result = read_feed(f"{feed_server}/latin1", "gazette", timeout_s=5)
+    result = read_feed(f"{feed_server}/latin1", "gazette", timeout_s=5, allow_networks=LOOPBACK)
     assert result.feed_title == "Gazette Économique de Genève"
     (article,) = result.articles
     assert article.title == "Nestlé-Zulieferer Müller & Fils übernimmt Crémerie Sàrl"
@@ -238,26 +240,26 @@ def test_non_utf8_feed_decodes_accents(feed_server):
 def test_http_500_raises_feed_error(feed_server):
     url = f"{feed_server}/error"
     with pytest.raises(FeedError, match="HTTP 500") as caught:
-        read_feed(url, "broken", timeout_s=5)
+        read_feed(url, "broken", timeout_s=5, allow_networks=LOOPBACK)
     assert caught.value.url == url and caught.value.reason.startswith("HTTP 500")
 
 
 def test_hanging_server_raises_feed_error_after_the_timeout(feed_server):
     started = time.monotonic()
     with pytest.raises(FeedError, match="timed out after 1 s"):
-        read_feed(f"{feed_server}/hang", "slow", timeout_s=1.0)
+        read_feed(f"{feed_server}/hang", "slow", timeout_s=1.0, allow_networks=LOOPBACK)
     assert 0.9 <= time.monotonic() - started < 5
 
 
 def test_connection_refused_raises_feed_error():
     url = f"http://127.0.0.1:{free_port()}/feed"  # nothing listens there
     with pytest.raises(FeedError, match="connection failed") as caught:
-        read_feed(url, "gone", timeout_s=1.0)
+        read_feed(url, "gone", timeout_s=1.0, allow_networks=LOOPBACK)
     assert caught.value.url == url
 
 
 def test_relative_links_are_resolved_but_ids_are_not(feed_server):
-    (article,) = read_feed(f"{feed_server}/news/relative", "rel", timeout_s=5).articles
+    (article,) = read_feed(f"{feed_server}/news/relative", "rel", timeout_s=5, allow_networks=LOOPBACK).articles
     assert article.link == f"{feed_server}/news/2024/relative-item"
     assert article.id == "item-77"  # the same wherever the feed was fetched from
 
