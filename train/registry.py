@@ -9,8 +9,11 @@ Layout::
 
 A version is assembled in ``<registry>/.staging-<name>/`` and renamed into place only
 when complete (``manifest.json`` written last), so a reader — the serving side's
-watcher included — never sees half an adapter. Names are unique (method, data, UTC
-time, random suffix) and never reused: vLLM caches adapters by name.
+watcher included — never sees half an adapter; its files are fsynced before the rename
+and the rename after it, so a crash never publishes empty files. Alias changes are
+read, changed and written back under an exclusive ``flock`` (``.aliases.lock``), so two
+writers on a shared volume never lose each other's change. Names are unique (method,
+data, UTC time, random suffix) and never reused: vLLM caches adapters by name.
 
 Paths in a manifest are written relative to the registry root where they lie in the
 data directory and resolved against it on read (:mod:`train.manifest`), so a copied
@@ -19,6 +22,7 @@ data directory keeps working.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
+ALIASES_LOCK = ".aliases.lock"
+"""Held (``flock``, exclusive) while an alias is read, changed and written back: two
+writers (two replicas on a shared volume, a promotion beside a person) never lose
+each other's change."""
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -97,6 +105,20 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (the directory entry itself)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class AdapterRegistry:
     """A local directory of adapter versions (object storage in production)."""
 
@@ -128,7 +150,14 @@ class AdapterRegistry:
         manifest = manifest.model_copy(update={"name": name}).with_paths(Path.resolve)
         stored = manifest.with_paths(lambda p: relative_to_registry(p, self.root))
         (staging / MANIFEST).write_text(json.dumps(stored.to_json(), indent=2) + "\n")
+        # On disk before the rename makes the version visible: a crash after it never
+        # leaves a version whose files are empty or half-written.
+        for file in staging.rglob("*"):
+            if file.is_file():
+                _fsync_file(file)
+        _fsync_dir(staging)
         staging.rename(final)
+        _fsync_dir(self.root)
         return AdapterVersion(name=name, path=final, manifest=manifest)
 
     def get(self, name: str) -> AdapterVersion:
@@ -170,17 +199,24 @@ class AdapterRegistry:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def set_alias(self, alias: str, name: str) -> None:
-        """Point ``alias`` at an existing version; atomic (write aside, then replace)."""
+        """Point ``alias`` at an existing version: under :data:`ALIASES_LOCK`, written
+        aside, fsynced and renamed over the file (atomic and durable)."""
         if not ALIAS_PATTERN.fullmatch(alias):
             raise InvalidAdapterName(
                 f"invalid alias {alias!r}: lower-case letters, digits, '_' and '-', "
                 "starting with a letter")
         self.get(name)  # raises AdapterNotFound for a version that does not exist
-        aliases = {**self.aliases(), alias: name}
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.root / f".{ALIASES}.{secrets.token_hex(4)}"
-        staging.write_text(json.dumps(aliases, indent=2, sort_keys=True) + "\n")
-        os.replace(staging, self.root / ALIASES)
+        with open(self.root / ALIASES_LOCK, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            aliases = {**self.aliases(), alias: name}
+            staging = self.root / f".{ALIASES}.{secrets.token_hex(4)}"
+            with open(staging, "w") as handle:
+                handle.write(json.dumps(aliases, indent=2, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staging, self.root / ALIASES)
+            _fsync_dir(self.root)
 
     def resolve(self, name_or_alias: str) -> AdapterVersion:
         """The version an alias points at, or the version of that name."""

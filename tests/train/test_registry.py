@@ -1,4 +1,5 @@
 import json
+import multiprocessing
 
 import pytest
 
@@ -50,3 +51,30 @@ def test_publish_refuses_incomplete_adapter(tmp_path):
 def test_path_traversal_and_odd_names_are_refused(tmp_path, name):
     with pytest.raises(InvalidAdapterName):
         AdapterRegistry(tmp_path).get(name)
+
+
+def _point_aliases(root, aliases, name, rounds):
+    registry = AdapterRegistry(root)
+    for _ in range(rounds):
+        for alias in aliases:
+            registry.set_alias(alias, name)
+
+
+def test_concurrent_alias_writers_never_lose_each_others_change(tmp_path):
+    """Six processes, each pointing its own aliases at a version again and again: every
+    alias is there at the end (read-modify-write without the lock loses some)."""
+    registry = AdapterRegistry(tmp_path)
+    name = registry.new_name("lora", "reuters-acq-train")
+    _stage(registry, name)
+    registry.publish(name, AdapterManifest(method="lora", created_at="2026-01-01T00:00:00"))
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_point_aliases,
+                               args=(tmp_path, [f"w{i}-{k}" for k in range(4)], name, 15))
+               for i in range(6)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    assert registry.aliases() == {f"w{i}-{k}": name for i in range(6) for k in range(4)}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".aliases.json.")]
