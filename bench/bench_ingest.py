@@ -63,6 +63,7 @@ def bench_intake(articles, fresh, workdir: Path) -> dict:
                               classifier_url="http://127.0.0.1:9",  # no model in this part
                               retry_initial_s=3600,
                               feeds=[FeedSourceConfig(name="bench", url=f"{feed_url}/feed.xml",
+                                                     allow_networks=["127.0.0.0/8"],
                                                       interval_s=3600)])
         with serve_app(create_ingest_app(config)) as url:
             store = Store(config.database_url)
@@ -112,6 +113,7 @@ def bench_end_to_end(articles, workdir: Path, adapter: str, max_prompt_tokens: i
                               classifier_url=api_url, adapter=adapter, batch_size=batch_size,
                               idle_poll_s=0.05,
                               feeds=[FeedSourceConfig(name="bench", url=f"{feed_url}/feed.xml",
+                                                     allow_networks=["127.0.0.0/8"],
                                                       interval_s=3600)])
         started = time.perf_counter()
         with serve_app(create_ingest_app(config)) as url:

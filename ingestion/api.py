@@ -8,13 +8,20 @@ Routes owned by :func:`create_ingest_app`:
 * ``GET  /v1/signals``    what analysts see: items the primary adapter flags, newest first
 * ``GET  /v1/quality``    online quality per adapter version and window (JSON)
 * ``GET  /v1/drift``      drift rules as last evaluated
+* ``GET  /v1/promotions``    the promotion gate's decisions with their figures
+* ``GET  /v1/label-queue``   items to label next, under a daily budget (``feedback``)
+* ``GET  /v1/dead-letters``           items out of the queue after failures of their own
+* ``POST /v1/dead-letters/requeue``   put them back (``admin``)
 * ``GET  /health``, ``GET /metrics``
 
 Scopes (``serve/auth.py``), checked before the body is read: ``write`` (push items),
 ``feedback`` (post verdicts), ``read`` (the GET routes above), each with its own token
 (``SIGNALS_INGEST_WRITE_TOKEN``, ``..._FEEDBACK_TOKEN``, ``..._READ_TOKEN``) and open while
 that token is unset; ``SIGNALS_INGEST_ADMIN_TOKEN`` grants all of them. Health and
-metrics stay open.
+metrics stay open. The ``admin`` scope (closed while its token is unset) also guards
+requeueing the dead letter. Verdicts may claim only the label sources in
+``feedback_sources`` (default ``analyst``) unless the admin token is presented, or no feedback
+or admin token is set (``forbidden_source`` otherwise, see ``IngestConfig``).
 
 Failures answer with the product's one error shape (``serve/errors.py``), the same as
 the classification API's, and so do oversized bodies (413) and non-UTF-8 bodies.
@@ -26,21 +33,23 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, Path, Query, Security
+from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
-from serve.auth import Rule, Scope, ScopeGuard, bearer_docs
+from serve.auth import Rule, Scope, ScopeGuard, bearer_docs, scopes_granted
 from serve.errors import ApiError, BodySizeLimit, ErrorResponse, install_error_handlers
 from ingestion.config import IngestConfig
-from ingestion.feedback import FeedbackEntry
+from ingestion.feedback import (ExternalId, FeedbackEntry, ItemId, ItemSource, LabelSource,
+                                Note, Replace)
+from ingestion.label_queue import LabelQueue, sampled_quality
 from ingestion.online_metrics import online_quality, window_name
 from ingestion.service import IngestionService
-from ingestion.schema import MAX_ITEM_ID
+from ingestion.schema import LATEST_STORED, MAX_ITEM_ID, Role, clamp_to_stored
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +84,16 @@ class PushRequest(BaseModel):
         return [self.article] if self.article is not None else list(self.articles or [])
 
 
+class RequeueRequest(BaseModel):
+    """Which dead-lettered items go back in the queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role = "primary"
+    item_ids: list[ItemId] | None = Field(default=None, min_length=1, max_length=10_000,
+                                       description="Store ids; absent: all of the role.")
+
+
 class FeedbackRequest(BaseModel):
     """One verdict (``item_id`` or ``external_id``, and ``label``), or a bulk list in
     ``feedback``: exactly one of the two forms."""
@@ -93,13 +112,13 @@ class FeedbackRequest(BaseModel):
             "item_id": {"type": "null"}, "feedback": {"type": "null"}}}]})
 
     feedback: list[FeedbackEntry] | None = Field(default=None, min_length=1)
-    item_id: int | None = Field(default=None, ge=1, le=MAX_ITEM_ID)
-    external_id: str | None = None
-    item_source: str | None = None
+    item_id: ItemId | None = None
+    external_id: ExternalId | None = None
+    item_source: ItemSource | None = None
     label: Literal[0, 1] | None = None
-    source: str = Field(default="analyst", min_length=1, max_length=100)
-    note: str | None = Field(default=None, max_length=10_000)
-    replace: bool = False
+    source: LabelSource = "analyst"
+    note: Note | None = None
+    replace: Replace = False
 
     @model_validator(mode="after")
     def _single_or_bulk(self) -> FeedbackRequest:
@@ -121,7 +140,8 @@ class FeedbackRequest(BaseModel):
 
 
 _FEEDBACK_STATUS = {"recorded": 200, "replaced": 200, "duplicate": 200,
-                    "unknown_item": 404, "ambiguous_item": 409, "conflict": 409}
+                    "unknown_item": 404, "ambiguous_item": 409, "conflict": 409,
+                    "forbidden_source": 403}
 
 
 # --- the app --------------------------------------------------------------------------
@@ -166,11 +186,14 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         Rule("POST", r"/v1/items", "write"),
         Rule("POST", r"/v1/feedback", "feedback"),
         Rule("GET", r"/v1/items/[^/]+", "read"),
-        Rule("GET", r"/v1/(signals|quality|drift)", "read"),
+        Rule("GET", r"/v1/(signals|quality|drift|dead-letters|promotions)", "read"),
+        Rule("POST", r"/v1/dead-letters/requeue", "admin"),
+        Rule("GET", r"/v1/label-queue", "feedback"),
     ])
     write_auth = [Security(bearer_docs(scopes["write"]))]
     feedback_auth = [Security(bearer_docs(scopes["feedback"]))]
     read_auth = [Security(bearer_docs(scopes["read"]))]
+    admin_auth = [Security(bearer_docs(scopes["admin"]))]
 
     @app.post("/v1/items", dependencies=write_auth)
     async def push_items(request: PushRequest):
@@ -188,7 +211,14 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         answers, stored_answers = [], iter(stored)
         for article, problem in zip(articles, problems):
             if problem is None:
-                answers.append(next(stored_answers).__dict__)
+                answer = next(stored_answers)
+                if answer.reason is None:
+                    answers.append({k: v for k, v in answer.__dict__.items() if k != "reason"})
+                else:  # no store can hold it (ingestion.schema.storage_problem)
+                    kind, message = answer.reason
+                    answers.append({"external_id": answer.external_id, "status": "rejected",
+                                    "item_id": None,
+                                    "error": {"type": kind, "message": message}})
             else:
                 log.warning("pushed %s; rejected", problem)
                 answers.append({"external_id": str(article.id), "status": "rejected",
@@ -200,21 +230,28 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
                 "results": answers}
 
     @app.post("/v1/feedback", dependencies=feedback_auth)
-    async def post_feedback(request: FeedbackRequest):
-        """Record verdicts. One entry: 404 unknown item, 409 conflict, 200 otherwise
+    async def post_feedback(request: FeedbackRequest, http: Request):
+        """Record verdicts. One entry: 404 unknown item, 409 conflict, 403 a label
+        source this token may not claim (``feedback_sources``), 200 otherwise
         (``outcome`` says recorded, replaced or duplicate). Bulk: 200 with one
         outcome per entry."""
         entries = request.entries()
         if len(entries) > config.max_push_items:
             raise ApiError(422, "batch_too_large",
                         f"{len(entries)} feedback entries; at most {config.max_push_items}")
-        answers = [await asyncio.to_thread(service.feedback.record, e) for e in entries]
+        # Only the admin token claims any label source, or anyone while no token is set.
+        unbound = "admin" in scopes_granted(http) or (
+            config.feedback_token is None and config.admin_token is None)
+        sources = None if unbound else config.feedback_sources
+        answers = [await asyncio.to_thread(service.feedback.record, e, sources)
+                   for e in entries]
         if request.feedback is None:
             answer = answers[0]
             status = _FEEDBACK_STATUS[answer["outcome"]]
             if status >= 400:
                 kind = {"unknown_item": "item_not_found", "ambiguous_item": "ambiguous_item",
-                        "conflict": "feedback_conflict"}[answer["outcome"]]
+                        "conflict": "feedback_conflict",
+                        "forbidden_source": "forbidden_source"}[answer["outcome"]]
                 raise ApiError(status, kind, answer["message"])
             return answer
         counts: dict[str, int] = {}
@@ -234,7 +271,12 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
     @app.get("/v1/signals", dependencies=read_auth)
     async def list_signals(limit: int = Query(50, ge=1, le=1000),
                            since: datetime | None = None):
-        """Items the primary adapter flags as signals, newest prediction first."""
+        """Items the primary adapter flags as signals, newest prediction first; ``since``
+        (any date-time; naive = UTC) keeps those predicted at or after it."""
+        if since is not None:
+            since = clamp_to_stored(since)  # the stores hold 1900..2199
+            if since >= LATEST_STORED:
+                return {"signals": []}
         return {"signals": await asyncio.to_thread(service.store.signals, since, limit)}
 
     @app.get("/v1/quality", dependencies=read_auth)
@@ -251,6 +293,45 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         return {"rules": [r.__dict__ for r in service.drift.results],
                 "retrains": [{**r.__dict__, "dataset_dir": str(r.dataset_dir)}
                              for r in service.drift.retrains]}
+
+    @app.get("/v1/promotions", dependencies=read_auth)
+    async def promotions(limit: int = Query(100, ge=1, le=1000)):
+        """The promotion gate's decisions, newest first (``ingestion/promotion.py``):
+        promote, rollback, keep, not_enough_labels, with the figures behind each."""
+        return {"enabled": config.promotion.enabled,
+                "decisions": await asyncio.to_thread(service.store.promotion_decisions,
+                                                     limit)}
+
+    @app.get("/v1/label-queue", dependencies=feedback_auth)
+    async def label_queue(limit: int = Query(50, ge=1, le=1000)):
+        """Items to label next (``ingestion/label_queue.py``): earlier picks still
+        unlabelled, then new ones within today's budget, a share at random and the rest
+        the most uncertain; ``sampled_quality``: precision/recall estimated from the
+        labelled random picks (weighted by 1/p_inclusion, unbiased)."""
+        queue = LabelQueue(service.store, config.label_budget_per_day,
+                           config.label_random_share)
+        answer = await asyncio.to_thread(queue.hand_out, limit)
+        requests = await asyncio.to_thread(service.store.label_requests_list, False)
+        return answer | {"sampled_quality": sampled_quality(requests)}
+
+    @app.get("/v1/dead-letters", dependencies=read_auth)
+    async def dead_letters(role: Role | None = None,
+                           limit: int = Query(100, ge=1, le=1000)):
+        """Items the classification API failed on by themselves ``classify_max_failures``
+        times, newest failure first, with the last error."""
+        return {"dead_letters": await asyncio.to_thread(service.store.dead_letters, role,
+                                                        limit)}
+
+    @app.post("/v1/dead-letters/requeue", dependencies=admin_auth)
+    async def requeue_dead_letters(body: RequeueRequest):
+        """Put dead-lettered items (all of a role, or the ids given) back in the queue,
+        their failure count reset: after the backend was fixed."""
+        count = await asyncio.to_thread(service.store.requeue_dead_letters, body.role,
+                                        body.item_ids)
+        if count:
+            service.classify.work.set()
+        log.info("requeued %d dead-lettered items (%s)", count, body.role)
+        return {"requeued": count}
 
     @app.get("/health")
     async def health() -> dict:

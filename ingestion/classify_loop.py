@@ -4,7 +4,13 @@ alias, and every answer is stored exactly once.
 One loop per role: ``primary`` (what analysts see) and, when configured, ``shadow``
 (a candidate adapter, measured but never shown). An API that cannot answer now leaves
 the items pending and is retried with exponential back-off (tenacity); a batch the API
-refuses is retried item by item, so one bad item is rejected alone.
+refuses (4xx) is retried item by item, so one bad item is rejected alone. A batch that
+gets a 5xx is also retried item by item: when some items are answered and others fail
+alone (or every item fails but a canary article is answered), those failures are the
+items' own and are counted; ``classify_max_failures`` of them put an item in the dead
+letter (``dead_letter``), so one item that breaks the backend cannot hold back the
+queue. A 5xx for the canary too is an outage: nothing is counted, everything stays
+pending.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from ingestion.config import IngestConfig
+from ingestion.label_shift import SignalRateTracker
 from ingestion.metrics import IngestMetrics
 from ingestion.schema import Role
 from ingestion.store import NewPrediction, Store, StoredItem
@@ -25,8 +32,17 @@ from ingestion.store import NewPrediction, Store, StoredItem
 log = logging.getLogger(__name__)
 
 
+CANARY = {"id": 0, "title": "Canary article of the ingestion service",
+          "text": "A short, plain article the classification API answers when it is up."}
+"""Sent when every item of a failed batch also fails alone (store ids start at 1)."""
+
+
 class RetryableError(RuntimeError):
     """The classification API could not answer now (down, 5xx, timeout, no adapter)."""
+
+
+class ServerError(RetryableError):
+    """The classification API answered 5xx or 408: down for everyone, or for this item."""
 
 
 class RejectedError(RuntimeError):
@@ -41,21 +57,32 @@ class ClassifyLoop:
         self.work = asyncio.Event()
         """Set when new items were stored: wakes an idle loop before ``idle_poll_s``."""
         self.client: httpx.AsyncClient | None = None
+        self.signal_rates = SignalRateTracker(config.label_shift_window,
+                                              config.label_shift_min_items)
+        """The stream's signal rate per version, from the answers (label shift)."""
 
     def adapter_for(self, role: Role) -> str | None:
         return self.config.adapter if role == "primary" else self.config.shadow_adapter
 
     async def _request(self, role: Role, batch: list[StoredItem]) -> list[dict]:
+        """One request to the classification API for ``batch``; its ``results``."""
+        # The store id travels as the article id: answers map back unambiguously.
+        return await self._post(role, [item.article.to_record() | {"id": item.id}
+                                       for item in batch])
+
+    async def _post(self, role: Role, articles: list[dict]) -> list[dict]:
         """One request to the classification API; its ``results``."""
         body: dict[str, Any] = {
-            # The store id travels as the article id: answers map back unambiguously.
-            "articles": [item.article.to_record() | {"id": item.id} for item in batch],
+            "articles": articles,
             "adapter": self.adapter_for(role),
             # All-or-nothing: a refused batch is retried item by item below, which
             # records the reason per item.
             "strict": True}
         if self.config.threshold is not None:
             body["threshold"] = self.config.threshold
+        rate = self.signal_rates.for_request(role) if self.config.label_shift else None
+        if rate is not None:
+            body["signal_rate"] = rate
         headers = ({"Authorization": f"Bearer {self.config.classifier_token}"}
                    if self.config.classifier_token else None)
         started = time.perf_counter()
@@ -69,7 +96,10 @@ class ClassifyLoop:
             # A token problem is the deployment's, not the items': keep them pending.
             raise RetryableError(f"classification API refused our token "
                                  f"({response.status_code}): {response.text[:300]}")
-        if response.status_code >= 500 or response.status_code in (404, 408, 429):
+        if response.status_code >= 500 or response.status_code == 408:
+            raise ServerError(f"classification API answered {response.status_code}: "
+                              f"{response.text[:300]}")
+        if response.status_code in (404, 429):
             # 404 is adapter_not_found: an alias not set yet is a deployment state that
             # a promotion fixes, not a property of the items.
             raise RetryableError(f"classification API answered {response.status_code}: "
@@ -78,7 +108,7 @@ class ClassifyLoop:
             raise RejectedError(f"classification API refused the request "
                                 f"({response.status_code}): {response.text[:300]}")
         results = response.json()["results"]
-        if sorted(r["id"] for r in results) != sorted(item.id for item in batch):
+        if sorted(r["id"] for r in results) != sorted(a["id"] for a in articles):
             raise RetryableError("classification API answered for other items than asked")
         return results
 
@@ -93,6 +123,52 @@ class ClassifyLoop:
         self.metrics.rejected.labels(role).inc()
         await asyncio.to_thread(self.store.record_failure, role, [item_id], str(error), True)
 
+    async def _isolate(self, role: Role, batch: list[StoredItem],
+                       error: ServerError) -> list[dict]:
+        """After a 5xx for ``batch``: the answers of its items sent one by one. Items
+        that fail alone while others are answered (or, when none is, while the API
+        answers :data:`CANARY`) count a failure of their own and reach the dead letter
+        after ``classify_max_failures``; when the canary fails too, the API is down: the
+        items stay pending and ``error`` is raised for the back-off."""
+        results, failed = [], {}
+        for item in batch if len(batch) > 1 else []:
+            try:
+                results += await self._request(role, [item])
+            except ServerError as single_error:
+                failed[item.id] = str(single_error)
+            except RejectedError as single_error:
+                await self._reject(role, item.id, single_error)
+        if len(batch) == 1:
+            failed[batch[0].id] = str(error)
+        if not results and failed and await self._answers_canary(role):
+            log.warning("the classification API answers a canary article but not %d of "
+                        "the queued items", len(failed))
+        elif not results:  # nothing answered: an outage, not the items
+            self.metrics.classifier_up.set(0)
+            await asyncio.to_thread(self.store.record_failure, role, [i.id for i in batch],
+                                    str(error), False)
+            raise error
+        for item_id, message in failed.items():
+            dead = await asyncio.to_thread(self.store.record_item_failure, role, [item_id],
+                                           message, self.config.classify_max_failures)
+            if dead:
+                log.error("item %d: classification failed on it alone %d times; in the dead "
+                          "letter (requeue with POST /v1/dead-letters/requeue): %s", item_id,
+                          self.config.classify_max_failures, message)
+                self.metrics.dead_lettered.labels(role).inc()
+            else:
+                log.warning("item %d: classification failed on it alone: %s", item_id, message)
+        return results
+
+    async def _answers_canary(self, role: Role) -> bool:
+        """Whether the API classifies :data:`CANARY` (not stored) with ``role``'s
+        adapter: it tells an item that fails alone from an API that fails on all."""
+        try:
+            await self._post(role, [CANARY])
+        except (RetryableError, RejectedError):
+            return False
+        return True
+
     async def classify_pending(self, role: Role) -> int:
         """Classify one batch of pending items for ``role``; how many were stored.
 
@@ -105,6 +181,9 @@ class ClassifyLoop:
             return 0
         try:
             results = await self._request(role, batch)
+        except ServerError as error:
+            self.metrics.classify_requests.labels(role, "error").inc()
+            results = await self._isolate(role, batch, error)
         except RetryableError as error:
             outcome = "unavailable" if "unreachable" in str(error) else "error"
             self.metrics.classify_requests.labels(role, outcome).inc()
@@ -126,6 +205,7 @@ class ClassifyLoop:
         self.metrics.classify_requests.labels(role, "ok").inc()
         self.metrics.classifier_up.set(1)
         stored = await asyncio.to_thread(self._store_results, role, results)
+        self.signal_rates.observe(role, results)
         self.metrics.classified.labels(role).inc(stored)
         by_id = {item.id: item for item in batch}
         now = time.time()

@@ -99,6 +99,36 @@ class DriftConfig(BaseModel):
     """Where retraining datasets are exported (one directory per export)."""
 
 
+class PromotionConfig(BaseModel):
+    """Gated promotion (``ingestion/promotion.py``): when the shadow candidate replaces
+    production on the live stream's evidence, and when that is undone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    """Judge the candidate (``shadow_adapter``) against production every ``interval_s``
+    and move the aliases through the classification API's admin route."""
+
+    min_labels: int = Field(default=200, ge=1)
+    """Labelled items both versions classified, needed before any decision."""
+
+    margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    """F1 the candidate must win by: the lower end of the bootstrap interval of
+    F1(candidate) - F1(production) on the same labelled items must exceed it."""
+
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    """Two-sided confidence of that interval (paired bootstrap over items)."""
+
+    bootstrap_samples: int = Field(default=2000, ge=100, le=100_000)
+
+    max_estimated_f1_drop: float = Field(default=0.02, ge=0.0, le=1.0)
+    """On the unlabelled items both classified, the candidate's estimated F1 (CBPE) may
+    be at most this much below production's."""
+
+    interval_s: float = Field(default=3600.0, gt=0)
+    """Seconds between evaluations."""
+
+
 class IngestConfig(BaseSettings):
     """Settings of ``signals ingest run``; each field reads ``SIGNALS_INGEST_<FIELD>``."""
 
@@ -128,6 +158,18 @@ class IngestConfig(BaseSettings):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """P(signal) threshold sent with every request; None: the API's own."""
 
+    label_shift: bool = False
+    """Send the stream's estimated signal rate with each request (``signal_rate``), so
+    the API prior-shifts P(signal) to it (``ingestion/label_shift.py``). The estimate is
+    exported either way (``signals_ingest_estimated_signal_rate``). Off by default: on
+    Reuters' validation protocol it did not raise F1 (README, "Label shift")."""
+
+    label_shift_window: int = Field(default=500, ge=10, le=100_000)
+    """Predictions per adapter version the signal rate is estimated from (the latest)."""
+
+    label_shift_min_items: int = Field(default=200, ge=10, le=100_000)
+    """Predictions of a version needed before its first estimate."""
+
     batch_size: int = Field(default=16, ge=1, le=64)
     """Items per classification request (the API accepts at most 64)."""
 
@@ -140,6 +182,15 @@ class IngestConfig(BaseSettings):
     retry_max_s: float = Field(default=60.0, gt=0)
     """Longest wait between classification retries."""
 
+    classify_max_failures: int = Field(default=3, ge=1, le=100)
+    """Failures of the classification API on one item alone before it leaves the queue
+    (``dead_letter``, listed by ``GET /v1/dead-letters``, requeued by ``POST
+    /v1/dead-letters/requeue``). When a batch gets a 5xx, its items are sent one by one:
+    an item that fails alone while others (or a canary article) were answered counts
+    one failure, so one item that breaks the backend cannot hold back the items after
+    it. An API that fails on the canary too (an outage), refuses the token or lacks the
+    adapter counts nothing: the items stay pending and are retried with back-off."""
+
     idle_poll_s: float = Field(default=1.0, gt=0)
     """How often the classifier loop looks for pending items when nothing woke it."""
 
@@ -151,7 +202,10 @@ class IngestConfig(BaseSettings):
 
     drop_dir: Path | None = None
     """Directory watched for ``.eml``, ``.mbox``, ``.jsonl`` and ``.csv`` files; a read
-    file moves to ``processed/`` beside them (``failed/`` when unreadable)."""
+    file moves to ``processed/`` beside them (``failed/`` when unreadable, or with a
+    ``.reason`` file when storing it kept failing). A file is read once complete: names
+    starting with ``.`` are never read (write under one, or as ``NAME.part``, and
+    rename), others once their size and mtime held for two scans."""
 
     drop_interval_s: float = Field(default=10.0, gt=0)
     """Seconds between scans of ``drop_dir``."""
@@ -177,6 +231,13 @@ class IngestConfig(BaseSettings):
     """Feedback sources that outrank others when an item's label is decided; a source
     not listed has priority 1. Equal priority: the latest feedback wins."""
 
+    label_budget_per_day: int = Field(default=200, ge=0, le=1_000_000)
+    """Items the label queue (``GET /v1/label-queue``) hands out per UTC day."""
+
+    label_random_share: float = Field(default=0.2, ge=0, le=1)
+    """Share of the label queue's picks drawn at random (the rest: the most uncertain);
+    the random picks give unbiased precision/recall (ingestion/label_queue.py)."""
+
     max_push_items: int = Field(default=500, ge=1)
     """Most items (or feedback entries) in one POST."""
 
@@ -191,7 +252,20 @@ class IngestConfig(BaseSettings):
     feedback_token: str | None = None
     """Bearer token of the ``feedback`` scope: ``POST /v1/feedback`` (labels drive online
     precision/recall and the drift rule that submits retraining). Unset: open, with a
-    warning at start."""
+    warning at start. It may claim only the label sources in ``feedback_sources``."""
+
+    feedback_sources: list[str] = ["analyst"]
+    """Label sources a ``POST /v1/feedback`` entry may name unless the admin token is
+    presented. Another source (``trend``, ``teacher``, ``replay``, ``human``: a ``human``
+    verdict, equal in ``label_priority``, overrides an analyst's when later, and
+    ``replace`` would rewrite a pipeline source's) is refused per entry, outcome ``forbidden_source``
+    (403 alone; in a bulk list the other entries are still recorded), counted in
+    ``signals_ingest_feedback_total`` and stored nowhere. The admin token may claim any
+    source, and so may anyone while neither ``feedback_token`` nor ``admin_token`` is set
+    (development): no token tells callers apart, and anyone may already claim
+    ``analyst``, the top priority, so the list would guard nothing there and only refuse
+    the one-machine replay loop's ``replay`` labels. Pipeline sources applied in-process
+    (``Feedback.apply_label_source``, the trend rule) are not bound by it."""
 
     read_token: str | None = None
     """Bearer token of the ``read`` scope: ``GET /v1/items/{id}``, ``/v1/signals``,
@@ -203,6 +277,13 @@ class IngestConfig(BaseSettings):
     classifier_token: str | None = None
     """Token sent to the classification API (its ``SIGNALS_SERVE_CLASSIFY_TOKEN``) when
     that API requires one."""
+
+    classifier_admin_token: str | None = None
+    """The classification API's admin token (its ``SIGNALS_SERVE_ADMIN_TOKEN``): the
+    promotion gate moves aliases with it (``POST /v1/aliases/{alias}``)."""
+
+    promotion: PromotionConfig = PromotionConfig()
+    """Gated promotion and rollback of the shadow candidate (off by default)."""
 
     drift: DriftConfig = DriftConfig()
     """Drift rules and retraining (off unless ``drift.ray_address`` is set)."""
@@ -218,6 +299,17 @@ class IngestConfig(BaseSettings):
     """Longest wait for the link stage per incoming batch: items whose page is not read
     by then are stored with their own text and ``fetch_status="deadline"``, so a slow
     or hostile site never stalls intake or classification."""
+
+    link_max_attempts: int = Field(default=5, ge=1, le=100)
+    """Fetches of a link-only item's page (the first at intake included) before it is
+    ``skipped``: an item with no text of its own is not classified until its page is
+    read; it waits (``awaiting_link``) and is retried every ``link_retry_interval_s``.
+    A failure no retry can mend (robots.txt, a refused address, not HTML, no article
+    text, a 4xx) skips it at once. Skips are logged and counted
+    (``signals_ingest_link_waits_total{outcome="skipped"}``)."""
+
+    link_retry_interval_s: float = Field(default=300.0, gt=0)
+    """Seconds between retries of the link-only items still waiting for their page."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

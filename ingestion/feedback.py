@@ -9,19 +9,44 @@ sources (the trend rule months after publication, a teacher LLM) vote through
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
 from pipeline.labels import LabelVote
 from ingestion.metrics import IngestMetrics
-from ingestion.schema import MAX_ITEM_ID
+from ingestion.schema import MAX_EXTERNAL_ID_CHARS, MAX_ITEM_ID, MAX_SOURCE_CHARS, text_problem
 from ingestion.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def _storable(value: str) -> str:
+    # these strings reach a query or a row as they are: a NUL or a lone surrogate would
+    # be the driver's 500 (psycopg's DataError, an UnicodeEncodeError), so a 422 here
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(f"contains {problem}")
+    return value
+
+
+# The fields of a verdict, once: FeedbackEntry and the single form of the API's
+# FeedbackRequest both use them.
+ItemId = Annotated[int, Field(ge=1, le=MAX_ITEM_ID, description="Store id (from POST /v1/items).")]
+ExternalId = Annotated[str, Field(min_length=1, max_length=MAX_EXTERNAL_ID_CHARS,
+                                  description="The item's id in its source (feed guid, ...)."),
+                       AfterValidator(_storable)]
+ItemSource = Annotated[str, Field(max_length=MAX_SOURCE_CHARS,
+                                  description="Source name, when external ids may clash."),
+                       AfterValidator(_storable)]
+LabelSource = Annotated[str, Field(min_length=1, max_length=100,
+                                   description="Label source: analyst, trend, teacher, replay, ..."),
+                        AfterValidator(_storable)]
+Note = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
+Replace = Annotated[bool, Field(description="Replace this source's earlier, different verdict.")]
 
 
 class FeedbackEntry(BaseModel):
@@ -34,18 +59,13 @@ class FeedbackEntry(BaseModel):
         {"required": ["external_id"], "properties": {"external_id": {"type": "string"},
                                                      "item_id": {"type": "null"}}}]})
 
-    item_id: int | None = Field(default=None, ge=1, le=MAX_ITEM_ID,
-                                description="Store id (from POST /v1/items).")
-    external_id: str | None = Field(default=None,
-                                    description="The item's id in its source (feed guid, ...).")
-    item_source: str | None = Field(default=None,
-                                    description="Source name, when external ids may clash.")
+    item_id: ItemId | None = None
+    external_id: ExternalId | None = None
+    item_source: ItemSource | None = None
     label: Literal[0, 1] = Field(description="1 investment signal, 0 not.")
-    source: str = Field(default="analyst", min_length=1, max_length=100,
-                        description="Label source: analyst, trend, teacher, replay, ...")
-    note: str | None = Field(default=None, max_length=10_000)
-    replace: bool = Field(default=False,
-                          description="Replace this source's earlier, different verdict.")
+    source: LabelSource = "analyst"
+    note: Note | None = None
+    replace: Replace = False
 
     @model_validator(mode="after")
     def _one_item_reference(self) -> FeedbackEntry:
@@ -60,8 +80,18 @@ class Feedback:
     def __init__(self, store: Store, metrics: IngestMetrics):
         self.store, self.metrics = store, metrics
 
-    def record(self, entry: FeedbackEntry) -> dict[str, Any]:
-        """Record one feedback entry; the answer names the outcome (and the item)."""
+    def record(self, entry: FeedbackEntry,
+               sources: Collection[str] | None = None) -> dict[str, Any]:
+        """Record one feedback entry; the answer names the outcome (and the item).
+        ``sources``: the label sources the caller may claim (None: any); another one is
+        ``forbidden_source``, before the item is even looked up."""
+        if sources is not None and entry.source not in sources:
+            self.metrics.feedback.labels(entry.source, "forbidden_source").inc()
+            log.warning("feedback refused: this token may not claim label source %r",
+                        entry.source)
+            return {"outcome": "forbidden_source",
+                    "message": f"this token may not give verdicts as {entry.source!r} "
+                               f"(it may claim {sorted(sources)}: feedback_sources)"}
         if entry.item_id is not None:
             candidates = [entry.item_id] if self.store.item_exists(entry.item_id) else []
         else:

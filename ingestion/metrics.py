@@ -36,6 +36,18 @@ class IngestMetrics:
                                      "Items a reader could not use (no title and text, "
                                      "invalid record, truncated entry), by source",
                                      ["source"], registry=r)
+        self.items_refused = Counter(
+            "signals_ingest_items_refused",
+            "Items not stored because no store could hold them (ingestion/schema.py "
+            "storage_problem: date_range, id_length, source_length, nul_character; "
+            "store_error), the rest of their batch stored, by source and reason",
+            ["source", "reason"], registry=r)
+        self.link_waits = Counter(
+            "signals_ingest_link_waits",
+            "Items whose only content is their link and whose page was not read, by "
+            "outcome: waiting (stored, to be retried), retry_failed (a retry failed, it "
+            "waits on), filled (its page was read: classified from it), skipped (never "
+            "classified; the reason is the item's last_error)", ["outcome"], registry=r)
         self.polls = Counter("signals_ingest_source_polls",
                              "Source polls by outcome (ok, error)", ["source", "outcome"],
                              registry=r)
@@ -54,6 +66,14 @@ class IngestMetrics:
         self.rejected = Counter("signals_ingest_rejected_items",
                                 "Items the classification API refused (4xx), by role",
                                 ["role"], registry=r)
+        self.dead_lettered = Counter(
+            "signals_ingest_dead_lettered_items",
+            "Items taken out of the queue after classify_max_failures failures of their "
+            "own (5xx on the item alone), by role", ["role"], registry=r)
+        self.promotions = Counter(
+            "signals_ingest_promotions",
+            "Decisions of the promotion gate: promote, rollback, keep, not_enough_labels",
+            ["decision"], registry=r)
         self.classify_latency = Histogram(
             "signals_ingest_classify_request_seconds",
             "Duration of one classification request (model time included)", ["role"],
@@ -69,7 +89,8 @@ class IngestMetrics:
         self.feedback = Counter(
             "signals_ingest_feedback",
             "Feedback entries by label source and outcome (recorded, replaced, duplicate, "
-            "conflict, unknown_item, ambiguous_item)", ["source", "outcome"], registry=r)
+            "conflict, unknown_item, ambiguous_item, forbidden_source)", ["source", "outcome"],
+            registry=r)
         self.api_errors = Counter("signals_ingest_api_errors",
                                   "Ingestion API errors by kind", ["kind"], registry=r)
 

@@ -33,6 +33,9 @@ from ingestion.metrics import IngestMetrics
 log = logging.getLogger(__name__)
 
 DROP_SUFFIXES = {".eml": "eml", ".mbox": "mbox", ".jsonl": "jsonl", ".csv": "csv"}
+DROP_ATTEMPTS = 3
+"""Scans a drop file may fail to be stored in (the store raising) before it moves to
+``failed/`` with a ``.reason`` file beside it."""
 
 AcceptItems = Callable[[list[Article], str], Awaitable[list[Accepted]]]
 
@@ -46,6 +49,9 @@ class Pollers:
         self.links_on = links_on
         """With the link stage on, a dropped ``.eml`` is read as a newsletter (one item
         per linked story, ``pipeline.link_sources.read_newsletter_links``)."""
+        self._drop_seen: dict[str, tuple[int, int]] = {}
+        """Size and mtime of each drop file at the last scan (read once they hold)."""
+        self._drop_failures: dict[str, int] = {}
 
     def _count_read_problems(self, source: str, result: ReadResult) -> None:
         if result.skipped:
@@ -54,7 +60,8 @@ class Pollers:
     async def poll_feed(self, feed: FeedSourceConfig) -> int:
         """Fetch and ingest one feed; the number of new items (errors are counted)."""
         try:
-            result = await asyncio.to_thread(read_feed, feed.url, feed.name, feed.timeout_s)
+            result = await asyncio.to_thread(read_feed, feed.url, feed.name, feed.timeout_s,
+                                             None, feed.allow_networks)
         except FeedError as error:
             kind = ("timeout" if "timed out" in error.reason
                     else "http_status" if error.reason.startswith("HTTP")
@@ -94,16 +101,35 @@ class Pollers:
                                              "jsonl": read_jsonl, "csv": read_csv}[kind]
         return reader(path, "drop")
 
+    def _complete_drop_files(self, directory: Path) -> list[Path]:
+        """The drop files to read now. A file is read only once it is complete: a
+        name starting with ``.`` (or not ending in a known suffix, e.g. ``.part``) is
+        never read, so a writer can write under such a name and rename; any other file
+        is read once its size and modification time are the same at two scans in a row
+        (a writer still appending changes them)."""
+        seen, ready = {}, []
+        for path in sorted(directory.iterdir()):
+            if (path.name.startswith(".") or not path.is_file()
+                    or path.suffix.lower() not in DROP_SUFFIXES):
+                continue
+            stat = path.stat()
+            seen[path.name] = (stat.st_size, stat.st_mtime_ns)
+            if self._drop_seen.get(path.name) == seen[path.name]:
+                ready.append(path)
+        self._drop_seen = seen
+        return ready
+
     async def scan_drop_dir(self) -> int:
-        """Ingest every file in the drop directory, then move it to processed/ (failed/
-        when unreadable). A file moves only after its items are stored, so a crash in
-        between re-reads it and dedupe drops what was already stored."""
+        """Ingest every complete file in the drop directory, then move it to processed/
+        (failed/ when unreadable, or when storing it raised at :data:`DROP_ATTEMPTS`
+        scans). A file moves only after its items are stored, so a crash in between
+        re-reads it and dedupe drops what was already stored; an item no store can hold
+        is rejected by the intake (logged, counted) and the rest of the file stored."""
         directory = self.drop_dir
         if directory is None or not directory.is_dir():
             return 0
         accepted = 0
-        for path in sorted(p for p in directory.iterdir()
-                           if p.is_file() and p.suffix.lower() in DROP_SUFFIXES):
+        for path in self._complete_drop_files(directory):
             try:
                 result = await asyncio.to_thread(self._read_drop_file, path)
             except Exception as error:  # any reader failure: keep the file for a human
@@ -117,7 +143,26 @@ class Pollers:
                 self.metrics.source_errors.labels("drop", "no_items").inc()
                 log.warning("drop file %s has no items (%s)", path.name,
                             "; ".join(result.problems) or "empty")
-            answers = await self.accept(result.articles, "drop")
+            try:
+                answers = await self.accept(result.articles, "drop")
+            except Exception as error:  # the store raised: retry at the next scans
+                failures = self._drop_failures.get(path.name, 0) + 1
+                self._drop_failures[path.name] = failures
+                self.metrics.polls.labels("drop", "error").inc()
+                if failures < DROP_ATTEMPTS:
+                    log.warning("drop file %s not stored (%s: %s); attempt %d of %d",
+                                path.name, type(error).__name__, error, failures,
+                                DROP_ATTEMPTS)
+                    continue
+                self.metrics.source_errors.labels("drop", "not_stored").inc()
+                log.error("drop file %s not stored at %d scans (%s: %s); moved to failed/",
+                          path.name, failures, type(error).__name__, error)
+                target = _move(path, directory / "failed")
+                target.with_name(target.name + ".reason").write_text(
+                    f"not stored at {failures} scans: {type(error).__name__}: {error}\n")
+                self._drop_failures.pop(path.name, None)
+                continue
+            self._drop_failures.pop(path.name, None)
             accepted += sum(a.status == "accepted" for a in answers)
             self.metrics.polls.labels("drop", "ok").inc()
             _move(path, directory / "processed")
@@ -154,9 +199,10 @@ async def every(interval_s: float, poll: Callable[[], Awaitable[Any]], what: str
         await asyncio.sleep(interval_s)
 
 
-def _move(path: Path, directory: Path) -> None:
+def _move(path: Path, directory: Path) -> Path:
     directory.mkdir(exist_ok=True)
     target = directory / path.name
     if target.exists():  # the same file name dropped twice: keep both
         target = directory / f"{path.stem}-{time.time_ns()}{path.suffix}"
     shutil.move(str(path), target)
+    return target

@@ -32,10 +32,12 @@ from ingestion.config import FeedSourceConfig, ImapSourceConfig, IngestConfig
 from ingestion.drift import DriftMonitor
 from ingestion.feedback import Feedback
 from ingestion.intake import Accepted, Intake
+from ingestion.label_shift import SignalRateCollector
 from ingestion.metrics import IngestMetrics, LinkMetricsCollector
 from ingestion.online_metrics import OnlineQualityCollector
 from ingestion.pollers import Pollers, every
 from ingestion.schema import Role
+from ingestion.promotion import PromotionGate
 from ingestion.store import Store
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class IngestionService:
     * ``classify``  the classify loop per role (:class:`~ingestion.classify_loop.ClassifyLoop`)
     * ``feedback``  verdicts and label sources (:class:`~ingestion.feedback.Feedback`)
     * ``drift``     drift rules and retraining requests
+    * ``promotion`` the gate that promotes or rolls back the shadow candidate
     """
 
     def __init__(self, config: IngestConfig, store: Store | None = None):
@@ -64,11 +67,15 @@ class IngestionService:
         self.pollers = Pollers(self.metrics, self.accept_async, config.drop_dir,
                                links_on=config.links is not None)
         self.classify = ClassifyLoop(config, self.store, self.metrics)
+        self.metrics.registry.register(SignalRateCollector(self.classify.signal_rates))
         self.feedback = Feedback(self.store, self.metrics)
         self.quality = OnlineQualityCollector(self.store, config.metric_windows_days,
                                               config.metrics_cache_s)
         self.metrics.registry.register(self.quality)
         self.drift = DriftMonitor(self.store, config.drift, self.metrics.registry)
+        self.promotion = (PromotionGate(config, self.store, self.metrics)
+                          if config.promotion.enabled else None)
+        """The promotion gate (``promotion.enabled``; needs a ``shadow_adapter``)."""
         self._tasks: list[asyncio.Task] = []
 
     # --- the parts' entry points, for the API, the CLI and tests -----------------------
@@ -108,6 +115,18 @@ class IngestionService:
     async def classify_pending(self, role: Role) -> int:
         return await self.classify.classify_pending(role)
 
+    async def retry_links(self) -> int:
+        """Fetch once more the pages of link-only items still waiting for theirs
+        (``awaiting_link``, :meth:`ingestion.intake.Intake.retry_links`); wakes the
+        classify loops when some became pending."""
+        if self.links is None:
+            return 0
+        filled = await self.intake.retry_links(self.links, self.config.link_max_attempts,
+                                               self.config.link_deadline_s)
+        if filled:
+            self.classify.work.set()
+        return filled
+
     # --- lifecycle ------------------------------------------------------------------
 
     async def _drift_loop(self) -> None:
@@ -118,9 +137,17 @@ class IngestionService:
             except Exception:
                 log.exception("drift evaluation failed")
 
+    async def _promotion_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.promotion.interval_s)
+            try:
+                await self.promotion.evaluate()
+            except Exception:
+                log.exception("promotion gate evaluation failed")
+
     async def start(self) -> None:
         """Open the API client and start every loop: classify per role, one poller per
-        source, the drop directory, drift."""
+        source, the drop directory, the link retries (with the link stage on), drift."""
         self.classify.client = httpx.AsyncClient(base_url=self.config.classifier_url,
                                                  timeout=self.config.classify_timeout_s)
         if self.config.links is not None:
@@ -138,7 +165,12 @@ class IngestionService:
             self.config.drop_dir.mkdir(parents=True, exist_ok=True)
             loops.append(every(self.config.drop_interval_s, self.scan_drop_dir,
                                "drop directory"))
+        if self.links is not None:
+            loops.append(every(self.config.link_retry_interval_s, self.retry_links,
+                               "link retry"))
         loops.append(self._drift_loop())
+        if self.promotion is not None:
+            loops.append(self._promotion_loop())
         self._tasks = [asyncio.create_task(loop) for loop in loops]
 
     async def stop(self) -> None:

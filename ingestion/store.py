@@ -34,23 +34,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import and_, create_engine, event, func, insert, select, update
+from sqlalchemy import and_, case, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
 from ingestion.schema import (
+    AWAITING_LINK,
     CLASSIFIED,
+    DEAD_LETTER,
     NOT_ASKED,
     PENDING,
     REJECTED,
+    SKIPPED,
     Role,
+    classify_failures,
     feedback,
     from_db_time,
     item_aliases,
     item_links,
     items,
+    label_requests,
     metadata,
     predictions,
+    promotions,
     published_datetime,
     source_cursors,
     to_db_time,
@@ -185,19 +191,23 @@ class Store:
 
     def insert_item(self, article: Article, source: str, content_hash: str,
                     minhash: bytes | None, shadow: bool,
-                    provenance: dict[str, Any] | None = None) -> tuple[int, bool]:
+                    provenance: dict[str, Any] | None = None, state: str = PENDING,
+                    attempts: int = 0, last_error: str | None = None) -> tuple[int, bool]:
         """Store an accepted item; ``(id, True)``, or ``(existing id, False)`` when a
         concurrent writer stored the same item first (the unique keys decide).
 
         ``provenance`` (a ``pipeline.links.LinkProvenance`` as JSON) is stored in
-        ``item_links`` in the same transaction."""
+        ``item_links`` in the same transaction. ``state`` is ``pending``, or for a
+        link-only item whose page is not read ``awaiting_link`` / ``skipped``
+        (:mod:`ingestion.schema`); the shadow role follows it when it is asked."""
         now = to_db_time(utcnow())
         values = dict(
             source=source, external_id=str(article.id), content_hash=content_hash,
             title=article.title, text=article.text, link=article.link,
             published_at=to_db_time(published_datetime(article)), received_at=now,
-            record=article.to_record(), minhash=minhash, state=PENDING,
-            shadow_state=PENDING if shadow else NOT_ASKED, attempts=0)
+            record=article.to_record(), minhash=minhash, state=state,
+            shadow_state=state if shadow else NOT_ASKED, attempts=attempts,
+            last_error=last_error)
         try:
             with self.transaction(write=True) as conn:
                 item_id = conn.execute(insert(items).values(**values)).inserted_primary_key[0]
@@ -215,6 +225,46 @@ class Store:
             if existing is None:
                 raise
             return existing[0], False
+
+    def awaiting_link(self, limit: int) -> list[tuple[StoredItem, int]]:
+        """The oldest link-only items waiting for their page, with the fetches made."""
+        with self.transaction() as conn:
+            rows = conn.execute(select(items).where(items.c.state == AWAITING_LINK)
+                                .order_by(items.c.id).limit(limit)).all()
+        return [(self._stored_item(row), row.attempts) for row in rows]
+
+    def settle_link(self, item_id: int, provenance: dict[str, Any], *,
+                    article: Article | None = None, minhash: bytes | None = None,
+                    skip_reason: str | None = None) -> bool:
+        """Record one more fetch of a waiting item's page: with ``article`` (its page was
+        read) the item takes that text and becomes ``pending``; with ``skip_reason`` it
+        is ``skipped`` for good; else it keeps waiting. Its ``content_hash`` stays the
+        link's (its identity as received: the same link again is still a duplicate).
+        False when the item was no longer waiting (settled by another process)."""
+        values: dict[str, Any] = {"attempts": items.c.attempts + 1,
+                                  "last_error": provenance.get("detail") or
+                                  provenance.get("fetch_status")}
+        followed = case((items.c.shadow_state == NOT_ASKED, NOT_ASKED), else_=PENDING)
+        if article is not None:
+            values.update(title=article.title, text=article.text, record=article.to_record(),
+                          minhash=minhash, state=PENDING, shadow_state=followed, attempts=0,
+                          last_error=None,
+                          published_at=to_db_time(published_datetime(article)))
+        elif skip_reason is not None:
+            values.update(state=SKIPPED, last_error=skip_reason[:2000], shadow_state=case(
+                (items.c.shadow_state == NOT_ASKED, NOT_ASKED), else_=SKIPPED))
+        with self.transaction(write=True) as conn:
+            changed = conn.execute(update(items).where(
+                items.c.id == item_id, items.c.state == AWAITING_LINK).values(values)).rowcount
+            if changed:
+                conn.execute(update(item_links).where(item_links.c.item_id == item_id).values(
+                    canonical_url=provenance.get("canonical_url"),
+                    text_origin=provenance["text_origin"],
+                    fetch_status=provenance["fetch_status"],
+                    final_url=provenance.get("final_url"),
+                    http_status=provenance.get("http_status"),
+                    extractor=provenance.get("extractor"), provenance=provenance))
+        return bool(changed)
 
     def signatures(self) -> Iterator[tuple[int, bytes]]:
         """(item id, stored MinHash) of every item, oldest first, for the dedupe index."""
@@ -288,6 +338,165 @@ class Store:
         with self.transaction(write=True) as conn:
             conn.execute(update(items).where(items.c.id.in_(list(item_ids)), column == PENDING)
                          .values(values))
+
+    def record_item_failure(self, role: Role, item_ids: Sequence[int], error: str,
+                            max_failures: int) -> list[int]:
+        """Count a failure of the classification API on each item alone (see
+        :data:`~ingestion.schema.DEAD_LETTER`); the ids that reached ``max_failures``
+        now and left the queue."""
+        column = items.c.state if role == "primary" else items.c.shadow_state
+        now, dead = to_db_time(utcnow()), []
+        with self.transaction(write=True) as conn:
+            for item_id in item_ids:
+                if conn.execute(select(items.c.id).where(
+                        items.c.id == item_id, column == PENDING)).first() is None:
+                    continue  # answered meanwhile (another replica) or gone
+                key = and_(classify_failures.c.item_id == item_id,
+                           classify_failures.c.role == role)
+                count = conn.execute(select(classify_failures.c.failures).where(key)).scalar()
+                if count is None:
+                    count = 1
+                    conn.execute(insert(classify_failures).values(
+                        item_id=item_id, role=role, failures=1, last_error=error[:2000],
+                        failed_at=now))
+                else:
+                    count += 1
+                    conn.execute(update(classify_failures).where(key).values(
+                        failures=count, last_error=error[:2000], failed_at=now))
+                values: dict[str, Any] = {"attempts": items.c.attempts + 1,
+                                          "last_error": error[:2000]}
+                if count >= max_failures:
+                    values[column.name] = DEAD_LETTER
+                    dead.append(item_id)
+                conn.execute(update(items).where(items.c.id == item_id).values(values))
+        return dead
+
+    def dead_letters(self, role: Role | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Items out of the queue after repeated failures of their own, newest first."""
+        query = (select(items.c.id, items.c.source, items.c.external_id, items.c.title,
+                        classify_failures.c.role, classify_failures.c.failures,
+                        classify_failures.c.last_error, classify_failures.c.failed_at)
+                 .join(classify_failures, classify_failures.c.item_id == items.c.id)
+                 .where(case((classify_failures.c.role == "primary", items.c.state),
+                             else_=items.c.shadow_state) == DEAD_LETTER)
+                 .order_by(classify_failures.c.failed_at.desc(), items.c.id.desc())
+                 .limit(limit))
+        if role is not None:
+            query = query.where(classify_failures.c.role == role)
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [{"item_id": r.id, "source": r.source, "external_id": r.external_id,
+                 "title": r.title, "role": r.role, "failures": r.failures,
+                 "last_error": r.last_error, "failed_at": _iso(r.failed_at)} for r in rows]
+
+    def requeue_dead_letters(self, role: Role, item_ids: Sequence[int] | None = None) -> int:
+        """Put dead-lettered items (all, or these) back in ``role``'s queue with their
+        failure count reset; how many were requeued."""
+        column = items.c.state if role == "primary" else items.c.shadow_state
+        where = [column == DEAD_LETTER]
+        if item_ids is not None:
+            where.append(items.c.id.in_(list(item_ids)))
+        with self.transaction(write=True) as conn:
+            ids = [row[0] for row in conn.execute(select(items.c.id).where(*where))]
+            if ids:
+                conn.execute(update(items).where(items.c.id.in_(ids))
+                             .values({column.name: PENDING}))
+                conn.execute(classify_failures.delete().where(
+                    classify_failures.c.item_id.in_(ids), classify_failures.c.role == role))
+        return len(ids)
+
+    # --- promotion gate (ingestion/promotion.py) --------------------------------------
+
+    def paired_predictions(self, production: str, candidate: str,
+                           since: datetime | None = None
+                           ) -> list[tuple[int, float, int, float, int | None]]:
+        """Items classified by ``production`` as primary and ``candidate`` as shadow
+        (both predicted at or after ``since``): ``(production label, its P, candidate
+        label, its P, effective label or None)``."""
+        shadow = predictions.alias("shadow")
+        query = (select(predictions.c.label, predictions.c.p_signal, shadow.c.label,
+                        shadow.c.p_signal, items.c.label)
+                 .join(items, items.c.id == predictions.c.item_id)
+                 .join(shadow, shadow.c.item_id == predictions.c.item_id)
+                 .where(predictions.c.role == "primary", predictions.c.adapter == production,
+                        shadow.c.role == "shadow", shadow.c.adapter == candidate))
+        if since is not None:
+            query = query.where(predictions.c.predicted_at >= to_db_time(since),
+                                shadow.c.predicted_at >= to_db_time(since))
+        with self.transaction() as conn:
+            return [tuple(row) for row in conn.execute(query)]
+
+    def add_promotion(self, decision: str, production: str, candidate: str,
+                      figures: dict[str, Any], at: datetime) -> None:
+        with self.transaction(write=True) as conn:
+            conn.execute(insert(promotions).values(
+                decided_at=to_db_time(at), decision=decision, production=production,
+                candidate=candidate, figures=figures))
+
+    def promotion_decisions(self, limit: int = 100,
+                            decisions: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The gate's decisions, newest first (only ``decisions`` when given)."""
+        query = select(promotions).order_by(promotions.c.id.desc()).limit(limit)
+        if decisions is not None:
+            query = query.where(promotions.c.decision.in_(list(decisions)))
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [{"decided_at": _iso(r.decided_at), "decision": r.decision,
+                 "production": r.production, "candidate": r.candidate,
+                 "figures": r.figures} for r in rows]
+
+    # --- label queue (ingestion/label_queue.py) ---------------------------------------
+
+    def label_candidates(self, limit: int) -> list[tuple[int, float, float]]:
+        """``(item id, P(signal), threshold)`` of the primary role's newest predictions
+        on items with no label that the queue has not handed out yet."""
+        query = (select(predictions.c.item_id, predictions.c.p_signal, predictions.c.threshold)
+                 .join(items, items.c.id == predictions.c.item_id)
+                 .outerjoin(label_requests, label_requests.c.item_id == items.c.id)
+                 .where(predictions.c.role == "primary", items.c.label.is_(None),
+                        label_requests.c.item_id.is_(None))
+                 .order_by(predictions.c.id.desc()).limit(limit))
+        with self.transaction() as conn:
+            return [(r.item_id, r.p_signal, r.threshold) for r in conn.execute(query)]
+
+    def label_requests_since(self, since: datetime) -> int:
+        with self.transaction() as conn:
+            return conn.execute(select(func.count()).select_from(label_requests).where(
+                label_requests.c.requested_at >= to_db_time(since))).scalar_one()
+
+    def add_label_requests(self, picks: Sequence[tuple[int, str, float | None]],
+                           at: datetime) -> None:
+        """Record ``(item id, reason, p_inclusion)`` hand-outs (an id already handed out
+        is left as it was)."""
+        with self.transaction(write=True) as conn:
+            known = {row[0] for row in conn.execute(select(label_requests.c.item_id).where(
+                label_requests.c.item_id.in_([p[0] for p in picks])))}
+            rows = [{"item_id": i, "requested_at": to_db_time(at), "reason": reason,
+                     "p_inclusion": p} for i, reason, p in picks if i not in known]
+            if rows:
+                conn.execute(insert(label_requests), rows)
+
+    def label_requests_list(self, open_only: bool, limit: int | None = None
+                            ) -> list[dict[str, Any]]:
+        """Hand-outs, oldest first, with the item's primary prediction and its label
+        (None while unlabelled); ``open_only``: the unlabelled ones."""
+        query = (select(label_requests, items.c.title, items.c.source, items.c.label,
+                        predictions.c.p_signal, predictions.c.threshold,
+                        predictions.c.label.label("predicted"))
+                 .join(items, items.c.id == label_requests.c.item_id)
+                 .join(predictions, and_(predictions.c.item_id == items.c.id,
+                                         predictions.c.role == "primary"))
+                 .order_by(label_requests.c.requested_at, label_requests.c.item_id))
+        if open_only:
+            query = query.where(items.c.label.is_(None))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [{"item_id": r.item_id, "title": r.title, "source": r.source,
+                 "reason": r.reason, "p_inclusion": r.p_inclusion, "p_signal": r.p_signal,
+                 "threshold": r.threshold, "predicted": r.predicted, "label": r.label,
+                 "requested_at": _iso(r.requested_at)} for r in rows]
 
     def get_item(self, item_id: int) -> dict[str, Any] | None:
         """An item with its predictions and feedback (the analysts' detail view)."""

@@ -19,6 +19,10 @@ read or parsed: an unauthenticated request with a malformed or oversized body ge
 401, never 422 or 413. Tokens are compared with :func:`secrets.compare_digest`, and
 every configured token is compared on every request (the time taken does not say
 which token came close).
+
+A request that passes the guard on a guarded route carries the scopes its token grants
+(:func:`scopes_granted`), so a route can tell the admin token from its own scope's (the
+ingestion API binds the feedback token to the label sources it may claim).
 """
 
 from __future__ import annotations
@@ -95,9 +99,10 @@ class ScopeGuard:
         needed = self.scope_for(scope["method"], scope["path"])
         if needed is None:
             return await self.app(scope, receive, send)
+        granted = self.granted(_bearer_token(scope))
+        scope.setdefault("state", {})[_GRANTED] = frozenset(granted)
         if needed.token is None and needed.open_when_unset:
             return await self.app(scope, receive, send)
-        granted = self.granted(_bearer_token(scope))
         if needed.name in granted:
             return await self.app(scope, receive, send)
         admin = self.scopes.get(self.admin_scope)
@@ -114,6 +119,16 @@ class ScopeGuard:
             401, "unauthorized", f"this route needs 'Authorization: Bearer <token>' with the "
             f"'{needed.name}' scope ({needed.setting}) or the admin token",
             headers={"WWW-Authenticate": 'Bearer realm="signals"'})(scope, receive, send)
+
+
+_GRANTED = "signals_scopes_granted"
+"""Key of the granted scopes in the ASGI scope's ``state`` (``request.state``)."""
+
+
+def scopes_granted(request) -> frozenset[str]:
+    """The scopes the token of a request that passed :class:`ScopeGuard` grants (empty:
+    no token, an unknown one, or a route the guard does not check)."""
+    return request.scope.get("state", {}).get(_GRANTED, frozenset())
 
 
 def _bearer_token(scope) -> str | None:

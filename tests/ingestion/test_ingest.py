@@ -116,6 +116,7 @@ def test_replay_to_online_metrics_matches_offline(api, adapters, reuters_dataset
         adapter="production", shadow_adapter="candidate", batch_size=4, idle_poll_s=0.2,
         metrics_cache_s=0, retry_initial_s=0.2,
         feeds=[FeedSourceConfig(name="replay", url=f"http://127.0.0.1:{replay_port}/feed.xml",
+                                allow_networks=["127.0.0.0/8"],
                                 interval_s=0.5)],
         drift=DriftConfig(window_days=1, min_labels=5, precision_floor=1.0, recall_floor=None,
                           max_positive_rate_shift=None, interval_s=0.5,

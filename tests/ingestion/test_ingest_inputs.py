@@ -85,7 +85,8 @@ def test_bad_feeds_and_files_are_logged_counted_and_survived(tmp_path, unreachab
         config = IngestConfig(
             database_url=f"sqlite:///{tmp_path / 'ingest.db'}", classifier_url=unreachable_api,
             feed_timeout_s=0.5, drop_dir=drop, drop_interval_s=0.2, retry_initial_s=5,
-            feeds=[FeedSourceConfig(name=name, url=f"{feeds}/{name}", interval_s=0.3)
+            feeds=[FeedSourceConfig(name=name, url=f"{feeds}/{name}", interval_s=0.3,
+                                    allow_networks=["127.0.0.0/8"])
                    for name in ("slow", "error", "garbage", "truncated")])
         with serve_app(create_ingest_app(config)) as url:
             def counted():

@@ -70,7 +70,7 @@ def test_store_keeps_provenance_and_finds_an_article_by_canonical_url(db_url):
 def link_config(tmp_path, classifier_url: str, **overrides) -> IngestConfig:
     settings = LinkSettings(cache_path=tmp_path / "http-cache.sqlite", per_host_interval_s=0,
                             per_host_concurrency=4, backoff_initial_s=0.1,
-                            page_timeout_s=10)
+                            page_timeout_s=10, allow_networks=["127.0.0.0/8"])
     return IngestConfig(**{
         "database_url": f"sqlite:///{tmp_path / 'ingest.db'}", "classifier_url": classifier_url,
         "drop_dir": tmp_path / "drop", "drop_interval_s": 0.2, "links": settings,

@@ -103,7 +103,8 @@ def live_metrics(base_model_dir, tokenizer, tmp_path_factory):
         config = IngestConfig(database_url=f"sqlite:///{tmp / 'ingest.db'}",
                               classifier_url=api_url, adapter="base", shadow_adapter="base",
                               idle_poll_s=0.2, metrics_cache_s=0,
-                              links=LinkSettings(cache_path=tmp / "http-cache.sqlite"))
+                              links=LinkSettings(cache_path=tmp / "http-cache.sqlite",
+                                                 allow_networks=["127.0.0.0/8"]))
         with serve_app(create_ingest_app(config)) as ingest_url:
             httpx.post(f"{ingest_url}/v1/items", timeout=60, json={"articles": [
                 {"id": "d1", "title": "Acme to acquire Beta", "text": "Acme agreed to buy Beta."},
