@@ -149,7 +149,9 @@ class IngestConfig(BaseSettings):
 
     adapter: str = "production"
     """Adapter (alias or version) whose predictions analysts see. Named by alias, a
-    promotion takes effect without restarting ingestion."""
+    promotion takes effect without restarting ingestion. Name an alias when the
+    classification API has tokens: it loads a version that is not loaded only for its
+    admin token (403 ``adapter_not_loaded``; the items wait)."""
 
     shadow_adapter: str | None = None
     """Adapter (e.g. ``candidate``) that classifies the same items in shadow: stored

@@ -19,6 +19,13 @@ disabled, 403); ``/v1/classify`` and ``/v1/adapters`` need the classify token
 grants both. Health, readiness and metrics stay open. A background watcher loads new
 registry versions and follows alias changes within ``watch_interval_s``.
 
+Who may make the server load a version (issue 29): a classify caller may name the base
+model, any alias, or a version that is loaded; naming any other registry version loads it
+on demand only for the admin token. Other callers get 403 ``adapter_not_loaded`` and no
+adapter slot moves, so a classify token cannot churn the backend's ``--max-loras`` slots
+by walking the registry. A service started with no tokens at all (the loopback default,
+where the API is open anyway) loads on demand for every caller, as before.
+
 A batch with empty articles classifies the others: each empty one gets an ``error``
 entry (the error shape below) in its place in ``results``; ``"strict": true`` turns
 that into the all-or-nothing 422 instead.
@@ -36,13 +43,13 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Path, Security
+from fastapi import FastAPI, Path, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 
 from pipeline.article import Article
-from serve.auth import Rule, Scope, ScopeGuard, bearer_docs
+from serve.auth import Rule, Scope, ScopeGuard, bearer_docs, scopes_granted
 from serve.errors import (ApiError, BodySizeLimit, ErrorBody, ErrorResponse, error_response,
                           install_error_handlers)
 from serve.schemas import (
@@ -210,16 +217,35 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         except NotEnoughToEstimate as error:
             raise ApiError(422, "signal_rate_not_estimable", str(error)) from error
 
+    anyone_loads = admin_token is None and classify_token is None
+
+    async def refuse_unloaded(names: set[str | None], granted: frozenset[str]) -> None:
+        """403 ``adapter_not_loaded`` for a named version that only the admin may load."""
+        if anyone_loads or "admin" in granted:
+            return
+        aliases = registry.aliases()
+        for name in sorted(n for n in names if n is not None and n not in aliases):
+            version = classifier.resolve(name)  # 404 / 400 for unknown or invalid names
+            if version is not None and version.name not in classifier.loaded:
+                raise ApiError(403, "adapter_not_loaded", (
+                    f"version {version.name!r} is in the registry but not loaded; name an "
+                    "alias or a loaded version (GET /v1/adapters), or load it with the "
+                    "admin route POST /v1/adapters/{name}/load"))
+
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=classify_auth)
-    async def classify(request: ClassifyRequest) -> ClassifyResponse:
+    async def classify(request: ClassifyRequest, http: Request) -> ClassifyResponse:
         """Classify one article, a batch, or a mixed batch over several adapters.
 
         Empty articles (no title, no text) get an ``error`` entry in their place in
-        ``results`` and the others are classified, unless ``strict`` is true (422)."""
+        ``results`` and the others are classified, unless ``strict`` is true (422).
+        Naming a registry version that is not loaded needs the admin token (403
+        ``adapter_not_loaded``) unless the service runs without tokens."""
         pairs = request.pairs
         if len(pairs) > max_batch:
             raise ApiError(422, "batch_too_large",
                            f"{len(pairs)} articles in one request; at most {max_batch}")
+        await call_backend(refuse_unloaded({adapter for _, adapter in pairs},
+                                           scopes_granted(http)))
         valid = [pair for pair in pairs if pair[0].content_problem() is None]
         started = time.perf_counter()
         results = iter(await call_backend(classifier.classify_mixed(

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import gzip
 import socket
-import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from pydantic import ValidationError
@@ -20,25 +19,11 @@ from pipeline.egress import AddressPolicy, BlockedAddress
 from pipeline.feeds import FeedError, fetch_feed, read_feed
 from pipeline.link_settings import LinkSettings
 from pipeline.links import enrich_articles, host_of
+from tests.conftest import serve_handler
 from tests.pipeline.link_site import serve_link_site
 
 TEASER = "Our pick of the week. Read more"
 REAL_GETADDRINFO = socket.getaddrinfo
-
-
-@contextmanager
-def serve_handler(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1"):
-    """``handler`` on a free port of ``host``; yields the base URL."""
-    server = ThreadingHTTPServer((host, 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @contextmanager
@@ -130,6 +115,20 @@ def test_a_link_to_loopback_is_refused_before_any_request(tmp_path):
         allowed = fetch(site.url("/news/acme-deal"),
                         settings(tmp_path, allow_networks=["127.0.0.0/8"]))
         assert allowed.provenance.fetch_status == "ok" and site.requests["/news/acme-deal"] == 1
+
+
+def test_a_cached_page_is_not_served_once_its_network_is_off_the_allow_list(tmp_path):
+    """The policy is checked before the HTTP cache is asked: a page fetched while its
+    network was admitted is refused, not served from the cache, after it was removed."""
+    with serve_link_site() as site:
+        url = site.url("/news/acme-deal")
+        admitted = fetch(url, settings(tmp_path, allow_networks=["127.0.0.0/8"]))
+        assert admitted.provenance.fetch_status == "ok" and admitted.article.text != TEASER
+        again = fetch(url, settings(tmp_path, allow_networks=["127.0.0.0/8"]))
+        assert again.provenance.from_cache  # the page is in the shared cache file
+        refused = fetch(url, settings(tmp_path))
+        assert refused.provenance.fetch_status == "blocked_address"
+        assert not refused.provenance.from_cache and refused.article.text == TEASER
 
 
 @pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "0177.0.0.1", "127.1", "[::1]",

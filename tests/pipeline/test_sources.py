@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from email.policy import SMTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from pipeline.records import (
     read_jsonl,
 )
 from pipeline.sources import ReadResult
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_handler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UTC = timezone.utc
@@ -87,16 +87,11 @@ def feed_server() -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FeedHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        release_hanging.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_handler(FeedHandler) as url:
+        try:
+            yield url
+        finally:
+            release_hanging.set()
 
 
 # --------------------------------------------------------------------------- HTML → text

@@ -27,7 +27,7 @@ def _error(response, status, kind):
 
 
 def test_classify_one_article(api):
-    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ}, timeout=120)
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": ACQ}, timeout=120)
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
     assert result["id"] == "a1" and result["adapter"] == "base"
@@ -39,7 +39,7 @@ def test_classify_one_article(api):
 def test_batch_keeps_order_and_threshold_is_applied(api):
     articles = [ACQ, EARN, {**ACQ, "id": "a2"}]
     for threshold in (0.0, 1.0):
-        response = httpx.post(f"{api}/v1/classify",
+        response = httpx.post(f"{api}/v1/classify", headers=ADMIN,
                               json={"articles": articles, "threshold": threshold})
         results = response.json()["results"]
         assert [r["id"] for r in results] == ["a1", "e1", "a2"]
@@ -50,8 +50,8 @@ def test_batch_keeps_order_and_threshold_is_applied(api):
 
 
 def test_adapter_by_name_hot_loads_and_changes_answers(api, trained_adapter):
-    base = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ, EARN]}).json()["results"]
-    tuned = httpx.post(f"{api}/v1/classify", timeout=60,
+    base = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"articles": [ACQ, EARN]}).json()["results"]
+    tuned = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=60,
                        json={"articles": [ACQ, EARN], "adapter": trained_adapter.name})
     assert tuned.status_code == 200, tuned.text
     tuned = tuned.json()["results"]
@@ -77,19 +77,19 @@ def test_non_utf8_body_is_400(api):
 
 def test_empty_article_gets_its_own_error_and_the_others_are_classified(api):
     empty = {"id": 3, "title": "  ", "text": ""}
-    response = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ, empty, EARN]},
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"articles": [ACQ, empty, EARN]},
                           timeout=60)
     assert response.status_code == 200, response.text
     first, failed, last = response.json()["results"]
     assert (first["id"], last["id"]) == (ACQ["id"], EARN["id"])
     assert 0.0 <= first["p_signal"] <= 1.0 and 0.0 <= last["p_signal"] <= 1.0
     assert failed["id"] == 3 and failed["error"]["type"] == "empty_article"
-    alone = httpx.post(f"{api}/v1/classify", json={"article": empty}).json()["results"]
+    alone = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": empty}).json()["results"]
     assert [r["error"]["type"] for r in alone] == ["empty_article"]
 
 
 def test_empty_article_in_strict_mode_fails_the_request(api):
-    response = httpx.post(f"{api}/v1/classify", json={
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={
         "articles": [ACQ, {"id": 3, "title": "  ", "text": ""}], "strict": True})
     assert "empty" in _error(response, 422, "invalid_request")
 
@@ -103,36 +103,36 @@ def test_empty_article_in_strict_mode_fails_the_request(api):
     ({"article": {**ACQ, "signal": 7}}, "signal"),
 ])
 def test_schema_violations_are_422(api, body, needle):
-    assert needle in _error(httpx.post(f"{api}/v1/classify", json=body, timeout=120), 422, "invalid_request")
+    assert needle in _error(httpx.post(f"{api}/v1/classify", headers=ADMIN, json=body, timeout=120), 422, "invalid_request")
 
 
 def test_one_megabyte_article_is_truncated_and_says_so(api):
     huge = {"id": "big", "title": "Long report", "text": "The market moved. " * 58_000}
     assert len(json.dumps(huge)) > 1_000_000
-    response = httpx.post(f"{api}/v1/classify", json={"article": huge}, timeout=60)
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": huge}, timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["truncated"] is True
 
 
 def test_huge_title_is_truncated_not_an_error(api):
     article = {"id": "t", "title": "Takeover bid " * 40_000, "text": "Details follow."}
-    response = httpx.post(f"{api}/v1/classify", json={"article": article}, timeout=60)
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": article}, timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["truncated"] is True
 
 
 def test_body_over_the_limit_is_413(api):
     huge = {"id": "too-big", "title": "x", "text": "y" * (3 * 1024 * 1024)}
-    _error(httpx.post(f"{api}/v1/classify", json={"article": huge}), 413, "request_too_large")
+    _error(httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": huge}), 413, "request_too_large")
 
 
 def test_batch_over_the_limit_is_422(api):
-    response = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ] * 5}, timeout=120)
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"articles": [ACQ] * 5}, timeout=120)
     assert "at most 4" in _error(response, 422, "batch_too_large")
 
 
 def test_unknown_adapter_is_404_with_its_name(api):
-    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-nope"}, timeout=120)
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": ACQ, "adapter": "lora-nope"}, timeout=120)
     assert "lora-nope" in _error(response, 404, "adapter_not_found")
     _error(httpx.post(f"{api}/v1/adapters/lora-nope/load", headers=ADMIN), 404,
            "adapter_not_found")
@@ -141,7 +141,7 @@ def test_unknown_adapter_is_404_with_its_name(api):
 @pytest.mark.parametrize("name", ["../../etc/passwd", "..", "a/../../b"])
 def test_path_traversal_adapter_names_are_refused(api, name):
     """The published name pattern refuses them in the body and in the path."""
-    response = httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": name}, timeout=120)
+    response = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": ACQ, "adapter": name}, timeout=120)
     assert "pattern" in _error(response, 422, "invalid_request")
     response = httpx.post(f"{api}/v1/aliases/production", json={"adapter": name},
                           headers=ADMIN)
@@ -171,8 +171,8 @@ def test_admin_routes_refuse_impossible_targets(api, trained_adapter):
 def test_metrics_count_requests_and_labels(api):
     # This test makes every event it looks for (it used to rely on an earlier test's
     # 404 for the error counter, and failed when run alone or in another order).
-    httpx.post(f"{api}/v1/classify", json={"article": ACQ}, timeout=120)
-    httpx.post(f"{api}/v1/classify", json={"article": ACQ, "adapter": "lora-missing"}, timeout=120)
+    httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": ACQ}, timeout=120)
+    httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"article": ACQ, "adapter": "lora-missing"}, timeout=120)
     text = httpx.get(f"{api}/metrics").text
     assert 'signals_classify_requests_total{outcome="ok"}' in text
     assert 'signals_classified_articles_total{adapter="base",label=' in text
@@ -240,7 +240,7 @@ def test_promote_by_alias_and_unload(api, trained_adapter, registry_dir):
                           json={"adapter": trained_adapter.name})
     assert response.json() == {"alias": "candidate", "adapter": trained_adapter.name}
     assert AdapterRegistry(registry_dir).aliases()["candidate"] == trained_adapter.name
-    (result,) = httpx.post(f"{api}/v1/classify", timeout=60,
+    (result,) = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=60,
                            json={"article": ACQ, "adapter": "candidate"}).json()["results"]
     assert result["adapter"] == trained_adapter.name  # the version behind the alias
     assert result["requested"] == "candidate"
@@ -257,13 +257,13 @@ def test_mixed_batch_matches_single_adapter_requests(api, trained_adapter):
     items = [{"article": ACQ}, {"article": ACQ, "adapter": trained_adapter.name},
              {"article": EARN, "adapter": "base"}, {"article": EARN,
                                                     "adapter": trained_adapter.name}]
-    mixed = httpx.post(f"{api}/v1/classify", json={"items": items}, timeout=60)
+    mixed = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"items": items}, timeout=60)
     assert mixed.status_code == 200, mixed.text
     mixed = mixed.json()["results"]
     assert [r["adapter"] for r in mixed] == ["base", trained_adapter.name, "base",
                                              trained_adapter.name]
     for item, result in zip(items, mixed):
-        alone = httpx.post(f"{api}/v1/classify", timeout=60, json={
+        alone = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=60, json={
             "article": item["article"], "adapter": item.get("adapter")}).json()["results"][0]
         assert result["p_signal"] == pytest.approx(alone["p_signal"], abs=1e-4)
 
@@ -360,7 +360,7 @@ def test_served_calibrated_p_and_threshold_equal_evaluation(
 
     calibration = trained_adapter.calibration
     assert calibration is not None, "training fits a calibration on the validation window"
-    served = httpx.post(f"{api}/v1/classify", timeout=120, json={
+    served = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=120, json={
         "articles": [a.to_record() for a in april_articles],
         "adapter": trained_adapter.name}).json()["results"]
     evaluation = Scorer(base_model_dir, registry_dir, 512).evaluate(
@@ -374,7 +374,7 @@ def test_served_calibrated_p_and_threshold_equal_evaluation(
         assert result["p_signal"] == pytest.approx(calibration.apply(result["p_raw"]), abs=1e-9)
         assert result["label"] == int(result["p_signal"] >= calibration.threshold)
     # a request's threshold still wins over the adapter's own
-    overridden = httpx.post(f"{api}/v1/classify", timeout=120, json={
+    overridden = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=120, json={
         "articles": [a.to_record() for a in april_articles[:2]],
         "adapter": trained_adapter.name, "threshold": 0.99}).json()["results"]
     assert all(r["threshold"] == 0.99 and r["calibrated"] for r in overridden)
@@ -385,16 +385,16 @@ def test_adapter_without_calibration_serves_uncalibrated_at_the_server_threshold
     old = _uncalibrated_copy(registry_dir, trained_adapter)
     assert old.calibration is None
     body = {"articles": [a.to_record() for a in april_articles]}
-    raw = httpx.post(f"{api}/v1/classify", timeout=120,
+    raw = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=120,
                      json={**body, "adapter": old.name}).json()["results"]
-    calibrated = httpx.post(f"{api}/v1/classify", timeout=120,
+    calibrated = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=120,
                             json={**body, "adapter": trained_adapter.name}).json()["results"]
     for r, c in zip(raw, calibrated):
         assert r["calibrated"] is False and r["threshold"] == 0.5
         assert r["p_signal"] == r["p_raw"]
         # same weights: the calibrated version's raw P is the old version's answer
         assert c["p_raw"] == pytest.approx(r["p_signal"], abs=1e-5)
-    base = httpx.post(f"{api}/v1/classify", json=body, timeout=120).json()["results"]
+    base = httpx.post(f"{api}/v1/classify", headers=ADMIN, json=body, timeout=120).json()["results"]
     assert all(r["calibrated"] is False and r["threshold"] == 0.5 for r in base)
 
 
@@ -409,8 +409,8 @@ def test_signal_rate_prior_shifts_a_calibrated_version_and_never_the_base(api, t
     assert "ensemble" not in manifest and "ensemble_of" not in manifest
     calibration = trained_adapter.calibration
     body = {"articles": [ACQ, EARN], "adapter": trained_adapter.name}
-    plain = httpx.post(f"{api}/v1/classify", json=body, timeout=120).json()["results"]
-    shifted = httpx.post(f"{api}/v1/classify", json={**body, "signal_rate": 0.45},
+    plain = httpx.post(f"{api}/v1/classify", headers=ADMIN, json=body, timeout=120).json()["results"]
+    shifted = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={**body, "signal_rate": 0.45},
                          timeout=120).json()["results"]
     for p, s in zip(plain, shifted):
         assert p["signal_rate"] is None and s["signal_rate"] == 0.45
@@ -419,11 +419,11 @@ def test_signal_rate_prior_shifts_a_calibrated_version_and_never_the_base(api, t
         assert s["p_signal"] > p["p_signal"]  # 0.45 is above any fitting window's rate here
         assert s["threshold"] == calibration.threshold
         assert s["label"] == int(s["p_signal"] >= s["threshold"])
-    base = httpx.post(f"{api}/v1/classify", json={"articles": [ACQ], "signal_rate": 0.45},
+    base = httpx.post(f"{api}/v1/classify", headers=ADMIN, json={"articles": [ACQ], "signal_rate": 0.45},
                       timeout=120).json()["results"][0]
     assert base["signal_rate"] is None and base["calibrated"] is False
-    _error(httpx.post(f"{api}/v1/classify", json={**body, "signal_rate": "estimate"},
+    _error(httpx.post(f"{api}/v1/classify", headers=ADMIN, json={**body, "signal_rate": "estimate"},
                       timeout=120), 422, "signal_rate_not_estimable")
     for bad in (0.0, 1.0, "guess"):
-        assert httpx.post(f"{api}/v1/classify", json={**body, "signal_rate": bad},
+        assert httpx.post(f"{api}/v1/classify", headers=ADMIN, json={**body, "signal_rate": bad},
                           timeout=120).status_code == 422

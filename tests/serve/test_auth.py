@@ -14,6 +14,8 @@ from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
 from train.backends import InProcessBackend
 from train.classifier import build_classifier
+from train.registry import AdapterRegistry
+from train.variants import publish_variant
 
 CLASSIFY, ADMIN = "serve-classify-token", "serve-admin-token"
 WRITE, FEEDBACK, READ, INGEST_ADMIN = "ing-write", "ing-feedback", "ing-read", "ing-admin"
@@ -92,6 +94,48 @@ def test_classification_api_scopes(guarded_api):
         error_of(response, 404, "adapter_not_found")
     response = httpx.post(f"{url}/v1/adapters/base/load", headers=bearer(ADMIN))
     error_of(response, 400, "base_model_not_adapter")
+
+
+def test_only_the_admin_token_loads_a_version_that_is_not_loaded(
+        base_model_dir, tmp_path, tokenizer, trained_adapter):
+    """A classify token may name an alias or a loaded version; naming any other
+    registry version is 403 ``adapter_not_loaded`` and moves no adapter slot (issue 29)."""
+    registry_dir = tmp_path / "registry"
+    aliased = publish_variant(registry_dir, trained_adapter, "aliased")
+    cold = publish_variant(registry_dir, trained_adapter, "cold", scale=0.5)
+    AdapterRegistry(registry_dir).set_alias("production", aliased.name)
+    backend = InProcessBackend(base_model_dir, label_token_ids(tokenizer))
+    classifier = build_classifier(backend, base_model_dir, registry_dir,
+                                  max_prompt_tokens=512, threshold=0.5)
+    app = create_app(classifier, admin_token=ADMIN, classify_token=CLASSIFY,
+                     watch_interval_s=None)
+
+    def classify(adapter: str, token: str) -> httpx.Response:
+        return httpx.post(f"{url}/v1/classify", headers=bearer(token), timeout=120,
+                          json={"items": [{"article": ARTICLE, "adapter": adapter},
+                                          {"article": ARTICLE}]})
+
+    def loaded() -> set[str]:
+        listing = httpx.get(f"{url}/v1/adapters", headers=bearer(CLASSIFY)).json()
+        return {a["name"] for a in listing["adapters"] if a["loaded"]}
+
+    with serve_app(app) as url:
+        wait_until_ok(f"{url}/ready", 120)
+        assert loaded() == {aliased.name}  # warm-up loads alias targets only
+        for name in ("production", aliased.name, "base"):
+            response = classify(name, CLASSIFY)
+            assert response.status_code == 200, response.text
+        error = error_of(classify(cold.name, CLASSIFY), 403, "adapter_not_loaded")
+        assert cold.name in error["message"] and "/v1/adapters/" in error["message"]
+        assert loaded() == {aliased.name}  # refused before anything was loaded
+        error_of(classify("lora-nope", CLASSIFY), 404, "adapter_not_found")
+
+        response = classify(cold.name, ADMIN)  # the admin token loads on demand
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["adapter"] == cold.name
+        assert loaded() == {aliased.name, cold.name}
+        response = classify(cold.name, CLASSIFY)  # loaded now: any classify caller
+        assert response.status_code == 200, response.text
 
 
 def test_auth_is_checked_before_the_body(guarded_api):

@@ -44,7 +44,7 @@ def _classify(url, articles, adapter=None, key="p_signal"):
     body = {"articles": [a.to_record() for a in articles]}
     if adapter:
         body["adapter"] = adapter
-    response = httpx.post(f"{url}/v1/classify", json=body, timeout=300)
+    response = httpx.post(f"{url}/v1/classify", headers=ADMIN, json=body, timeout=300)
     assert response.status_code == 200, response.text
     return [r[key] for r in response.json()["results"]]
 
@@ -98,7 +98,7 @@ def test_mixed_requests_and_unknown_adapter(vllm_api, trained_adapter):
     base = _classify(vllm_api, [article])
     tuned = _classify(vllm_api, [article], trained_adapter.name)
     assert base != tuned
-    response = httpx.post(f"{vllm_api}/v1/classify",
+    response = httpx.post(f"{vllm_api}/v1/classify", headers=ADMIN,
                           json={"article": article.to_record(), "adapter": "lora-missing"})
     assert response.status_code == 404
 
@@ -122,7 +122,8 @@ def test_mixed_batch_of_two_adapters_and_the_base(vllm_api, trained_adapter, reg
     mirrored = publish_variant(registry_dir, trained_adapter, "mirror", scale=-1.0)
     names = [trained_adapter.name, mirrored.name, "base"]
     items = [{"article": a.to_record(), "adapter": names[i % 3]} for i, a in enumerate(articles)]
-    response = httpx.post(f"{vllm_api}/v1/classify", json={"items": items}, timeout=300)
+    response = httpx.post(f"{vllm_api}/v1/classify", headers=ADMIN, json={"items": items},
+                          timeout=300)
     assert response.status_code == 200, response.text
     mixed = response.json()["results"]
     assert [r["adapter"] for r in mixed] == [names[i % 3] for i in range(len(items))]
@@ -227,7 +228,7 @@ def test_vllm_serves_the_calibrated_p_and_threshold_evaluation_computes(
 
     calibration = trained_adapter.calibration
     assert calibration is not None
-    response = httpx.post(f"{vllm_api}/v1/classify", timeout=300, json={
+    response = httpx.post(f"{vllm_api}/v1/classify", headers=ADMIN, timeout=300, json={
         "articles": [a.to_record() for a in articles], "adapter": trained_adapter.name})
     assert response.status_code == 200, response.text
     served = response.json()["results"]
@@ -332,7 +333,7 @@ def test_an_ensemble_version_answers_the_same_p_through_vllm_and_in_process(
     spec = ensemble_version.manifest.ensemble
     assert ensemble_version.manifest.ensemble_of == trained_adapter.name
     margins = LexicalModel.load(ensemble_version.path / spec.lexical_file).margin(articles)
-    response = httpx.post(f"{vllm_api}/v1/classify", timeout=300, json={
+    response = httpx.post(f"{vllm_api}/v1/classify", headers=ADMIN, timeout=300, json={
         "articles": [a.to_record() for a in articles], "adapter": ensemble_version.name})
     assert response.status_code == 200, response.text
     served = response.json()["results"]
@@ -359,8 +360,9 @@ def test_signal_rate_estimated_from_the_request_through_vllm(vllm_api, trained_a
     """'estimate': the rate EM finds in the request's own calibrated P, per version."""
     june = load_split(reuters_dataset, "1987-06")[:40]
     body = {"articles": [a.to_record() for a in june], "adapter": trained_adapter.name}
-    plain = httpx.post(f"{vllm_api}/v1/classify", json=body, timeout=300)
-    estimated = httpx.post(f"{vllm_api}/v1/classify", json={**body, "signal_rate": "estimate"},
+    plain = httpx.post(f"{vllm_api}/v1/classify", headers=ADMIN, json=body, timeout=300)
+    estimated = httpx.post(f"{vllm_api}/v1/classify", headers=ADMIN,
+                           json={**body, "signal_rate": "estimate"},
                            timeout=300)
     assert plain.status_code == estimated.status_code == 200, estimated.text
     p = [r["p_signal"] for r in plain.json()["results"]]
