@@ -31,7 +31,7 @@ from fastapi.responses import Response
 from feedgen.feed import FeedGenerator
 
 from pipeline.article import Article
-from ingestion.schema import published_datetime, utcnow
+from ingestion.schema import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,18 @@ class Replay:
             raise ValueError("nothing to replay: no article has a date_published")
         if speed <= 0:
             raise ValueError(f"speed must be > 0 (dataset seconds per second), got {speed}")
-        dated.sort(key=lambda a: (published_datetime(a), str(a.id)))
+        dated.sort(key=lambda a: (a.published_utc(), str(a.id)))
         self.speed = speed
         self.label_delay = label_delay
         self.started_at = started_at or utcnow()
-        self.origin = published_datetime(dated[0])
+        self.origin = dated[0].published_utc()
         self.feed_size = feed_size
         self.items = [ReplayItem(
             article=a, guid=f"{GUID_PREFIX}{a.id}",
-            published_at=self.wall_time(published_datetime(a)),
-            feed_date=published_datetime(a) if keep_dates else self.wall_time(
-                published_datetime(a)),
-            label_at=self.wall_time(published_datetime(a) + label_delay)) for a in dated]
+            published_at=self.wall_time(a.published_utc()),
+            feed_date=a.published_utc() if keep_dates else self.wall_time(
+                a.published_utc()),
+            label_at=self.wall_time(a.published_utc() + label_delay)) for a in dated]
         self.undated = len(articles) - len(dated)
 
     def wall_time(self, dataset_time: datetime) -> datetime:

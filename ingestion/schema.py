@@ -309,15 +309,3 @@ def storage_problem(article: Article, source: str) -> tuple[str, str] | None:
         return "invalid_unicode", ("a lone surrogate in the record: not Unicode text, no "
                                    "UTF-8 form (no store keeps it)")
     return None
-
-
-def published_datetime(article: Article) -> datetime | None:
-    """``date_published`` as aware UTC (a date is its midnight; naive is read as UTC)."""
-    published = article.date_published
-    if published is None:
-        return None
-    if not isinstance(published, datetime):
-        published = datetime(published.year, published.month, published.day)
-    if published.tzinfo is None:
-        return published.replace(tzinfo=timezone.utc)
-    return published.astimezone(timezone.utc)

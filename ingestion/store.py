@@ -57,7 +57,6 @@ from ingestion.schema import (
     metadata,
     predictions,
     promotions,
-    published_datetime,
     source_cursors,
     to_db_time,
     utcnow,
@@ -204,7 +203,7 @@ class Store:
         values = dict(
             source=source, external_id=str(article.id), content_hash=content_hash,
             title=article.title, text=article.text, link=article.link,
-            published_at=to_db_time(published_datetime(article)), received_at=now,
+            published_at=to_db_time(article.published_utc()), received_at=now,
             record=article.to_record(), minhash=minhash, state=state,
             shadow_state=state if shadow else NOT_ASKED, attempts=attempts,
             last_error=last_error)
@@ -249,7 +248,7 @@ class Store:
             values.update(title=article.title, text=article.text, record=article.to_record(),
                           minhash=minhash, state=PENDING, shadow_state=followed, attempts=0,
                           last_error=None,
-                          published_at=to_db_time(published_datetime(article)))
+                          published_at=to_db_time(article.published_utc()))
         elif skip_reason is not None:
             values.update(state=SKIPPED, last_error=skip_reason[:2000], shadow_state=case(
                 (items.c.shadow_state == NOT_ASKED, NOT_ASKED), else_=SKIPPED))

@@ -9,7 +9,7 @@ not have them.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,6 +67,25 @@ class Article(BaseModel):
         if not self.title.strip() and not self.text.strip():
             return f"article {self.id!r} is empty: it has neither title nor text"
         return None
+
+    def published_utc(self) -> datetime | None:
+        """``date_published`` as an aware UTC datetime: a naive datetime is read as UTC,
+        a bare date is its midnight UTC; None when the article has no date."""
+        published = self.date_published
+        if published is None:
+            return None
+        if not isinstance(published, datetime):
+            published = datetime(published.year, published.month, published.day)
+        if published.tzinfo is None:
+            return published.replace(tzinfo=timezone.utc)
+        return published.astimezone(timezone.utc)
+
+    def published_day(self) -> date | None:
+        """The UTC calendar day of publication: the one day rule of every split,
+        validation window, trend lookup and store query (an item stamped 23:30 -05:00
+        belongs to the next day everywhere); None when the article has no date."""
+        published = self.published_utc()
+        return None if published is None else published.date()
 
     def to_record(self) -> dict[str, Any]:
         """The JSON record: the original format's fields, plus any the product set."""

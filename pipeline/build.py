@@ -92,8 +92,8 @@ def build_key(config: PipelineConfig, reports: list[SourceReport]) -> str:
 
 
 def _date_range(articles: list[Article]) -> dict[str, str | None]:
-    days = sorted(a.date_published.date().isoformat() for a in articles
-                  if isinstance(a.date_published, datetime))
+    days = sorted(day.isoformat() for day in (a.published_day() for a in articles)
+                  if day is not None)
     return {"date_from": days[0] if days else None, "date_to": days[-1] if days else None}
 
 

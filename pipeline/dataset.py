@@ -169,18 +169,21 @@ class DatasetManifest(BaseModel):
         return self.splits[name]
 
 
-def _day(article: Article) -> date:
-    published = article.date_published
-    if published is None:
-        raise ValueError(f"article {article.id!r} has no date_published; cannot split by time")
-    return published.date() if isinstance(published, datetime) else published
+def publication_day(article: Article) -> date:
+    """:meth:`Article.published_day`, for code that cannot place an undated article
+    (splits, validation windows): a ValueError names it."""
+    day = article.published_day()
+    if day is None:
+        raise ValueError(f"article {article.id!r} has no date_published; "
+                         "cannot place it in time")
+    return day
 
 
 def temporal_splits(articles: Iterable[Article], train_end: date) -> dict[str, list[Article]]:
     """``train`` = published on or before ``train_end``; then one split per later month."""
     splits: dict[str, list[Article]] = {TRAIN_SPLIT: []}
     for article in articles:
-        day = _day(article)
+        day = publication_day(article)
         key = TRAIN_SPLIT if day <= train_end else f"{day:%Y-%m}"
         splits.setdefault(key, []).append(article)
     return dict(sorted(splits.items(), key=lambda kv: (kv[0] != TRAIN_SPLIT, kv[0])))
@@ -190,7 +193,7 @@ def split_stats(articles: list[Article]) -> dict[str, Any]:
     """Counts, signal rate and date range of one split."""
     labelled = [a for a in articles if a.signal is not None]
     signals = sum(a.signal for a in labelled)
-    days = [_day(a) for a in articles]
+    days = [publication_day(a) for a in articles]
     return {
         "count": len(articles),
         "labelled": len(labelled),

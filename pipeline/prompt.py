@@ -59,6 +59,10 @@ SIGNAL_TOKEN = "1"
 NOT_SIGNAL_TOKEN = "0"
 """Completion that means 'not an investment signal'."""
 
+BASE_NAME = "base"
+"""The one name of the un-tuned base model everywhere: the API's ``adapter`` field and
+answers, the model vLLM serves it under, evaluation rows and the CLI's defaults."""
+
 DEFAULT_MAX_PROMPT_TOKENS = 512
 """Longest prompt (template included) fed to the model; longer texts are cut."""
 

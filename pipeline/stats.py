@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from datetime import date, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,10 @@ log = logging.getLogger(__name__)
 UNDATED_MONTH = "undated"
 
 
-def _month(article: Article) -> str:
-    published = article.date_published
-    if published is None:
-        return UNDATED_MONTH
-    day = published.date() if isinstance(published, datetime) else published
-    return f"{day:%Y-%m}"
+def publication_month(article: Article) -> str:
+    """``YYYY-MM`` of the article's UTC publication day; ``undated`` without one."""
+    day = article.published_day()
+    return UNDATED_MONTH if day is None else f"{day:%Y-%m}"
 
 
 def _rate(signals: int, labelled: int) -> float | None:
@@ -114,14 +111,12 @@ def split_report(articles: list[Article]) -> dict[str, Any]:
     signals = sum(a.signal for a in labelled)
     by_month: dict[str, Counter] = defaultdict(Counter)
     for article in articles:
-        month = by_month[_month(article)]
+        month = by_month[publication_month(article)]
         month["count"] += 1
         if article.signal is not None:
             month["labelled"] += 1
             month["signals"] += article.signal
-    days = sorted(a.date_published.date() if isinstance(a.date_published, datetime)
-                  else a.date_published for a in articles
-                  if isinstance(a.date_published, (date, datetime)))
+    days = sorted(day for day in (a.published_day() for a in articles) if day is not None)
     return {
         "count": len(articles),
         "labelled": len(labelled),

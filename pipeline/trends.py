@@ -510,16 +510,6 @@ class GrowthReport:
 TopicDay = tuple[str, date]
 
 
-def article_day(article: Article) -> date | None:
-    """The UTC day an article was published (naive datetimes are taken as UTC)."""
-    published = article.date_published
-    if isinstance(published, datetime):
-        if published.tzinfo is not None:
-            published = published.astimezone(timezone.utc)
-        return published.date()
-    return published
-
-
 def topics_to_measure(articles: Sequence[Article], report: GrowthReport) -> list[TopicDay]:
     """Distinct (topic, day) pairs still lacking growth numbers, in first-seen order.
 
@@ -527,7 +517,7 @@ def topics_to_measure(articles: Sequence[Article], report: GrowthReport) -> list
     """
     wanted: dict[TopicDay, None] = {}
     for article in articles:
-        day = article_day(article)
+        day = article.published_day()
         if day is None:
             if article.topics:
                 report.articles_without_date += 1
@@ -568,7 +558,7 @@ def _apply(articles: Sequence[Article], results, report: GrowthReport) -> list[A
             by_pair[(topic, day)] = growth
     updated = []
     for article in articles:
-        day = article_day(article)
+        day = article.published_day()
         found = {t: by_pair[(t, day)] for t in article.topics
                  if t not in article.growth and (t, day) in by_pair}
         if found:

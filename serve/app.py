@@ -49,6 +49,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import generate_latest
 
 from pipeline.article import Article
+from pipeline.prompt import BASE_NAME
 from serve.auth import Rule, Scope, ScopeGuard, bearer_docs, scopes_granted
 from serve.errors import (ApiError, BodySizeLimit, ErrorBody, ErrorResponse, error_response,
                           install_error_handlers)
@@ -65,7 +66,7 @@ from serve.schemas import (
     adapter_path,
 )
 from train.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from train.classifier import BASE_NAME, BaseModelNotAdapter, NotEnoughToEstimate, SignalClassifier
+from train.classifier import BaseModelNotAdapter, NotEnoughToEstimate, SignalClassifier
 from train.registry import AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)

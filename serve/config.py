@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS
+from pipeline.prompt import BASE_NAME, DEFAULT_MAX_PROMPT_TOKENS
 from pipeline.settings import Paths
 from serve.vllm_server import DEFAULT_BLOCK_SIZE
 
@@ -45,7 +45,7 @@ class ServeConfig(BaseSettings):
     ``vllm_url``: a vLLM that ``signals serve`` starts itself is a single server."""
 
     vllm_port: int = Field(default=8100, ge=1, le=65535)
-    vllm_served_name: str = "base"
+    vllm_served_name: str = BASE_NAME
     """Name under which vLLM serves the base model."""
 
     max_loras: int = Field(default=4, ge=1)

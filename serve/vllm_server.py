@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.prompt import BASE_NAME
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ backend wants multiples of 32."""
 class VLLMServer:
     """One vLLM child process; a context manager that stops it on exit."""
 
-    def __init__(self, model: Path, port: int, served_name: str = "base", *,
+    def __init__(self, model: Path, port: int, served_name: str = BASE_NAME, *,
                  max_loras: int = 4, max_lora_rank: int = 16,
                  lora_target_modules: list[str] = ("qkv_proj", "o_proj"),
                  max_model_len: int = 2048, kv_cache_gib: int = 1, dtype: str = "float32",

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import httpx
 
-from pipeline.prompt import LabelTokens
+from pipeline.prompt import BASE_NAME, LabelTokens
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class VLLMEndpoint:
     (calibrating an adapter on a whole window: ``signals adapters calibrate --vllm-url``)."""
 
     url: str
-    served_name: str = "base"
+    served_name: str = BASE_NAME
     """The base model's name on that server (``signals serve`` names it ``base``)."""
     api_key: str | None = None
     """The server's --api-key, if it was started with one."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.article import Article
-from pipeline.prompt import encode_prompt, label_token_ids
+from pipeline.prompt import BASE_NAME, encode_prompt, label_token_ids
 from train.backends import AdapterLoadError, Backend, BackendUnavailable
 from train.calibration import estimate_prior, prior_shift
 from train.lexical import LexicalModel
@@ -32,7 +32,6 @@ MIN_ARTICLES_TO_ESTIMATE = 30
 
 log = logging.getLogger(__name__)
 
-BASE_NAME = "base"
 
 
 class NotEnoughToEstimate(ValueError):
@@ -169,13 +168,10 @@ class SignalClassifier:
     # --- classification ------------------------------------------------------------
 
     def prompt_limit(self, version: AdapterVersion | None) -> int:
-        """Prompt cap for an adapter: the one it was trained with, within the server's.
-
-        Rendering an article exactly as during training keeps train and serve prompts
-        identical; the server's cap still bounds every request.
-        """
-        trained = version.max_prompt_tokens if version is not None else None
-        return min(self.max_prompt_tokens, trained) if trained else self.max_prompt_tokens
+        """Prompt cap for an adapter (:meth:`AdapterVersion.prompt_cap` within the
+        server's); the server's own for the base model."""
+        return self.max_prompt_tokens if version is None else version.prompt_cap(
+            self.max_prompt_tokens)
 
     async def classify(self, articles: list[Article], adapter: str | None = None,
                        threshold: float | None = None,

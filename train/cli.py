@@ -18,6 +18,7 @@ import os
 from datetime import date
 from pathlib import Path
 
+from pipeline.prompt import BASE_NAME
 from pipeline.settings import Paths
 
 
@@ -204,7 +205,7 @@ def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
                         "LoRA loading, as `signals serve` starts it; its --api-key from "
                         "VLLM_API_KEY) instead of in this process: the faster path for "
                         "whole windows on a CPU")
-    parser.add_argument("--vllm-served-name", default="base",
+    parser.add_argument("--vllm-served-name", default=BASE_NAME,
                         help="the base model's name on that server (default: base)")
 
 

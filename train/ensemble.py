@@ -36,8 +36,7 @@ from train.backends import VLLMEndpoint
 from train.calibration import fit_ensemble, window_metrics
 from train.lexical import LEXICAL_GRID, LexicalParams, select_lexical
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
-from train.validation import (raw_p_signal, sample_window, split_off_validation,
-                              trained_prompt_cap)
+from train.validation import raw_p_signal, sample_window, split_off_validation
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def build_ensemble(registry: AdapterRegistry, name_or_alias: str, dataset: Path,
         window = list(articles)
     else:
         window = sample_window(window, limit, seed)
-        p_raw = raw_p_signal(base_model, source.path, window, trained_prompt_cap(source),
+        p_raw = raw_p_signal(base_model, source.path, window, source.prompt_cap(),
                              style=source.prompt_style, vllm=vllm)
     labels = [a.signal for a in window]
     adapter_alone = window_metrics(labels, [calibration.apply(p) for p in p_raw],

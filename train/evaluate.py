@@ -22,11 +22,12 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.article import Article
+from pipeline.prompt import BASE_NAME
+from pipeline.stats import publication_month
 from train.calibration import expected_calibration_error, f1_optimal_threshold
 from train.lexical import LEXICAL_GRID, LexicalParams, lexical_text, select_lexical
 
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
     from train.classifier import Classification
 
 log = logging.getLogger(__name__)
-
-BASE = "base"
-"""How evaluations name the un-tuned base model."""
 
 
 def labels_at(p_signal: Sequence[float], threshold: float) -> list[int]:
@@ -100,20 +98,12 @@ def f1_difference(labels: Sequence[int], predicted_a: Sequence[int],
             "resamples": resamples}
 
 
-def _month(article: Article) -> str:
-    published = article.date_published
-    if published is None:
-        return "undated"
-    day = published.date() if isinstance(published, datetime) else published
-    return f"{day:%Y-%m}" if isinstance(day, date) else "undated"
-
-
 def per_month(articles: Sequence[Article], p_signal: Sequence[float],
               threshold: float) -> dict[str, dict[str, Any]]:
     """:func:`binary_metrics` for each calendar month of publication."""
     groups: dict[str, list[int]] = {}
     for i, article in enumerate(articles):
-        groups.setdefault(_month(article), []).append(i)
+        groups.setdefault(publication_month(article), []).append(i)
     return {month: binary_metrics([articles[i].signal for i in idx],
                                   [p_signal[i] for i in idx], threshold)
             for month, idx in sorted(groups.items())}
@@ -156,7 +146,7 @@ class Scorer:
 
     def __init__(self, base_model: Path, registry: Path, max_prompt_tokens: int,
                  batch_size: int | None = None, vllm_url: str | None = None,
-                 vllm_served_name: str = "base", vllm_api_key: str | None = None):
+                 vllm_served_name: str = BASE_NAME, vllm_api_key: str | None = None):
         from transformers import AutoTokenizer
 
         from pipeline.prompt import label_token_ids
@@ -181,9 +171,10 @@ class Scorer:
         """What the API answers for ``articles``: calibrated P and the applied threshold."""
         from tqdm import tqdm
 
-        name = None if adapter in (None, BASE) else adapter
+        name = None if adapter in (None, BASE_NAME) else adapter
         out: list[Classification] = []
-        with tqdm(total=len(articles), desc=f"scoring with {adapter or BASE}", unit="article") as bar:
+        with tqdm(total=len(articles), desc=f"scoring with {adapter or BASE_NAME}",
+                  unit="article") as bar:
             for start in range(0, len(articles), chunk):
                 batch = list(articles[start:start + chunk])
                 out.extend(self._loop.run_until_complete(
@@ -220,7 +211,7 @@ class Scorer:
         if signal_rate is not None:
             version = self.classifier.resolve(adapter)
             if version is None or not (results and results[0].calibrated):
-                raise ValueError(f"{adapter or BASE} has no calibration to prior-shift")
+                raise ValueError(f"{adapter or BASE_NAME} has no calibration to prior-shift")
             fitted = self.classifier.fitted_rate(version)
             rate = estimate_prior(p, fitted) if signal_rate == "estimate" else float(signal_rate)
             p = [prior_shift(v, fitted, rate) for v in p]
@@ -229,7 +220,7 @@ class Scorer:
             results and results[0].calibrated), "signal_rate": signal_rate,
             "estimated_signal_rate": None if rate is None else round(rate, 4),
             "backend": self.classifier.backend.name}
-        return Evaluation(model=adapter or BASE, split=split, metrics=metrics,
+        return Evaluation(model=adapter or BASE_NAME, split=split, metrics=metrics,
                           by_month=per_month(articles, p, applied), p_signal=p, labels=labels)
 
 

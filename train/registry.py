@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.prompt import PromptStyle
+from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptStyle
 from train.calibration import Calibration
 from train.manifest import (AdapterManifest, InvalidManifest, relative_to_registry,
                             resolve_in_registry)
@@ -82,6 +82,15 @@ class AdapterVersion:
     def max_prompt_tokens(self) -> int | None:
         """The prompt cap it was trained with; None when the manifest records none."""
         return self.manifest.hyperparameters.max_prompt_tokens
+
+    def prompt_cap(self, server_cap: int = DEFAULT_MAX_PROMPT_TOKENS) -> int:
+        """The prompt cap the version is served and calibrated with: the one it was
+        trained with, within ``server_cap`` (the server's, by default the API's own
+        default); a version that records none gets ``server_cap``. Rendering an article
+        exactly as in training keeps train and serve prompts identical, and the one rule
+        for the API and calibration keeps a calibration fitted on the prompts served."""
+        trained = self.max_prompt_tokens
+        return min(trained, server_cap) if trained else server_cap
 
     @property
     def prompt_style(self) -> PromptStyle:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.article import Article
-from pipeline.dataset import load_split, read_manifest
+from pipeline.dataset import load_split, publication_day, read_manifest
 from pipeline.prompt import PromptStyle
 from train.backends import (AdapterLoadError, BackendTimeout, BackendUnavailable,
                             InProcessBackend, VLLMEndpoint)
@@ -35,14 +35,6 @@ from train.calibration import Calibration, CalibrationWindow, fit_calibration
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
-
-
-def published_day(article: Article) -> date:
-    published = article.date_published
-    if published is None:
-        raise ValueError(f"article {article.id!r} has no date_published; "
-                         "cannot place it in a window")
-    return published.date() if isinstance(published, datetime) else published
 
 
 @dataclass
@@ -70,10 +62,10 @@ def split_off_validation(articles: Sequence[Article], days: int
     ``articles`` (by publication day, ending on the last day present) and the rest."""
     if not articles:
         raise ValueError("no articles to carve a validation window from")
-    last = max(published_day(a) for a in articles)
+    last = max(publication_day(a) for a in articles)
     first = last - timedelta(days=days - 1)
-    before = [a for a in articles if published_day(a) < first]
-    window = [a for a in articles if published_day(a) >= first]
+    before = [a for a in articles if publication_day(a) < first]
+    window = [a for a in articles if publication_day(a) >= first]
     if not before:
         raise ValueError(f"validation_days={days} leaves nothing to train on: the split "
                          f"spans only {first:%Y-%m-%d}..{last:%Y-%m-%d}")
@@ -140,14 +132,6 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
     return out
 
 
-def trained_prompt_cap(version: AdapterVersion, server_cap: int | None = None) -> int:
-    """The prompt cap an adapter is served with: its training cap, within the server's."""
-    caps = [c for c in (version.max_prompt_tokens, server_cap) if c]
-    if not caps:
-        raise ValueError(f"adapter {version.name} records no max_prompt_tokens; pass one")
-    return min(caps)
-
-
 def calibrate_on_window(base_model: Path, adapter_dir: Path, window: WindowArticles,
                         max_prompt_tokens: int,
                         method: Literal["platt", "temperature"] = "platt",
@@ -185,13 +169,13 @@ def load_window(dataset: Path, split: str, date_from: date | None = None,
     dataset = Path(dataset)
     manifest = read_manifest(dataset)
     articles = [a for a in load_split(dataset, split)
-                if (date_from is None or published_day(a) >= date_from)
-                and (date_to is None or published_day(a) <= date_to)]
+                if (date_from is None or publication_day(a) >= date_from)
+                and (date_to is None or publication_day(a) <= date_to)]
     chosen = sample_window(articles, limit, seed)
     if not chosen:
         raise ValueError(f"no labelled articles in {dataset.name}/{split} between "
                          f"{date_from or 'its start'} and {date_to or 'its end'}")
-    days = [published_day(a) for a in articles]
+    days = [publication_day(a) for a in articles]
     return WindowArticles(chosen, manifest.name, dataset.resolve(), split,
                           date_from or min(days), date_to or max(days))
 
@@ -210,7 +194,7 @@ def recalibrate(registry: AdapterRegistry, name_or_alias: str, window: WindowArt
     previous = source.calibration
     method = method or (previous.method if previous else "platt")
     calibration = calibrate_on_window(base_model, source.path, window,
-                                      trained_prompt_cap(source), method, source.prompt_style,
+                                      source.prompt_cap(), method, source.prompt_style,
                                       vllm)
     name = registry.new_name(source.manifest.method or "adapter",
                              f"recal-{window.dataset}-{window.split}")

@@ -32,3 +32,34 @@ def test_unknown_fields_survive_and_product_fields_are_optional():
     minimal = Article(id="x", title="t")
     assert minimal.to_record() == {"id": "x", "title": "t"}
     assert minimal.signal is None and minimal.source is None
+
+
+def test_one_publication_day_for_splits_windows_trends_and_the_store():
+    """An item stamped 23:30 -05:00 on 31 March is 1 April in UTC. The dataset split and
+    the validation window took the local date (31 March: training) while trends and the
+    store took UTC (1 April): one article on two days. Now every place asks
+    :meth:`Article.published_day`."""
+    from datetime import date, datetime, timedelta, timezone
+
+    from ingestion.schema import to_db_time
+    from pipeline.dataset import temporal_splits
+    from pipeline.trends import GrowthReport, topics_to_measure
+    from train.validation import split_off_validation
+
+    late = Article(id="late", title="Acme bid", topics=["acme"], date_published=datetime(
+        1987, 3, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5))))
+    naive = Article(id="naive", title="Beta", date_published=datetime(1987, 3, 31, 23, 30))
+    bare = Article(id="bare", title="Gamma", date_published=date(1987, 3, 30))
+    assert late.published_day() == date(1987, 4, 1)
+    assert naive.published_day() == date(1987, 3, 31)  # a naive time is read as UTC
+    assert bare.published_day() == date(1987, 3, 30)
+    assert Article(id="undated", title="x").published_day() is None
+
+    splits = temporal_splits([late, naive, bare], train_end=date(1987, 3, 31))
+    assert [a.id for a in splits["1987-04"]] == ["late"]  # was in "train"
+    assert [a.id for a in splits["train"]] == ["naive", "bare"]
+    _, window, first, last = split_off_validation([late, naive, bare], days=1)
+    assert (first, last) == (date(1987, 4, 1), date(1987, 4, 1))
+    assert [a.id for a in window] == ["late"]
+    assert topics_to_measure([late], GrowthReport()) == [("acme", date(1987, 4, 1))]
+    assert to_db_time(late.published_utc()).date() == date(1987, 4, 1)

@@ -53,7 +53,7 @@ def test_validation_window_is_never_trained_on(tiny_model_dir, reuters_dataset, 
     from datetime import date
 
     from train.common import load_training_data
-    from train.validation import published_day
+    from pipeline.dataset import publication_day as published_day
 
     config = load_config(None, [
         f"base_model={tiny_model_dir}", f"dataset={reuters_dataset}", f"registry={tmp_path}",

@@ -78,3 +78,24 @@ def test_concurrent_alias_writers_never_lose_each_others_change(tmp_path):
         assert writer.exitcode == 0
     assert registry.aliases() == {f"w{i}-{k}": name for i in range(6) for k in range(4)}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".aliases.json.")]
+
+
+def test_one_prompt_cap_rule_for_serving_and_calibration(tmp_path, tokenizer):
+    """The API served a version that records no training cap at its own cap (512)
+    while calibration raised for it; both now ask ``AdapterVersion.prompt_cap``."""
+    from train.classifier import SignalClassifier
+    from train.manifest import Hyperparameters
+
+    registry = AdapterRegistry(tmp_path)
+    versions = {}
+    for tag, cap in (("uncapped", None), ("short", 192)):
+        name = registry.new_name("lora", tag)
+        _stage(registry, name)
+        versions[tag] = registry.publish(name, AdapterManifest(
+            hyperparameters=Hyperparameters(max_prompt_tokens=cap)))
+    served = SignalClassifier(None, tokenizer, registry, max_prompt_tokens=512, threshold=0.5)
+    assert versions["uncapped"].prompt_cap() == served.prompt_limit(versions["uncapped"]) == 512
+    assert versions["short"].prompt_cap() == served.prompt_limit(versions["short"]) == 192
+    tight = SignalClassifier(None, tokenizer, registry, max_prompt_tokens=128, threshold=0.5)
+    assert tight.prompt_limit(versions["short"]) == versions["short"].prompt_cap(128) == 128
+    assert tight.prompt_limit(None) == 128  # the base model: the server's cap
