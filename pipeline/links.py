@@ -68,7 +68,6 @@ it is ``ok``:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import logging
 import threading
@@ -95,6 +94,7 @@ from pipeline.article import Article
 from pipeline.dedupe import normalise_text
 from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
 from pipeline.link_settings import LinkSettings
+from pipeline.politeness import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -273,22 +273,6 @@ class _Extraction:
     page_date: date | None
     language: str | None
     canonical: str | None
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A ``Retry-After`` header (delta-seconds or HTTP-date) as seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bool:

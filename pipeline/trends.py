@@ -76,6 +76,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tqdm import tqdm
 
 from pipeline.article import Article, TopicGrowth
+from pipeline.politeness import retry_after_seconds
 from pipeline.settings import Paths
 from pipeline.stage import StageOutput
 
@@ -404,7 +405,8 @@ class TrendClient:
             status = exc.response.status_code
             if status not in RETRYABLE_STATUS:
                 raise TrendFetchError(topic, start, end, attempt, f"HTTP {status}") from exc
-            raise _TransientTrendError(f"HTTP {status}", _retry_after_s(exc.response)) from exc
+            raise _TransientTrendError(f"HTTP {status}", retry_after_seconds(
+                exc.response.headers.get("Retry-After"))) from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _TransientTrendError(f"{type(exc).__name__}: {exc}") from exc
         except (KeyError, ValueError, TypeError) as exc:
@@ -473,14 +475,6 @@ class TrendClient:
 
     def close(self) -> None:
         self.cache.close()
-
-
-def _retry_after_s(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare from Google; the exponential delay applies
 
 
 # --------------------------------------------------------------------------- articles

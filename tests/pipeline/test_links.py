@@ -23,8 +23,8 @@ from pipeline.links import (
     canonical_url,
     drop_link_duplicates,
     enrich_articles,
-    retry_after_seconds,
 )
+from pipeline.politeness import retry_after_seconds
 from tests.conftest import serve_routes
 from tests.pipeline.link_site import (
     BODY,

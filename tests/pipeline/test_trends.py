@@ -284,6 +284,18 @@ def test_retry_after_header_is_honoured(google, tmp_path):
     assert sleeps == [42.0]
 
 
+def test_a_retry_after_http_date_is_honoured_as_the_link_stage_does(google, tmp_path):
+    """Trends read only delta-seconds and fell back to 2 s for an HTTP-date; both stages
+    now share ``pipeline.politeness.retry_after_seconds``."""
+    from email.utils import format_datetime
+
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    google.fail(SSB, times=1, status=503, headers={"Retry-After": later})
+    sleeps: list[float] = []
+    TrendClient(make_config(google, tmp_path), sleep=sleeps.append).growth(SSB, DAY)
+    assert len(sleeps) == 1 and 55 <= sleeps[0] <= 61
+
+
 def test_backoff_delay_is_capped(google, tmp_path):
     client = TrendClient(make_config(google, tmp_path, backoff_base_s=30.0, backoff_max_s=100.0,
                                      backoff_jitter=0.0))
