@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
@@ -36,7 +36,6 @@ from pipeline.settings import Paths
 
 _paths = Paths()
 
-METHODS = ("lora", "loraplus", "qlora", "dpo", "rlhf")
 # TRL's DPOConfig.loss_type values (trl 1.16), summed when several are given.
 DpoLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
                   "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
@@ -195,12 +194,18 @@ class TrainConfig(BaseModel):
 class LoraTrainConfig(TrainConfig):
     """LoRA supervised fine-tuning: prompt -> label token, loss on the answer only."""
 
+    trainer: ClassVar[str] = "train.lora:train_lora"
+    """``module:function`` that trains it (imported only when a job runs)."""
+
     method: Literal["lora"] = "lora"
     """Plain LoRA SFT."""
 
 
 class QLoraTrainConfig(TrainConfig):
     """LoRA SFT on a 4-bit NF4 base model (bitsandbytes); GPU first, works on CPU."""
+
+    trainer: ClassVar[str] = "train.lora:train_lora"
+    """``module:function`` that trains it (imported only when a job runs)."""
 
     method: Literal["qlora"] = "qlora"
     """LoRA SFT with ``load_in_4bit`` forced on."""
@@ -212,6 +217,9 @@ class QLoraTrainConfig(TrainConfig):
 class LoraPlusTrainConfig(TrainConfig):
     """LoRA+ SFT: the same as ``lora`` with B learning ``loraplus_lr_ratio`` x faster."""
 
+    trainer: ClassVar[str] = "train.loraplus:train_loraplus"
+    """``module:function`` that trains it (imported only when a job runs)."""
+
     method: Literal["loraplus"] = "loraplus"
     """LoRA+ SFT."""
 
@@ -221,6 +229,9 @@ class LoraPlusTrainConfig(TrainConfig):
 
 class DpoTrainConfig(TrainConfig):
     """Direct preference optimisation: prefer the true label's answer over the other."""
+
+    trainer: ClassVar[str] = "train.dpo:train_dpo"
+    """``module:function`` that trains it (imported only when a job runs)."""
 
     method: Literal["dpo"] = "dpo"
     """DPO with TRL; the reference is the starting point (base, or ``init_adapter``)."""
@@ -249,6 +260,9 @@ class DpoTrainConfig(TrainConfig):
 
 class RlhfTrainConfig(TrainConfig):
     """Reward model + RL (RLOO or GRPO) starting from an SFT adapter."""
+
+    trainer: ClassVar[str] = "train.rlhf:train_rlhf"
+    """``module:function`` that trains it (imported only when a job runs)."""
 
     method: Literal["rlhf"] = "rlhf"
     """RLHF: reward model on preference pairs, then the policy against it."""
@@ -287,10 +301,17 @@ class RlhfTrainConfig(TrainConfig):
         return self
 
 
-AnyTrainConfig = Annotated[
-    LoraTrainConfig | QLoraTrainConfig | LoraPlusTrainConfig | DpoTrainConfig | RlhfTrainConfig,
-    Field(discriminator="method"),
-]
+CONFIGS: dict[str, type[TrainConfig]] = {
+    c.model_fields["method"].default: c
+    for c in (LoraTrainConfig, LoraPlusTrainConfig, QLoraTrainConfig, DpoTrainConfig,
+              RlhfTrainConfig)}
+"""The one table of training methods: name -> its config class (which names its
+trainer). The discriminated union, ``METHODS``, config errors and the job runner
+are all read from it."""
+
+METHODS = tuple(CONFIGS)
+
+AnyTrainConfig = Annotated[Union[tuple(CONFIGS.values())], Field(discriminator="method")]
 _any_config = TypeAdapter(AnyTrainConfig)
 
 

@@ -15,6 +15,7 @@ adapter to the registry under a name chosen here, before the run starts.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.settings import Paths
 from train.common import RunContext
-from train.config import AnyTrainConfig, TrainConfig
+from train.config import CONFIGS, AnyTrainConfig, TrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,13 @@ def scaling_config(workers: int, resources: WorkerResources, cluster_cpus: float
 
 
 def method_function(method: str):
-    """The training function of a method (imported lazily: they pull in torch/TRL)."""
-    if method in ("lora", "qlora"):
-        from train.lora import train_lora
-        return train_lora
-    if method == "loraplus":
-        from train.loraplus import train_loraplus
-        return train_loraplus
-    if method == "dpo":
-        from train.dpo import train_dpo
-        return train_dpo
-    if method == "rlhf":
-        from train.rlhf import train_rlhf
-        return train_rlhf
-    raise ValueError(f"method: unknown training method {method!r}")
+    """The training function of a method, from :data:`train.config.CONFIGS` (imported
+    lazily: they pull in torch/TRL)."""
+    if method not in CONFIGS:
+        raise ValueError(f"method: unknown training method {method!r}; "
+                         f"known: {', '.join(CONFIGS)}")
+    module, function = CONFIGS[method].trainer.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _config_from_dict(data: dict[str, Any]) -> TrainConfig:

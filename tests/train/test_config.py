@@ -165,3 +165,18 @@ def test_bf16_defaults_to_what_the_hardware_computes_natively(tmp_path):
     assert use_bf16(base) is native_bf16()
     assert use_bf16(base.model_copy(update={"bf16": True})) is True
     assert use_bf16(base.model_copy(update={"bf16": False})) is False
+
+
+def test_one_method_table_names_each_config_and_its_trainer():
+    """Methods were listed four times (METHODS, the union, the job runner's if-chain,
+    error messages); every one is now read from ``train.config.CONFIGS``."""
+    from train.config import CONFIGS, METHODS
+    from train.jobs import method_function
+
+    assert METHODS == tuple(CONFIGS) == ("lora", "loraplus", "qlora", "dpo", "rlhf")
+    for method, config_class in CONFIGS.items():
+        assert config_class.model_fields["method"].default == method
+        trainer = method_function(method)
+        assert callable(trainer) and trainer.__name__ == config_class.trainer.split(":")[1]
+    with pytest.raises(ValueError, match="known: lora, loraplus, qlora, dpo, rlhf"):
+        method_function("ppo")
