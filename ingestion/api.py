@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
-from serve.auth import Rule, Scope, ScopeGuard, bearer_docs, scopes_granted
+from serve.auth import Scope, ScopeGuard, bearer_docs, rules_from_routes, scopes_granted
 from serve.errors import ApiError, BodySizeLimit, ErrorResponse, install_error_handlers
 from ingestion.config import IngestConfig
 from ingestion.feedback import (ExternalId, FeedbackEntry, ItemId, ItemSource, LabelSource,
@@ -181,15 +181,6 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
             log.warning("ingestion: %s is not set: anyone who can reach port %d may use "
                         "the '%s' routes", scopes[name].setting, config.port, name)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
-    # Added last = outermost: the token is checked before the body is even read.
-    app.add_middleware(ScopeGuard, scopes=list(scopes.values()), rules=[
-        Rule("POST", r"/v1/items", "write"),
-        Rule("POST", r"/v1/feedback", "feedback"),
-        Rule("GET", r"/v1/items/[^/]+", "read"),
-        Rule("GET", r"/v1/(signals|quality|drift|dead-letters|promotions)", "read"),
-        Rule("POST", r"/v1/dead-letters/requeue", "admin"),
-        Rule("GET", r"/v1/label-queue", "feedback"),
-    ])
     write_auth = [Security(bearer_docs(scopes["write"]))]
     feedback_auth = [Security(bearer_docs(scopes["feedback"]))]
     read_auth = [Security(bearer_docs(scopes["read"]))]
@@ -342,6 +333,9 @@ def create_ingest_app(config: IngestConfig, service: IngestionService | None = N
         body = await asyncio.to_thread(generate_latest, metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    # Added last = outermost: the token is checked before the body is even read. The
+    # rules are the scopes the routes above declare.
+    app.add_middleware(ScopeGuard, scopes=list(scopes.values()), rules=rules_from_routes(app))
     return app
 
 

@@ -50,7 +50,7 @@ from prometheus_client import generate_latest
 
 from pipeline.article import Article
 from pipeline.prompt import BASE_NAME
-from serve.auth import Rule, Scope, ScopeGuard, bearer_docs, scopes_granted
+from serve.auth import Scope, ScopeGuard, bearer_docs, rules_from_routes, scopes_granted
 from serve.errors import (ApiError, BodySizeLimit, ErrorBody, ErrorResponse, error_response,
                           install_error_handlers)
 from serve.schemas import (
@@ -183,13 +183,6 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
     admin_scope = Scope("admin", admin_token, open_when_unset=False,
                         setting="SIGNALS_SERVE_ADMIN_TOKEN")
     app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
-    # Added last = outermost: the token is checked before the body is even read.
-    app.add_middleware(ScopeGuard, scopes=[classify_scope, admin_scope], rules=[
-        Rule("POST", r"/v1/classify", "classify"),
-        Rule("GET", r"/v1/adapters", "classify"),
-        Rule("POST", r"/v1/adapters/[^/]+/(load|unload)", "admin"),
-        Rule("POST", r"/v1/aliases/[^/]+", "admin"),
-    ])
     classify_auth = [Security(bearer_docs(classify_scope))]
     admin_auth = [Security(bearer_docs(admin_scope))]
     app.state.classifier = classifier
@@ -347,4 +340,8 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Added last = outermost: the token is checked before the body is even read. The
+    # rules are the scopes the routes above declare.
+    app.add_middleware(ScopeGuard, scopes=[classify_scope, admin_scope],
+                       rules=rules_from_routes(app))
     return app

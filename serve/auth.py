@@ -14,6 +14,11 @@ Both the classification API (``serve/app.py``) and the ingestion API
 * routes that match no rule (health, readiness, metrics, the OpenAPI document) are
   open.
 
+A route declares its scope once, as a dependency: ``dependencies=[Security(bearer_docs(
+scope))]``. That puts the lock into the OpenAPI document, and :func:`rules_from_routes`
+reads the same declarations back into the guard's rules, so a route can never show a
+lock in the docs and be open (or the reverse). The guard is added after the routes.
+
 It is middleware, not a FastAPI dependency, so that it answers before the body is
 read or parsed: an unauthenticated request with a malformed or oversized body gets
 401, never 422 or 413. Tokens are compared with :func:`secrets.compare_digest`, and
@@ -55,7 +60,8 @@ class Scope:
 
 @dataclass(frozen=True)
 class Rule:
-    """Requests with ``method`` whose path matches ``path`` (a regex) need ``scope``."""
+    """Requests with ``method`` whose whole path matches ``path`` (a regex) need
+    ``scope``. Built by :func:`rules_from_routes`, not by hand."""
 
     method: str
     path: str
@@ -141,9 +147,36 @@ def _bearer_token(scope) -> str | None:
     return None
 
 
-def bearer_docs(scope: Scope) -> HTTPBearer:
-    """A no-op FastAPI security dependency that puts a scope into the OpenAPI document
-    (the check itself is :class:`ScopeGuard`'s, before the body is read)."""
-    return HTTPBearer(auto_error=False, scheme_name=f"{scope.name} token",
-                      description=f"Bearer token of the '{scope.name}' scope ({scope.setting}); "
-                      "the admin token grants every scope.")
+class ScopeBearer(HTTPBearer):
+    """The security dependency a route declares its scope with: a no-op at request time
+    (the check is :class:`ScopeGuard`'s, before the body is read) that documents the
+    scope in OpenAPI and names it for :func:`rules_from_routes`."""
+
+    def __init__(self, scope: Scope):
+        super().__init__(auto_error=False, scheme_name=f"{scope.name} token",
+                         description=f"Bearer token of the '{scope.name}' scope "
+                         f"({scope.setting}); the admin token grants every scope.")
+        self.scope_name = scope.name
+
+
+def bearer_docs(scope: Scope) -> ScopeBearer:
+    """The dependency that puts ``scope`` on a route: in its docs and in the guard."""
+    return ScopeBearer(scope)
+
+
+def rules_from_routes(app) -> list[Rule]:
+    """One :class:`Rule` per method of every route of ``app`` that declares a scope with
+    :func:`bearer_docs` (its path pattern is the route's own, parameters included)."""
+    rules = []
+    for route in app.routes:
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:  # a mounted app or a plain Starlette route: no scope
+            continue
+        names = {d.call.scope_name for d in dependant.dependencies
+                 if isinstance(d.call, ScopeBearer)}
+        if len(names) > 1:
+            raise ValueError(f"route {route.path} declares several scopes: {sorted(names)}")
+        for name in names:
+            rules.extend(Rule(method, route.path_regex.pattern, name)
+                         for method in sorted(route.methods))
+    return rules

@@ -138,6 +138,30 @@ def test_only_the_admin_token_loads_a_version_that_is_not_loaded(
         assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize("which", ["classification", "ingestion"])
+def test_every_route_the_docs_lock_is_guarded_and_no_other(which, guarded_api, ingest_api):
+    """Scopes are declared once, on the route: the guard's rules are read from the same
+    declarations that put the lock into ``/openapi.json``. Every operation the document
+    secures answers 401 without a token (before its handler or body); every other one
+    does not."""
+    import re
+
+    url = guarded_api if which == "classification" else ingest_api
+    document = httpx.get(f"{url}/openapi.json").json()
+    secured, open_ = [], []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            (secured if operation.get("security") else open_).append((method.upper(), path))
+    assert len(secured) >= (4 if which == "classification" else 8)
+    for method, path in secured:
+        concrete = re.sub(r"\{[^}]+\}", "x", path)
+        response = httpx.request(method, f"{url}{concrete}", timeout=30)
+        error_of(response, 401, "unauthorized")
+    for method, path in open_:
+        response = httpx.request(method, f"{url}{path}", timeout=30)
+        assert response.status_code != 401, (method, path, response.text)
+
+
 def test_auth_is_checked_before_the_body(guarded_api):
     url = guarded_api
     bad_bodies = [b"{not json", b'{"article": 3}', "caf\u00e9".encode("latin-1"),
