@@ -38,7 +38,13 @@ CANARY = {"id": 0, "title": "Canary article of the ingestion service",
 
 
 class RetryableError(RuntimeError):
-    """The classification API could not answer now (down, 5xx, timeout, no adapter)."""
+    """The classification API could not answer now (down, 5xx, timeout, no adapter).
+    ``unreachable``: no answer at all (the request never got one), as data for the
+    metrics' ``unavailable`` outcome."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class ServerError(RetryableError):
@@ -90,7 +96,7 @@ class ClassifyLoop:
             response = await self.client.post("/v1/classify", json=body, headers=headers)
         except httpx.HTTPError as error:
             raise RetryableError(f"classification API unreachable: {type(error).__name__}: "
-                                 f"{error}") from error
+                                 f"{error}", unreachable=True) from error
         self.metrics.classify_latency.labels(role).observe(time.perf_counter() - started)
         if response.status_code in (401, 403):
             # A token problem is the deployment's, not the items': keep them pending.
@@ -185,7 +191,7 @@ class ClassifyLoop:
             self.metrics.classify_requests.labels(role, "error").inc()
             results = await self._isolate(role, batch, error)
         except RetryableError as error:
-            outcome = "unavailable" if "unreachable" in str(error) else "error"
+            outcome = "unavailable" if error.unreachable else "error"
             self.metrics.classify_requests.labels(role, outcome).inc()
             self.metrics.classifier_up.set(0)
             await asyncio.to_thread(self.store.record_failure, role, [i.id for i in batch],

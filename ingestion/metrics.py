@@ -53,8 +53,8 @@ class IngestMetrics:
                              registry=r)
         self.source_errors = Counter(
             "signals_ingest_source_errors",
-            "Source problems by kind: timeout, http_status, connection, malformed, "
-            "not_a_feed, no_items, unreadable", ["source", "kind"], registry=r)
+            "Source problems by kind: timeout, http_status, connection, blocked_address, "
+            "too_large, invalid_url, malformed, not_a_feed, no_items, unreadable", ["source", "kind"], registry=r)
         self.last_poll = Gauge("signals_ingest_last_poll_timestamp_seconds",
                                "Unix time of the last successful poll", ["source"], registry=r)
         self.classify_requests = Counter(

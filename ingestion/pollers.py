@@ -60,13 +60,11 @@ class Pollers:
     async def poll_feed(self, feed: FeedSourceConfig) -> int:
         """Fetch and ingest one feed; the number of new items (errors are counted)."""
         try:
-            result = await asyncio.to_thread(read_feed, feed.url, feed.name, feed.timeout_s,
-                                             None, feed.allow_networks)
+            result = await asyncio.to_thread(read_feed, feed.url, feed.name,
+                                             timeout_s=feed.timeout_s,
+                                             allow_networks=feed.allow_networks)
         except FeedError as error:
-            kind = ("timeout" if "timed out" in error.reason
-                    else "http_status" if error.reason.startswith("HTTP")
-                    else "connection")
-            self.metrics.source_errors.labels(feed.name, kind).inc()
+            self.metrics.source_errors.labels(feed.name, error.kind).inc()
             self.metrics.polls.labels(feed.name, "error").inc()
             log.warning("feed %s: %s", feed.name, error)
             return 0

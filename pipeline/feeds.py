@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 import feedparser
@@ -60,13 +60,19 @@ class FeedResult(ReadResult):
     tolerant parse recovered."""
 
 
+FeedErrorKind = Literal["http_status", "too_large", "timeout", "blocked_address",
+                        "invalid_url", "connection"]
+"""Why a feed could not be fetched, as data (the ingestion metrics' ``kind`` label)."""
+
+
 class FeedError(Exception):
     """A feed could not be fetched at all: HTTP error status, timeout, connection error."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, kind: FeedErrorKind = "connection") -> None:
         super().__init__(f"feed {url}: {reason}")
         self.url = url
         self.reason = reason
+        self.kind: FeedErrorKind = kind
 
 
 def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
@@ -85,29 +91,32 @@ def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
         with client.stream("GET", url, headers=headers, timeout=timeout_s,
                            follow_redirects=True) as response:
             if response.status_code >= 400:
-                raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}")
+                raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}",
+                                "http_status")
             body, size = [], 0
             for chunk in response.iter_bytes():  # decompressed
                 size += len(chunk)
                 if size > max_bytes:
-                    raise FeedError(url, f"more than {max_bytes} bytes after decompression")
+                    raise FeedError(url, f"more than {max_bytes} bytes after decompression",
+                                    "too_large")
                 if time.monotonic() > deadline:
-                    raise FeedError(url, f"not complete after {timeout_s:g} s")
+                    raise FeedError(url, f"not complete after {timeout_s:g} s", "timeout")
                 body.append(chunk)
             return FeedAnswer(b"".join(body), str(response.url), response.charset_encoding)
     except BlockedAddress as exc:
         raise FeedError(url, f"refused address {exc} (a feed on your own network: "
-                        "add it to allow_networks)") from exc
+                        "add it to allow_networks)", "blocked_address") from exc
     except httpx.TimeoutException as exc:
-        raise FeedError(url, f"timed out after {timeout_s:g} s ({type(exc).__name__})") from exc
+        raise FeedError(url, f"timed out after {timeout_s:g} s ({type(exc).__name__})",
+                        "timeout") from exc
     except httpx.UnsupportedProtocol as exc:
-        raise FeedError(url, f"invalid URL ({exc})") from exc
+        raise FeedError(url, f"invalid URL ({exc})", "invalid_url") from exc
     except httpx.TransportError as exc:
         raise FeedError(url, f"connection failed ({type(exc).__name__}: {exc})") from exc
     except httpx.RequestError as exc:  # too many redirects, undecodable body
         raise FeedError(url, f"request failed ({type(exc).__name__}: {exc})") from exc
     except httpx.InvalidURL as exc:
-        raise FeedError(url, f"invalid URL ({exc})") from exc
+        raise FeedError(url, f"invalid URL ({exc})", "invalid_url") from exc
     finally:
         client.close()
 

