@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from ingestion.config import IngestConfig
@@ -28,12 +28,14 @@ from ingestion.label_shift import SignalRateTracker
 from ingestion.metrics import IngestMetrics
 from ingestion.schema import Role
 from ingestion.store import NewPrediction, Store, StoredItem
+from pipeline.article import Article
+from serve.schemas import ArticleResult, ClassifyRequest, ClassifyResponse
 
 log = logging.getLogger(__name__)
 
 
-CANARY = {"id": 0, "title": "Canary article of the ingestion service",
-          "text": "A short, plain article the classification API answers when it is up."}
+CANARY = Article(id=0, title="Canary article of the ingestion service",
+                 text="A short, plain article the classification API answers when it is up.")
 """Sent when every item of a failed batch also fails alone (store ids start at 1)."""
 
 
@@ -70,25 +72,26 @@ class ClassifyLoop:
     def adapter_for(self, role: Role) -> str | None:
         return self.config.adapter if role == "primary" else self.config.shadow_adapter
 
-    async def _request(self, role: Role, batch: list[StoredItem]) -> list[dict]:
+    async def _request(self, role: Role, batch: list[StoredItem]) -> list[ArticleResult]:
         """One request to the classification API for ``batch``; its ``results``."""
         # The store id travels as the article id: answers map back unambiguously.
-        return await self._post(role, [item.article.to_record() | {"id": item.id}
+        return await self._post(role, [item.article.model_copy(update={"id": item.id})
                                        for item in batch])
 
-    async def _post(self, role: Role, articles: list[dict]) -> list[dict]:
-        """One request to the classification API; its ``results``."""
-        body: dict[str, Any] = {
-            "articles": articles,
-            "adapter": self.adapter_for(role),
-            # All-or-nothing: a refused batch is retried item by item below, which
-            # records the reason per item.
-            "strict": True}
-        if self.config.threshold is not None:
-            body["threshold"] = self.config.threshold
+    async def _post(self, role: Role, articles: list[Article]) -> list[ArticleResult]:
+        """One request to the classification API, in its own request and response
+        models (``serve/schemas.py``); its ``results``."""
         rate = self.signal_rates.for_request(role) if self.config.label_shift else None
-        if rate is not None:
-            body["signal_rate"] = rate
+        try:
+            request = ClassifyRequest(
+                articles=articles, adapter=self.adapter_for(role),
+                threshold=self.config.threshold, signal_rate=rate,
+                # All-or-nothing: a refused batch is retried item by item below, which
+                # records the reason per item.
+                strict=True)
+        except ValidationError as error:  # what the API would answer 422 for
+            raise RejectedError(f"not a valid classification request: {error}") from error
+        body = request.model_dump(mode="json", by_alias=True, exclude_unset=True)
         headers = ({"Authorization": f"Bearer {self.config.classifier_token}"}
                    if self.config.classifier_token else None)
         started = time.perf_counter()
@@ -113,16 +116,23 @@ class ClassifyLoop:
         if response.status_code >= 400:
             raise RejectedError(f"classification API refused the request "
                                 f"({response.status_code}): {response.text[:300]}")
-        results = response.json()["results"]
-        if sorted(r["id"] for r in results) != sorted(a["id"] for a in articles):
+        try:
+            answer = ClassifyResponse.model_validate_json(response.content)
+        except ValidationError as error:
+            raise RetryableError(f"classification API answered something that is not a "
+                                 f"ClassifyResponse: {error}") from error
+        results = [r for r in answer.results if isinstance(r, ArticleResult)]
+        if len(results) != len(answer.results):  # a strict request has no error entries
+            raise RetryableError("classification API answered errors to a strict request")
+        if sorted(r.id for r in results) != sorted(a.id for a in articles):
             raise RetryableError("classification API answered for other items than asked")
         return results
 
-    def _store_results(self, role: Role, results: list[dict]) -> int:
+    def _store_results(self, role: Role, results: list[ArticleResult]) -> int:
         return self.store.record_predictions(role, [
-            NewPrediction(item_id=r["id"], requested=r["requested"], adapter=r["adapter"],
-                          p_signal=r["p_signal"], threshold=r["threshold"], label=r["label"],
-                          truncated=r["truncated"]) for r in results])
+            NewPrediction(item_id=r.id, requested=r.requested, adapter=r.adapter,
+                          p_signal=r.p_signal, threshold=r.threshold, label=r.label,
+                          truncated=r.truncated) for r in results])
 
     async def _reject(self, role: Role, item_id: int, error: RejectedError) -> None:
         log.error("item %d rejected by the classification API: %s", item_id, error)
@@ -130,13 +140,14 @@ class ClassifyLoop:
         await asyncio.to_thread(self.store.record_failure, role, [item_id], str(error), True)
 
     async def _isolate(self, role: Role, batch: list[StoredItem],
-                       error: ServerError) -> list[dict]:
+                       error: ServerError) -> list[ArticleResult]:
         """After a 5xx for ``batch``: the answers of its items sent one by one. Items
         that fail alone while others are answered (or, when none is, while the API
         answers :data:`CANARY`) count a failure of their own and reach the dead letter
         after ``classify_max_failures``; when the canary fails too, the API is down: the
         items stay pending and ``error`` is raised for the back-off."""
-        results, failed = [], {}
+        results: list[ArticleResult] = []
+        failed: dict[int, str] = {}
         for item in batch if len(batch) > 1 else []:
             try:
                 results += await self._request(role, [item])
@@ -216,7 +227,7 @@ class ClassifyLoop:
         by_id = {item.id: item for item in batch}
         now = time.time()
         for result in results:
-            published = by_id[result["id"]].published_at
+            published = by_id[result.id].published_at
             if published is not None:
                 self.metrics.publication_latency.labels(role).observe(
                     max(0.0, now - published.timestamp()))

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from serve.schemas import ArticleResult
 from train.calibration import estimate_prior, prior_shift
 
 
@@ -37,22 +38,21 @@ class SignalRateTracker:
         self._latest: dict[str, str] = {}  # role -> the version that answered last
         self._lock = threading.Lock()
 
-    def observe(self, role: str, results: Iterable[dict]) -> None:
-        """Add the API's answers (``ArticleResult`` JSON) of one batch. Answers without a
-        calibration (the base model, older versions) are ignored; shifted ones are
-        shifted back to the version's fitting rate first."""
+    def observe(self, role: str, results: Iterable[ArticleResult]) -> None:
+        """Add the API's answers of one batch. Answers without a calibration (the base
+        model, older versions) are ignored; shifted ones are shifted back to the
+        version's fitting rate first."""
         with self._lock:
             for r in results:
-                fitted = r.get("fitted_rate")
-                if fitted is None:
+                if r.fitted_rate is None:
                     continue
-                p = r["p_signal"]
-                if r.get("signal_rate") is not None:
-                    p = prior_shift(p, r["signal_rate"], fitted)
-                key = (r["adapter"], role)
+                p = r.p_signal
+                if r.signal_rate is not None:
+                    p = prior_shift(p, r.signal_rate, r.fitted_rate)
+                key = (r.adapter, role)
                 self._p.setdefault(key, deque(maxlen=self.window)).append(p)
-                self._fitted[key] = fitted
-                self._latest[role] = r["adapter"]
+                self._fitted[key] = r.fitted_rate
+                self._latest[role] = r.adapter
 
     def estimate(self, adapter: str, role: str) -> float | None:
         """The estimated signal rate of the last ``window`` predictions of ``adapter`` in

@@ -41,6 +41,7 @@ from ingestion.config import IngestConfig, PromotionConfig
 from ingestion.metrics import IngestMetrics
 from ingestion.online_metrics import ExpectedConfusion
 from ingestion.store import Store
+from serve.schemas import AliasRequest
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class PromotionGate:
     async def _point(self, client: httpx.AsyncClient, alias: str, version: str) -> None:
         token = self.config.classifier_admin_token
         response = await client.post(
-            f"/v1/aliases/{alias}", json={"adapter": version},
+            f"/v1/aliases/{alias}", json=AliasRequest(adapter=version).model_dump(),
             headers={"Authorization": f"Bearer {token}"} if token else None)
         if response.status_code != 200:
             raise RuntimeError(f"classification API refused to point {alias} at {version} "

@@ -260,7 +260,7 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
                 continue
             result = next(results)
             metrics.articles.labels(result.adapter, str(result.label)).inc()
-            answers.append(ArticleResult(**result.__dict__))
+            answers.append(ArticleResult.model_validate(result, from_attributes=True))
         return ClassifyResponse(results=answers)
 
     @app.get("/v1/adapters", dependencies=classify_auth)

@@ -15,7 +15,11 @@ def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
     from train.registry import AdapterRegistry
 
     out = tmp_path / "out"
+    # ensemble=false: the production recipe fits an ensemble per variant (a TF-IDF grid
+    # over the whole training window, ~1 min each here); tests/train/test_ensemble_training.py
+    # covers it.
     assert main(["--config", "train/configs/production.yaml", "--set", *tiny_overrides,
+                 "ensemble=false",
                  "--variant", "short:", "--variant", "short-s1:seed=1,max_prompt_tokens=192",
                  "--dpo", "max_steps=1", "learning_rate=5e-5",
                  "--then", "update:split=1987-04,max_steps=1",
