@@ -21,6 +21,23 @@ def test_help_lists_every_command():
         assert signals(*sub, "--help").returncode == 0, sub
 
 
+def test_train_fields_shows_every_config_field_with_its_docstring():
+    """`signals train --fields METHOD`: the fields' docstrings in train/config.py reach
+    the command line, with each field's type and default."""
+    from train.config import CONFIGS
+
+    result = signals("train", "--fields", "rlhf")
+    assert result.returncode == 0, result.stderr
+    names = [line.split(":")[0] for line in result.stdout.splitlines()[2:]
+             if line and not line.startswith(" ")]
+    assert names == list(CONFIGS["rlhf"].model_fields)
+    assert "init_adapter: str = required" in result.stdout
+    assert "algorithm: 'rloo' | 'grpo' = 'rloo'" in result.stdout
+    assert "zero advantage" in result.stdout  # init_adapter's docstring
+    bad = signals("train", "--fields", "ppo")
+    assert bad.returncode == 2 and "invalid choice: 'ppo'" in bad.stderr
+
+
 def test_eval_through_a_vllm_that_is_down_says_so(base_model_dir, reuters_dataset, tmp_path):
     """`signals eval --vllm-url` at a port nobody listens on: one clear line, exit 2 (the CLI's error status), and
     no half-written evaluation."""

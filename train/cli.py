@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.prompt import BASE_NAME
 from pipeline.settings import Paths
+from train.config import METHODS
 
 
 # --- commands ----------------------------------------------------------------------
@@ -36,9 +37,12 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from train.config import load_config
+    from train.config import describe_fields, load_config
     from train.jobs import run_training
 
+    if args.fields:
+        print(describe_fields(args.fields))
+        return 0
     config = load_config(args.config, args.set or [])  # fails here, before any work
     version = run_training(config, workers=args.workers, ray_address=args.ray_address,
                            local=args.local)
@@ -224,8 +228,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "train", help="train an adapter (lora, loraplus, qlora, dpo, rlhf) as a Ray job",
         description="Runs under Ray Train: joins RAY_ADDRESS / --ray-address (as under "
         "`ray job submit` or a KubeRay RayJob) or starts a local Ray. Config fields: "
-        "train/config.py; examples: train/configs/*.yaml.")
+        "`signals train --fields METHOD` (train/config.py); examples: "
+        "train/configs/*.yaml.")
     train.add_argument("--config", type=Path, help="YAML config (method + its fields)")
+    train.add_argument("--fields", metavar="METHOD", choices=METHODS,
+                       help="print the config fields of METHOD (type, default, what it does) "
+                       f"and exit; one of {', '.join(METHODS)}")
     train.add_argument("--set", action="append", metavar="FIELD=VALUE",
                        help="override a config field, e.g. --set max_examples=64 (repeatable)")
     train.add_argument("--workers", type=int, default=1,

@@ -56,7 +56,9 @@ class TrainConfig(BaseModel):
     # Defaults are validated too, so the default paths (relative to the data directory)
     # are made absolute here, before the config travels to a Ray worker that runs in
     # another working directory.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Attribute docstrings become field descriptions: `signals train --fields` shows them.
+    model_config = ConfigDict(extra="forbid", validate_default=True,
+                              use_attribute_docstrings=True)
 
     method: str
     """Training method: lora, loraplus, qlora, dpo or rlhf."""
@@ -313,6 +315,36 @@ METHODS = tuple(CONFIGS)
 
 AnyTrainConfig = Annotated[Union[tuple(CONFIGS.values())], Field(discriminator="method")]
 _any_config = TypeAdapter(AnyTrainConfig)
+
+
+def describe_fields(method: str) -> str:
+    """The fields of ``method``'s config: name, type, default and the docstring written
+    under it in this file (``signals train --fields METHOD``)."""
+    import textwrap
+
+    import typing
+
+    def type_name(annotation: Any) -> str:
+        if typing.get_origin(annotation) is Literal:
+            return " | ".join(repr(a) for a in typing.get_args(annotation))
+        if isinstance(annotation, type) and (annotation.__module__ == "builtins"
+                                             or annotation is Path):
+            return annotation.__name__
+        return str(annotation).replace("typing.", "").replace("pathlib.", "")
+
+    config_class = CONFIGS[method]
+    lines = [f"{method}: {(config_class.__doc__ or '').strip().splitlines()[0]}", ""]
+    for name, field in config_class.model_fields.items():
+        default = field.default
+        shown = ("required" if field.is_required() else "[]" if field.default_factory is list
+                 else repr(str(default)) if isinstance(default, Path) else repr(default))
+        lines.append(f"{name}: {type_name(field.annotation)} = {shown}")
+        for paragraph in (field.description or "").split("\n\n"):
+            text = " ".join(paragraph.split())
+            if text:
+                lines += textwrap.wrap(text, 88, initial_indent="    ",
+                                       subsequent_indent="    ")
+    return "\n".join(lines)
 
 
 def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
