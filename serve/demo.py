@@ -150,11 +150,10 @@ def run_demo(options: DemoOptions) -> int:
     url = f"http://127.0.0.1:{options.port}"
     admin_token = os.environ.get("SIGNALS_SERVE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     # The base model gets the prompts the adapter was trained and is served with (its
-    # own cap, not the server's 512 tokens), so both rows read the same text; and, the
-    # demo running nothing else while it classifies, vLLM computes on every core (unless
-    # the caller set these).
+    # own cap, not the server's 512 tokens), so both rows read the same text (unless the
+    # caller set it). vLLM computes on every core: `signals serve`'s default.
     server_env = {"SIGNALS_SERVE_MAX_PROMPT_TOKENS": str(config.max_prompt_tokens),
-                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", **os.environ,
+                  **os.environ,
                   "SIGNALS_DATA_DIR": str(paths.data_dir),
                   "SIGNALS_SERVE_ADMIN_TOKEN": admin_token}
     server = subprocess.Popen(

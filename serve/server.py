@@ -79,7 +79,7 @@ def run_server(config: ServeConfig, preload: list[str] = ()) -> int:
                 kv_cache_gib=config.vllm_kv_cache_gib,
                 log_path=config.registry.parent / "logs" / f"vllm-{config.vllm_port}.log",
                 host="127.0.0.1", api_key=config.vllm_api_key,
-                block_size=config.vllm_block_size)
+                block_size=config.vllm_block_size, cpus=config.vllm_cpus)
             server.start()
             stack.callback(server.stop)
             server.wait_healthy(config.vllm_startup_timeout_s)

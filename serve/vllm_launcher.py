@@ -29,6 +29,12 @@ CPU_LORA_OPS_ENV = "SIGNALS_VLLM_CPU_LORA_OPS"
 # LoRA is enabled); an experiment for bench/bench_serving.py --compile-with-lora.
 CPU_COMPILE_WITH_LORA_ENV = "SIGNALS_VLLM_CPU_COMPILE_WITH_LORA"
 
+# How many cores vLLM's CPU model worker computes on: "all" (every core this process may
+# run on), "vllm" or unset (vLLM's own choice: one core kept for its front end), or a
+# number N (the first N of them; a Kubernetes CPU quantity such as "2" or "1500m" is
+# rounded up, so the Downward API's limits.cpu can be passed straight in).
+CPUS_ENV = "SIGNALS_VLLM_CPUS"
+
 _original_version = metadata.version
 
 
@@ -193,7 +199,41 @@ def _patch_for_vllm_process() -> None:
           flush=True)
 
 
+def cpu_binding(setting: str | None, available: list[int]) -> str | None:
+    """vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` for a :data:`CPUS_ENV` ``setting`` over the
+    ``available`` core ids (sorted); None: leave vLLM's own binding. A ValueError names
+    a setting that is none of ``all``, ``vllm`` or a positive number of cores."""
+    if setting is None or setting.strip() in ("", "vllm"):
+        return None
+    setting = setting.strip()
+    if setting == "all":
+        count = len(available)
+    else:
+        try:
+            count = (-(-int(setting[:-1]) // 1000) if setting.endswith("m")
+                     else int(setting))
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"{CPUS_ENV}={setting!r}: give 'all', 'vllm' or a positive "
+                             "number of cores (e.g. 2, or a Kubernetes quantity like 1500m)")
+    return ",".join(str(core) for core in available[:min(count, len(available))])
+
+
+def _bind_cpus() -> None:
+    """Set vLLM's worker binding from :data:`CPUS_ENV` (CPU build only; an explicit
+    ``VLLM_CPU_OMP_THREADS_BIND`` wins); the child processes inherit it."""
+    if not is_cpu_build() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    binding = cpu_binding(os.environ.get(CPUS_ENV), sorted(os.sched_getaffinity(0)))
+    if binding is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding
+        print(f"serve.vllm_launcher: model worker on cores {binding} ({CPUS_ENV}="
+              f"{os.environ[CPUS_ENV]})", file=sys.stderr, flush=True)
+
+
 def main() -> None:
+    _bind_cpus()
     _patch_for_vllm_process()
     from vllm.entrypoints.cli.main import main as vllm_main
 

@@ -57,7 +57,8 @@ class VLLMServer:
                  lora_target_modules: list[str] = ("qkv_proj", "o_proj"),
                  max_model_len: int = 2048, kv_cache_gib: int = 1, dtype: str = "float32",
                  log_path: Path | None = None, host: str = "127.0.0.1",
-                 api_key: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE):
+                 api_key: str | None = None, block_size: int | None = DEFAULT_BLOCK_SIZE,
+                 cpus: str | None = None):
         self.model = Path(model)
         self.port = port
         self.host = host
@@ -91,6 +92,8 @@ class VLLMServer:
         # vLLM's --api-key, given by environment so that it stays out of `ps`: every
         # /v1 route (completions, runtime LoRA load/unload) then needs the key.
         self.env.pop("VLLM_API_KEY", None)
+        if cpus is not None:  # serve.vllm_launcher binds the CPU worker from it
+            self.env["SIGNALS_VLLM_CPUS"] = cpus
         if api_key:
             self.env["VLLM_API_KEY"] = api_key
         self.process: subprocess.Popen | None = None

@@ -96,6 +96,7 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
     import signal
 
     import httpx
+    import psutil
 
     from serve.vllm_server import wait_until_ok
     from tests.conftest import free_port
@@ -126,11 +127,24 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
             assert completion.status_code == 200, completion.text
             cached.append(completion.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
         assert cached[1] == 64, cached
+        # SIGNALS_SERVE_VLLM_CPUS=all (the default): vLLM's OpenMP threads are pinned one
+        # per core to every core this process may use (vLLM alone keeps one for its
+        # front end: on 2 cores its model computes on one).
+        cores = sorted(os.sched_getaffinity(0))
+        pinned = set()
+        for process in psutil.Process(server.pid).children(recursive=True):
+            for thread in process.threads():
+                allowed = os.sched_getaffinity(thread.id)
+                if len(allowed) == 1:
+                    pinned |= allowed
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{vllm_port}/health", timeout=5)
+    log = (registry_dir.parent / "logs" / f"vllm-{vllm_port}.log").read_text()
+    assert pinned == set(cores), pinned
+    assert f"model worker on cores {','.join(map(str, cores))}" in log
 
 
 def test_adapters_promote_show_and_list(tmp_path):

@@ -520,3 +520,28 @@ def test_grafana_dashboards_are_configmaps_for_the_sidecar():
         assert m["metadata"]["name"] in generators, \
             f"{m['metadata']['name']}: dashboard ConfigMaps keep a stable name (no hash " \
             "suffix), or every update leaves the old copies for the sidecar to load"
+
+
+@pytest.mark.parametrize("kustomization", [k for k in STACKS if "gpu" not in k])
+def test_the_cpu_vllm_worker_computes_on_the_cores_of_its_cpu_limit(kustomization):
+    """vLLM's CPU worker pins a thread to every core it is given: the pod passes its own
+    CPU limit (Downward API) as SIGNALS_VLLM_CPUS, which serve/vllm_launcher.py turns
+    into the binding, so the worker runs as many threads as the quota runs at once."""
+    from serve.vllm_launcher import CPUS_ENV, cpu_binding
+
+    checked = 0
+    for pod in pod_templates(render(kustomization)):
+        for container in pod.spec.get("containers", []):
+            if "serve.vllm_launcher" not in container.get("command", []):
+                continue  # not the CPU vLLM (the gpu overlay runs the official image)
+            entry = env_value(container, CPUS_ENV)
+            assert entry is not None, f"{pod.owner}: no {CPUS_ENV}"
+            field = entry["valueFrom"]["resourceFieldRef"]
+            assert field["resource"] == "limits.cpu", pod.owner
+            assert field.get("containerName", container["name"]) == container["name"]
+            limit = str(container["resources"]["limits"]["cpu"])
+            cores = cpu_binding(limit, list(range(64))).split(",")
+            assert len(cores) == -(-int(limit.rstrip("m")) // (1000 if limit.endswith("m")
+                                                                else 1)), (pod.owner, limit)
+            checked += 1
+    assert checked, f"k8s/{kustomization}: no CPU vLLM container found"

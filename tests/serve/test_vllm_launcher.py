@@ -35,3 +35,16 @@ def test_compile_with_lora_is_off_unless_asked(base_model_dir, monkeypatch):
     assert vllm_launcher.patch_cpu_compile_with_lora()
     assert vllm_launcher.patch_cpu_compile_with_lora()  # a second call changes nothing
     assert _compilation_mode(base_model_dir) != "NONE"
+
+
+def test_the_cpu_setting_binds_the_worker_to_that_many_available_cores():
+    from serve.vllm_launcher import cpu_binding
+
+    assert cpu_binding("all", [0, 1]) == "0,1"
+    assert cpu_binding("1", [0, 1]) == "0"
+    assert cpu_binding("8", [2, 5]) == "2,5"  # never more than the process may use
+    assert cpu_binding("1500m", [0, 1, 2, 3]) == "0,1"  # a Kubernetes quantity, rounded up
+    assert cpu_binding("vllm", [0, 1]) is None and cpu_binding(None, [0, 1]) is None
+    for bad in ("0", "-2", "lots", "0m"):
+        with pytest.raises(ValueError, match="SIGNALS_VLLM_CPUS"):
+            cpu_binding(bad, [0, 1])
