@@ -48,12 +48,12 @@ from statistics import mean
 from types import SimpleNamespace
 from typing import Any
 
-from pipeline.dataset import load_split
+from pipeline.dataset import labelled_sample, load_split
 from pipeline.settings import Paths
 from train.config import TrainConfig
 from train.evaluate import TfidfBaseline, TunedLexical
 from train.experiment import QUALITY_FIELDS, ExperimentConfig, lora_race
-from train.validation import sample_window, split_off_validation
+from train.validation import split_off_validation
 
 # TrainConfig.validation_days' default: the window the adapters were calibrated on
 VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
@@ -310,7 +310,7 @@ def main() -> None:
     reference = TunedLexical(train, args.validation_days, dataset=args.dataset.name)
     _, window, _, _ = split_off_validation(train, args.validation_days)
     scored, validation_f1, simulations = scored_models(
-        scores, reference, {"validation": sample_window(window, None, 0), **test})
+        scores, reference, {"validation": labelled_sample(window), **test})
     models.update(scored)
     chosen, label_shift_default = None, False
     if validation_f1:

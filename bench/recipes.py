@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from pipeline.dataset import load_split
-    from train.evaluate import (Scorer, TfidfBaseline, TunedLexical, f1_difference,
-                                sample_articles)
+    from pipeline.dataset import labelled_sample
+    from train.evaluate import Scorer, TfidfBaseline, TunedLexical, f1_difference
     from train.experiment import adapter_rows
     from train.jobs import run_training
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # The largest cap of any variant: the scorer serves each adapter at its own trained
     # cap within this one (train.classifier), as the server does.
     cap = max(c.max_prompt_tokens for c in configs.values())
-    windows = {split: sample_articles(load_split(shared.dataset, split), args.eval_limit,
+    windows = {split: labelled_sample(load_split(shared.dataset, split), args.eval_limit,
                                       shared.seed) for split in splits}
     train_articles = load_split(shared.dataset, shared.split)
     evaluations: dict[str, dict[str, Any]] = {split: {} for split in splits}

@@ -21,9 +21,9 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.dataset import load_split
+from pipeline.dataset import labelled_sample, load_split
 from pipeline.settings import Paths
-from train.validation import sample_window, split_off_validation
+from train.validation import split_off_validation
 
 VALIDATION = "validation"
 """How the scores name the training split's validation window."""
@@ -54,7 +54,7 @@ def main() -> None:
                if ensemble is not None else None)
     _, window, _, _ = split_off_validation(load_split(args.dataset, args.train_split),
                                            args.validation_days)
-    windows = {VALIDATION: sample_window(window, None, 0),
+    windows = {VALIDATION: labelled_sample(window),
                **{s: [a for a in load_split(args.dataset, s) if a.signal is not None]
                   for s in args.splits}}
     out = {"label": args.label, "version": version.name,

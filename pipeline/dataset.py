@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 from collections.abc import Iterable
 from datetime import date, datetime, timezone
@@ -167,6 +168,18 @@ class DatasetManifest(BaseModel):
             raise KeyError(f"dataset {directory} has no split {name!r}; it has "
                            f"{', '.join(self.splits)}")
         return self.splits[name]
+
+
+def labelled_sample(articles: Iterable[Article], limit: int | None = None,
+                    seed: int = 0) -> list[Article]:
+    """The labelled articles, or a seeded random ``limit`` of them. Random, not the
+    first ones, so a sample keeps the signal rate of what it is drawn from (a window's
+    calibration is fitted to that rate). The one sampling rule of evaluation,
+    calibration, ensembles and the benchmarks."""
+    labelled = [a for a in articles if a.signal is not None]
+    if limit is not None and limit < len(labelled):
+        labelled = random.Random(seed).sample(labelled, limit)
+    return labelled
 
 
 def publication_day(article: Article) -> date:

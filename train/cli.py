@@ -53,14 +53,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from pipeline.dataset import load_split
-    from train.evaluate import Scorer, sample_articles, tfidf_baseline
+    from pipeline.dataset import labelled_sample
+    from train.evaluate import Scorer, tfidf_baseline
     from train.plots import plot_confusion_matrices
 
     paths = Paths()
     dataset = args.dataset or paths.datasets_dir / "reuters-acq"
     registry = args.registry or paths.registry_dir
     base_model = args.base_model or paths.models_dir / "SmolLM2-135M-Instruct"
-    articles = sample_articles(load_split(dataset, args.split), args.limit, args.seed)
+    articles = labelled_sample(load_split(dataset, args.split), args.limit, args.seed)
     if not articles:
         raise ValueError(f"split {args.split!r} of {dataset} has no labelled articles")
     results = {}

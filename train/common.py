@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.article import Article
-from pipeline.dataset import DatasetManifest, load_split, read_manifest
+from pipeline.dataset import DatasetManifest, labelled_sample, load_split, read_manifest
 from train.config import TrainConfig
 from train.ensemble import build_ensemble
 from train.manifest import AdapterManifest, DatasetWindow, LoraShape
 from train.registry import MANIFEST, AdapterNotFound, AdapterRegistry, AdapterVersion
-from train.validation import (WindowArticles, fit_on_window, raw_p_signal, sample_window,
-                              split_off_validation)
+from train.validation import WindowArticles, fit_on_window, raw_p_signal, split_off_validation
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         articles, held_out, first, last = split_off_validation(articles, config.validation_days)
         window = (window[0], (first - timedelta(days=1)).isoformat())
         validation = WindowArticles(
-            sample_window(held_out, config.validation_max_examples, config.seed),
+            labelled_sample(held_out, config.validation_max_examples, config.seed),
             manifest.name, config.dataset, config.split, first, last)
     examples = select_examples(articles, config)
     if not examples:

@@ -31,12 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.article import Article
-from pipeline.dataset import load_split, read_manifest
+from pipeline.dataset import labelled_sample, load_split, read_manifest
 from train.backends import VLLMEndpoint
 from train.calibration import fit_ensemble, window_metrics
 from train.lexical import LEXICAL_GRID, LexicalParams, select_lexical
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
-from train.validation import raw_p_signal, sample_window, split_off_validation
+from train.validation import raw_p_signal, split_off_validation
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_ensemble(registry: AdapterRegistry, name_or_alias: str, dataset: Path,
     split = calibration.fitted_on.split
     train = load_split(dataset, split)
     _, window, first, last = split_off_validation(train, validation_days)
-    window = sample_window(window, None, 0)
+    window = labelled_sample(window)
     if (first, last) != (calibration.fitted_on.date_from, calibration.fitted_on.date_to):
         raise ValueError(f"{source.name} was calibrated on {calibration.fitted_on.date_from}.."
                          f"{calibration.fitted_on.date_to}, not on the last {validation_days} "
@@ -80,7 +80,7 @@ def build_ensemble(registry: AdapterRegistry, name_or_alias: str, dataset: Path,
                              f"window {first}..{last}")
         window = list(articles)
     else:
-        window = sample_window(window, limit, seed)
+        window = labelled_sample(window, limit, seed)
         p_raw = raw_p_signal(base_model, source.path, window, source.prompt_cap(),
                              style=source.prompt_style, vllm=vllm)
     labels = [a.signal for a in window]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,14 +127,6 @@ class Evaluation:
     def predicted(self) -> list[int]:
         """The labels at the threshold its metrics applied."""
         return labels_at(self.p_signal, self.metrics["threshold"])
-
-
-def sample_articles(articles: Sequence[Article], limit: int | None, seed: int = 0) -> list[Article]:
-    """The labelled articles of a split, or a seeded random ``limit`` of them."""
-    labelled = [a for a in articles if a.signal is not None]
-    if limit is None or limit >= len(labelled):
-        return labelled
-    return random.Random(seed).sample(labelled, limit)
 
 
 class Scorer:
@@ -263,10 +254,11 @@ class TfidfBaseline:
         if validation_days is None:
             self.model = tfidf_model(train)
             return
-        from train.validation import sample_window, split_off_validation
+        from pipeline.dataset import labelled_sample
+        from train.validation import split_off_validation
 
         before, window, _, _ = split_off_validation(train, validation_days)
-        window = sample_window(window, None, 0)  # its labelled articles, all of them
+        window = labelled_sample(window)  # its labelled articles, all of them
         self.name, self.model = "tfidf-logreg-validated", tfidf_model(before)
         self.threshold, _ = f1_optimal_threshold([a.signal for a in window],
                                                  tfidf_p_signal(self.model, window))

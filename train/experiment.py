@@ -174,7 +174,8 @@ def _train(config: ExperimentConfig, shared: TrainConfig, **update: Any):
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Train, evaluate and report; returns the report dict (also written to out_dir)."""
-    from train.evaluate import Scorer, TfidfBaseline, TunedLexical, sample_articles
+    from pipeline.dataset import labelled_sample
+    from train.evaluate import Scorer, TfidfBaseline, TunedLexical
     from train.plots import plot_confusion_matrices, plot_loss_curves, plot_per_window
 
     started = time.monotonic()
@@ -189,7 +190,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     # machine) still leaves every model it finished, evaluated.
     adapters: dict[str, Any] = {}
     evaluations: dict[str, dict[str, Any]] = {split: {} for split in config.eval_splits}
-    windows = {split: sample_articles(load_split(config.dataset, split), config.eval_per_split,
+    windows = {split: labelled_sample(load_split(config.dataset, split), config.eval_per_split,
                                       config.seed) for split in config.eval_splits}
     train_articles = load_split(config.dataset, config.train_split)
     baselines = [TfidfBaseline(train_articles,

@@ -177,11 +177,12 @@ def select_lexical(train: Sequence[Article], validation_days: int,
     """Fit every setting of ``grid`` on ``train`` before its last ``validation_days``
     and keep the one with the best calibrated F1 on those days (see the module
     docstring). Only ``train`` is read."""
-    from train.validation import sample_window, split_off_validation
+    from pipeline.dataset import labelled_sample
+    from train.validation import split_off_validation
 
     before, window, first, last = split_off_validation(train, validation_days)
     before = [a for a in before if a.signal is not None]
-    window = sample_window(window, None, 0)
+    window = labelled_sample(window)
     y_before = [a.signal for a in before]
     y_window = [a.signal for a in window]
     signals = sum(y_window)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.article import Article
-from pipeline.dataset import load_split, publication_day, read_manifest
+from pipeline.dataset import labelled_sample, load_split, publication_day, read_manifest
 from pipeline.prompt import PromptStyle
 from train.backends import (AdapterLoadError, BackendTimeout, BackendUnavailable,
                             InProcessBackend, VLLMEndpoint)
@@ -70,15 +69,6 @@ def split_off_validation(articles: Sequence[Article], days: int
         raise ValueError(f"validation_days={days} leaves nothing to train on: the split "
                          f"spans only {first:%Y-%m-%d}..{last:%Y-%m-%d}")
     return before, window, first, last
-
-
-def sample_window(articles: Sequence[Article], limit: int | None, seed: int) -> list[Article]:
-    """The labelled articles of a window, or a seeded random ``limit`` of them (a random
-    sample keeps the window's signal rate, which the calibration is fitted to)."""
-    labelled = [a for a in articles if a.signal is not None]
-    if limit is not None and limit < len(labelled):
-        labelled = random.Random(seed).sample(labelled, limit)
-    return labelled
 
 
 def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article],
@@ -171,7 +161,7 @@ def load_window(dataset: Path, split: str, date_from: date | None = None,
     articles = [a for a in load_split(dataset, split)
                 if (date_from is None or publication_day(a) >= date_from)
                 and (date_to is None or publication_day(a) <= date_to)]
-    chosen = sample_window(articles, limit, seed)
+    chosen = labelled_sample(articles, limit, seed)
     if not chosen:
         raise ValueError(f"no labelled articles in {dataset.name}/{split} between "
                          f"{date_from or 'its start'} and {date_to or 'its end'}")

@@ -84,3 +84,20 @@ def _written(tmp_path):
     directory = tmp_path / "ok"
     write_dataset(directory, {"train": [_article(1, "2024-05-02", 1)]}, {})
     return (directory,)
+
+
+def test_one_labelled_sample_rule_keeps_the_signal_rate_and_the_seed():
+    """Evaluation and calibration drew their samples with two copies of this rule."""
+    from pipeline.article import Article
+    from pipeline.dataset import labelled_sample
+
+    articles = [Article(id=i, title=f"t{i}", signal=None if i % 5 == 0 else int(i % 4 == 0))
+                for i in range(400)]
+    labelled = [a for a in articles if a.signal is not None]
+    assert labelled_sample(articles) == labelled  # no limit: every labelled one, in order
+    assert labelled_sample(articles, 10_000) == labelled
+    drawn = labelled_sample(articles, 100, seed=3)
+    assert len(drawn) == 100 and drawn == labelled_sample(articles, 100, seed=3)
+    assert drawn != labelled[:100] and drawn != labelled_sample(articles, 100, seed=4)
+    rate = sum(a.signal for a in labelled) / len(labelled)
+    assert abs(sum(a.signal for a in drawn) / 100 - rate) < 0.15
