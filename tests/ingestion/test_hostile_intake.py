@@ -304,7 +304,7 @@ def test_one_poison_feed_entry_is_skipped_and_the_rest_of_the_feed_stored(
            "<title>T</title>" + entry(1, "g1") + entry(2, "https://x.example/" + "a" * 10_000)
            + entry(3, "g3") + "</channel></rss>").encode()
     monkeypatch.setattr("ingestion.pollers.read_feed",
-                        lambda url, source, *args: feeds.parse_feed(rss, source))
+                        lambda url, source, **settings: feeds.parse_feed(rss, source))
     store = Store(f"sqlite:///{tmp_path / 'ingest.db'}")
     metrics = IngestMetrics()
     intake = Intake(store, metrics, 0.8, 128, shadow=False)
