@@ -60,6 +60,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True,
                               use_attribute_docstrings=True)
 
+    trainer: ClassVar[str]
+    """``module:function`` that trains a method's config (each subclass names its own;
+    imported only when a job runs, :func:`train.jobs.method_function`)."""
+
     method: str
     """Training method: lora, loraplus, qlora, dpo or rlhf."""
 
@@ -196,8 +200,7 @@ class TrainConfig(BaseModel):
 class LoraTrainConfig(TrainConfig):
     """LoRA supervised fine-tuning: prompt -> label token, loss on the answer only."""
 
-    trainer: ClassVar[str] = "train.lora:train_lora"
-    """``module:function`` that trains it (imported only when a job runs)."""
+    trainer = "train.lora:train_lora"
 
     method: Literal["lora"] = "lora"
     """Plain LoRA SFT."""
@@ -206,8 +209,7 @@ class LoraTrainConfig(TrainConfig):
 class QLoraTrainConfig(TrainConfig):
     """LoRA SFT on a 4-bit NF4 base model (bitsandbytes); GPU first, works on CPU."""
 
-    trainer: ClassVar[str] = "train.lora:train_lora"
-    """``module:function`` that trains it (imported only when a job runs)."""
+    trainer = "train.lora:train_lora"
 
     method: Literal["qlora"] = "qlora"
     """LoRA SFT with ``load_in_4bit`` forced on."""
@@ -219,8 +221,7 @@ class QLoraTrainConfig(TrainConfig):
 class LoraPlusTrainConfig(TrainConfig):
     """LoRA+ SFT: the same as ``lora`` with B learning ``loraplus_lr_ratio`` x faster."""
 
-    trainer: ClassVar[str] = "train.loraplus:train_loraplus"
-    """``module:function`` that trains it (imported only when a job runs)."""
+    trainer = "train.loraplus:train_loraplus"
 
     method: Literal["loraplus"] = "loraplus"
     """LoRA+ SFT."""
@@ -232,8 +233,7 @@ class LoraPlusTrainConfig(TrainConfig):
 class DpoTrainConfig(TrainConfig):
     """Direct preference optimisation: prefer the true label's answer over the other."""
 
-    trainer: ClassVar[str] = "train.dpo:train_dpo"
-    """``module:function`` that trains it (imported only when a job runs)."""
+    trainer = "train.dpo:train_dpo"
 
     method: Literal["dpo"] = "dpo"
     """DPO with TRL; the reference is the starting point (base, or ``init_adapter``)."""
@@ -263,8 +263,7 @@ class DpoTrainConfig(TrainConfig):
 class RlhfTrainConfig(TrainConfig):
     """Reward model + RL (RLOO or GRPO) starting from an SFT adapter."""
 
-    trainer: ClassVar[str] = "train.rlhf:train_rlhf"
-    """``module:function`` that trains it (imported only when a job runs)."""
+    trainer = "train.rlhf:train_rlhf"
 
     method: Literal["rlhf"] = "rlhf"
     """RLHF: reward model on preference pairs, then the policy against it."""
