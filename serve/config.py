@@ -62,8 +62,10 @@ class ServeConfig(BaseSettings):
     vllm_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     """Weights/activations dtype of a vLLM started here. bfloat16 logits are coarse
     (steps of ~0.25 near the label tokens' values), which moves P(signal) by up to
-    ~0.05; float32 agrees with the in-process backend to ~1e-3. Use bfloat16 on GPUs
-    when that precision is acceptable."""
+    ~0.05; float32 agrees with the in-process backend to ~1e-3. ``auto``: bfloat16
+    where this machine computes it natively (a GPU with bf16, a CPU with AVX-512 BF16
+    or AMX; ``train.backends.serving_dtype``), float32 elsewhere. float32 stays the
+    default until F1/ECE on validation in each dtype is measured (issue 31)."""
 
     vllm_block_size: int | None = Field(default=DEFAULT_BLOCK_SIZE, ge=1)
     """KV-cache block size of a vLLM started here (``--block-size``); cached prefixes

@@ -11,7 +11,7 @@ import uvicorn
 
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
-from train.backends import Backend, InProcessBackend, VLLMBackend
+from train.backends import Backend, InProcessBackend, VLLMBackend, serving_dtype
 from train.classifier import build_classifier
 from serve.config import ServeConfig
 from serve.vllm_server import VLLMServer
@@ -75,7 +75,7 @@ def run_server(config: ServeConfig, preload: list[str] = ()) -> int:
             server = VLLMServer(
                 config.base_model, config.vllm_port, config.vllm_served_name,
                 max_loras=config.max_loras, max_lora_rank=rank, lora_target_modules=modules,
-                max_model_len=config.vllm_max_model_len, dtype=config.vllm_dtype,
+                max_model_len=config.vllm_max_model_len, dtype=serving_dtype(config.vllm_dtype),
                 kv_cache_gib=config.vllm_kv_cache_gib,
                 log_path=config.registry.parent / "logs" / f"vllm-{config.vllm_port}.log",
                 host="127.0.0.1", api_key=config.vllm_api_key,

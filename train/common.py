@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.article import Article
 from pipeline.dataset import DatasetManifest, labelled_sample, load_split, read_manifest
+from train.backends import native_bf16
 from train.config import TrainConfig
 from train.ensemble import build_ensemble
 from train.manifest import AdapterManifest, DatasetWindow, LoraShape
@@ -219,17 +220,6 @@ def peft_model(config: TrainConfig, model):
         log.info("starting from adapter %s", path)
         return PeftModel.from_pretrained(model, str(path), is_trainable=True)
     return get_peft_model(model, lora_config(config))
-
-
-def native_bf16() -> bool:
-    """Whether this machine computes bfloat16 natively (CUDA with bf16, or a CPU with
-    AVX-512 BF16/AMX through oneDNN). Measured on an AMD EPYC without it: a bf16 matmul
-    ran at 0.8 GFLOP/s against 46.7 in float32, so autocast there is a slowdown."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def use_bf16(config: TrainConfig) -> bool:

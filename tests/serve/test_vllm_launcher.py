@@ -48,3 +48,28 @@ def test_the_cpu_setting_binds_the_worker_to_that_many_available_cores():
     for bad in ("0", "-2", "lots", "0m"):
         with pytest.raises(ValueError, match="SIGNALS_VLLM_CPUS"):
             cpu_binding(bad, [0, 1])
+
+
+def _cpu_flags() -> set[str]:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not _cpu_flags(), reason="no /proc/cpuinfo flags on this machine")
+def test_auto_serving_dtype_is_bfloat16_exactly_where_this_cpu_computes_it():
+    """``vllm_dtype: auto`` follows the CPU's own flags (AVX-512 BF16 or AMX: bfloat16;
+    neither: float32, where bfloat16 ran tens of times slower); explicit dtypes are kept
+    and unknown ones refused."""
+    import torch
+
+    from train.backends import serving_dtype
+
+    assert not torch.cuda.is_available()
+    native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert serving_dtype("auto") == ("bfloat16" if native else "float32")
+    assert serving_dtype("float32") == "float32"
+    assert serving_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="unknown serving dtype 'int8'"):
+        serving_dtype("int8")
