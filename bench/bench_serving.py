@@ -5,26 +5,35 @@ a flag says otherwise: float32, the segment LoRA ops, prefix caching on with blo
 32 tokens; the cache is emptied before every timed workload, so only what is shared
 within one workload is reused, the prompt's fixed instruction, and no workload is
 served from another's cache), one classification API (``signals serve --vllm-url``)
-in its own process. Six workloads on the same April 1987 articles, in requests of
+in its own process. Seven workloads on the same April 1987 articles, in requests of
 ``--batch`` articles with ``--concurrency`` in flight, each run ``--rounds`` times
 round-robin (the table gives the median):
 
 * base model, one adapter, three adapters mixed in the same batches
   (raw: one request per adapter, sent together; API: one ``items`` request);
-* each through raw vLLM (``/v1/completions`` with the API's own prompt token ids and
-  the two label tokens' logprobs) and through the API (``POST /v1/classify``).
+* each through raw vLLM (``/v1/completions``) and through the API
+  (``POST /v1/classify``). Every workload reads the prompt token ids the API sends for
+  its model: the base model's prompts carry the full instruction, an adapter's its own
+  style (the production recipe's short one), both capped at the adapter's cap. With
+  the full instruction, most of a 128-token prompt is the same for every article and
+  comes from vLLM's prefix cache; the short one fits in less than a KV block, so an
+  adapter's prompt is computed whole. Raw vLLM's base model therefore also reads the
+  adapter's prompts (``raw/base (short prompts)``): the ratios on equal tokens are
+  taken against it.
 
-Reported per workload: articles/s, prompt tokens/s, the ratio to base on the same
-path, and the fraction of the roof. The roof is computed in this run: the base
+Reported per workload: articles/s, prompt tokens/s, the prompt tokens vLLM computed
+(not served from the cache) per article, the ratio to base on the same path and to
+raw base on the same prompts, and the fraction of the roof. The roof is computed in this run: the base
 model's FLOPs for these prompts (from its config: every linear layer, causal
 attention, the LM head once per article) over the best torch matmul rate this CPU
-reaches in the served dtype with the threads vLLM's model worker gets (it keeps one
-of the two cores for its front end). LoRA FLOPs (rank 16: under 1% of the linear
+reaches in the served dtype with the threads vLLM's model worker gets (``--cpus``:
+vLLM's own choice keeps one of two cores for its front end). LoRA FLOPs (rank 16: under 1% of the linear
 layers') are not counted as useful work.
 
     python bench/bench_serving.py --adapter NAME [--articles 96] [--dtype float32]
         [--lora-ops segment|vllm] [--max-num-batched-tokens N] [--rounds 3]
         [--no-prefix-caching] [--block-size N] [--compile-with-lora] [--reserved-cpus N]
+        [--cpus all|vllm|N]
         [--out FILE]
 
 Writes bench/results/serving.json (or --out).
@@ -57,7 +66,8 @@ from pipeline.prompt import encode_prompt, label_token_ids  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
 from serve.server import lora_settings  # noqa: E402
-from serve.vllm_launcher import CPU_COMPILE_WITH_LORA_ENV, CPU_LORA_OPS_ENV  # noqa: E402
+from serve.vllm_launcher import (  # noqa: E402
+    CPU_COMPILE_WITH_LORA_ENV, CPU_LORA_OPS_ENV, cpu_binding)
 from serve.vllm_server import VLLMServer, wait_until_ok  # noqa: E402
 from train.registry import AdapterRegistry  # noqa: E402
 from train.variants import publish_variant  # noqa: E402
@@ -239,6 +249,11 @@ def main() -> None:
                         help="cores vLLM keeps for its front end "
                              "(VLLM_CPU_NUM_OF_RESERVED_CPU; vLLM's default 1 leaves its "
                              "model worker 1 thread on 2 cores; 0 gives it all)")
+    parser.add_argument("--cpus", default="vllm",
+                        help="cores vLLM's model worker computes on, as "
+                             "SIGNALS_SERVE_VLLM_CPUS gives them to `signals serve` "
+                             "(all, vllm, or a number; default vllm: vLLM's own choice, "
+                             "one thread on 2 cores; `signals serve` uses all)")
     parser.add_argument("--block-size", type=int, default=ServeConfig().vllm_block_size,
                         help="vLLM's KV block size; a prefix is reused in whole blocks "
                              "(default: as served; 0: vLLM's own, 128 on a CPU)")
@@ -255,6 +270,9 @@ def main() -> None:
     # vLLM reserves one core for its front end unless told otherwise.
     reserved = 1 if args.reserved_cpus is None else args.reserved_cpus
     worker_threads = max(1, (os.cpu_count() or 2) - reserved)
+    binding = cpu_binding(args.cpus, sorted(os.sched_getaffinity(0)))
+    if binding is not None:  # the worker's threads are bound to these cores
+        worker_threads = len(binding.split(","))
     roof = matmul_peak_flops(DTYPES[args.dtype], worker_threads)
     roof_all_cores = matmul_peak_flops(DTYPES[args.dtype], os.cpu_count() or 2)
     # Both dtypes' matmul peak, whichever is served: bfloat16 pays only on CPUs with
@@ -277,9 +295,16 @@ def main() -> None:
     sample = random.Random(0).sample(april, args.articles)
     records = [a.to_record() for a in sample]
     limit = min(serve_defaults.max_prompt_tokens, source.max_prompt_tokens or 10**9)
-    # Base and adapters get the same prompts here (the API caps both at ``limit``).
-    prompts = [encode_prompt(a, tokenizer, limit).token_ids for a in sample]
-    lengths = [len(p) for p in prompts]
+    # Each workload reads the token ids the API sends for its model: the base model's
+    # prompts use the full instruction, the adapter's its own style (the production
+    # recipe's short one), both capped at ``limit``. The base model also reads the
+    # adapter's prompts on the raw path, so the LoRA cost is measured on equal tokens.
+    prompt_sets = {"full": [encode_prompt(a, tokenizer, limit).token_ids for a in sample],
+                   source.prompt_style: [encode_prompt(a, tokenizer, limit,
+                                                       source.prompt_style).token_ids
+                                         for a in sample]}
+    lengths_by_set = {name: [len(p) for p in ids] for name, ids in prompt_sets.items()}
+    lengths = lengths_by_set["full"]
     sample_flops = base_model_flops(model_config, lengths)
     batches = [list(range(i, min(i + args.batch, len(sample))))
                for i in range(0, len(sample), args.batch)]
@@ -288,7 +313,8 @@ def main() -> None:
     vllm = VLLMServer(base, _free_port(), "base", max_loras=4, max_lora_rank=rank,
                       lora_target_modules=modules, dtype=args.dtype,
                       log_path=RESULTS / "vllm-serving.log",
-                      block_size=args.block_size or None)  # None: vLLM's default
+                      block_size=args.block_size or None,  # None: vLLM's default
+                      cpus=args.cpus)
     if args.prefix_caching:
         vllm.env["VLLM_SERVER_DEV_MODE"] = "1"  # POST /reset_prefix_cache
     else:
@@ -309,9 +335,12 @@ def main() -> None:
         "max_num_seqs": args.max_num_seqs, "rounds": args.rounds,
         "prefix_caching": args.prefix_caching, "block_size": args.block_size,
         "compile_with_lora": args.compile_with_lora, "reserved_cpus": args.reserved_cpus,
+        "cpus": args.cpus, "vllm_worker_cores": binding,
         "vllm_worker_threads": worker_threads,
-        "prompt_tokens": {"total": sum(lengths), "mean": round(sum(lengths) / len(lengths), 1),
-                          "max": max(lengths), "limit": limit},
+        "prompt_tokens": {name: {"total": sum(ls), "mean": round(sum(ls) / len(ls), 1),
+                                 "max": max(ls), "limit": limit}
+                          for name, ls in lengths_by_set.items()},
+        "adapter_prompt_style": source.prompt_style,
         "lora": {"rank": rank, "vllm_target_modules": modules, "source": args.adapter},
         "roof": {**roof, "all_cores_peak_gflops": roof_all_cores["peak_gflops"],
                  "peak_gflops_by_dtype": peak_by_dtype,
@@ -334,8 +363,9 @@ def main() -> None:
         try:
             wait_until_ok(f"http://127.0.0.1:{api_port}/ready", 300, api, "signals serve")
             report["workloads"] = asyncio.run(_measure(
-                vllm.url, f"http://127.0.0.1:{api_port}", names, prompts, records,
-                batches, labels, args.concurrency, args.rounds, args.prefix_caching))
+                vllm.url, f"http://127.0.0.1:{api_port}", names, prompt_sets,
+                source.prompt_style, records, batches, labels, args.concurrency,
+                args.rounds, args.prefix_caching))
         finally:
             api.terminate()
             api.wait(30)
@@ -347,34 +377,51 @@ def main() -> None:
     shutil.rmtree(scratch)
 
     peak = roof["peak_gflops"] * 1e9
-    # With the prefix cache on, the roof counts only what vLLM computed: the tokens
-    # after each prompt's cached part, taking every article to have the cached tokens
-    # vLLM reported for requests' last prompts on the raw base workload (an upper
-    # bound: the first prompts of a workload find nothing cached).
-    cached_by_round = report["workloads"]["raw/base"]["cached_prompt_tokens_by_round"]
-    cached_per_article = (statistics.median(cached_by_round)
-                          if args.prefix_caching and cached_by_round else 0)
-    computed_flops = base_model_flops(model_config, lengths, round(cached_per_article))
-    report["roof"]["cached_prompt_tokens_per_article"] = round(cached_per_article, 1)
-    report["roof"]["computed_gflop_per_article"] = round(
-        computed_flops / len(sample) / 1e9, 3)
-    report["roof"]["roof_articles_per_s_computed"] = round(
-        peak * len(sample) / computed_flops, 2)
+    # With the prefix cache on, the roof counts only what vLLM computed: per prompt set,
+    # the tokens after each prompt's cached part, taking every article to have the cached
+    # tokens vLLM reported for requests' last prompts on the raw base workload over that
+    # set (an upper bound: the first prompts of a workload find nothing cached).
+    computed = {}
+    for prompt_set, ls in lengths_by_set.items():
+        by_round = report["workloads"][base_workload(prompt_set)]["cached_prompt_tokens_by_round"]
+        cached = statistics.median(by_round) if args.prefix_caching and by_round else 0
+        flops = base_model_flops(model_config, ls, round(cached))
+        computed[prompt_set] = {
+            "cached_prompt_tokens_per_article": round(cached, 1),
+            "computed_prompt_tokens_per_article": round(
+                statistics.mean(max(1, n - min(round(cached), n - 1)) for n in ls), 1),
+            "computed_gflop_per_article": round(flops / len(sample) / 1e9, 3),
+            "roof_articles_per_s_computed": round(peak * len(sample) / flops, 2),
+            "flops": flops}
+    report["roof"]["computed_by_prompts"] = {
+        k: {f: v for f, v in c.items() if f != "flops"} for k, c in computed.items()}
     for name, row in report["workloads"].items():
+        ls, work = lengths_by_set[row["prompts"]], computed[row["prompts"]]
         row["articles_per_s"] = round(len(sample) / row["seconds"], 3)
         row["articles_per_s_range"] = [round(len(sample) / max(row["seconds_by_round"]), 3),
                                        round(len(sample) / min(row["seconds_by_round"]), 3)]
-        row["prompt_tokens_per_s"] = round(sum(lengths) / row["seconds"], 1)
-        row["fraction_of_roof"] = round(computed_flops / row["seconds"] / peak, 3)
-    for path in ("raw", "api"):
-        base_rate = report["workloads"][f"{path}/base"]["articles_per_s"]
-        for model in ("base", "one adapter", "3 adapters mixed"):
-            row = report["workloads"][f"{path}/{model}"]
-            row["ratio_to_base"] = round(row["articles_per_s"] / base_rate, 3)
+        row["prompt_tokens_per_s"] = round(sum(ls) / row["seconds"], 1)
+        row["computed_prompt_tokens_per_article"] = work["computed_prompt_tokens_per_article"]
+        row["fraction_of_roof"] = round(work["flops"] / row["seconds"] / peak, 3)
     w = report["workloads"]
+    same = base_workload(source.prompt_style)
+    for name, row in w.items():
+        row["ratio_to_base"] = round(
+            row["articles_per_s"] / w[f"{name.split('/')[0]}/base"]["articles_per_s"], 3)
+        # The same tokens through raw vLLM's base model: what LoRA and the API cost.
+        if row["prompts"] == source.prompt_style:
+            row["ratio_to_raw_base_same_prompts"] = round(
+                row["articles_per_s"] / w[same]["articles_per_s"], 3)
     report["goals"] = {
-        "lora_over_base_raw": w["raw/one adapter"]["ratio_to_base"],
+        # Equal tokens: the adapter against the base model reading the adapter's prompts.
+        "lora_over_base_raw": w["raw/one adapter"]["ratio_to_raw_base_same_prompts"],
+        # Through the API the base model reads its own (full-instruction) prompts, which
+        # share more of the prefix cache: different work, see computed tokens per article.
         "lora_over_base_api": w["api/one adapter"]["ratio_to_base"],
+        "api_over_raw_one_adapter": round(w["api/one adapter"]["articles_per_s"]
+                                          / w["raw/one adapter"]["articles_per_s"], 3),
+        "api_one_adapter_over_raw_base_same_prompts":
+            w["api/one adapter"]["ratio_to_raw_base_same_prompts"],
         "mixed_over_one_raw": round(w["raw/3 adapters mixed"]["articles_per_s"]
                                     / w["raw/one adapter"]["articles_per_s"], 3),
         "mixed_over_one_api": round(w["api/3 adapters mixed"]["articles_per_s"]
@@ -382,7 +429,7 @@ def main() -> None:
         "base_fraction_of_roof_raw": w["raw/base"]["fraction_of_roof"],
         # What the sample's FLOPs per article allow at 100% of the roof, base model.
         "april_1987_minutes_at_the_roof": round(
-            APRIL_1987_ARTICLES / report["roof"]["roof_articles_per_s_computed"] / 60, 1),
+            APRIL_1987_ARTICLES / computed["full"]["roof_articles_per_s_computed"] / 60, 1),
         # An estimate from this sample's rate, not a run over the whole month.
         "april_1987_minutes_api_one_adapter_estimate": round(
             APRIL_1987_ARTICLES / w["api/one adapter"]["articles_per_s"] / 60, 1),
@@ -393,12 +440,18 @@ def main() -> None:
     print(_markdown(report))
 
 
-async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
-                   concurrency, rounds, prefix_caching) -> dict:
+def base_workload(prompt_style: str) -> str:
+    """The raw base-model workload that reads the prompts of ``prompt_style``."""
+    return "raw/base" if prompt_style == "full" else f"raw/base ({prompt_style} prompts)"
+
+
+async def _measure(vllm_url, api_url, names, prompt_sets, adapter_style, records, batches,
+                   labels, concurrency, rounds, prefix_caching) -> dict:
     raw = httpx.AsyncClient(base_url=vllm_url, timeout=900)
     api = httpx.AsyncClient(base_url=api_url, timeout=900)
 
-    async def complete(model, indices):
+    async def complete(model, indices, prompt_style):
+        prompts = prompt_sets[prompt_style]
         response = await raw.post("/v1/completions", json={
             "model": model, "prompt": [prompts[i] for i in indices], "max_tokens": 1,
             "temperature": 0, "logprobs": 1,
@@ -418,28 +471,36 @@ async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
         return {name: [i for k, i in enumerate(batch) if k % 3 == n]
                 for n, name in enumerate(names)}
 
+    # (workload: (what it sends, the prompt set it reads)); the API renders the same
+    # prompts as the raw path gets: the base model's full ones, the adapters' own style.
+    style = adapter_style
     senders = {
-        "raw/base": lambda b: complete("base", b),
-        "raw/one adapter": lambda b: complete(names[0], b),
-        "raw/3 adapters mixed": lambda b: asyncio.gather(*(
-            complete(name, idx) for name, idx in mixed_split(b).items() if idx)),
-        "api/base": lambda b: classify({"articles": [records[i] for i in b]}),
-        "api/one adapter": lambda b: classify({"articles": [records[i] for i in b],
-                                               "adapter": names[0]}),
-        "api/3 adapters mixed": lambda b: classify({"items": [
+        "raw/base": (lambda b: complete("base", b, "full"), "full"),
+        **({base_workload(style): (lambda b: complete("base", b, style), style)}
+           if style != "full" else {}),
+        "raw/one adapter": (lambda b: complete(names[0], b, style), style),
+        "raw/3 adapters mixed": (lambda b: asyncio.gather(*(
+            complete(name, idx, style) for name, idx in mixed_split(b).items() if idx)),
+            style),
+        "api/base": (lambda b: classify({"articles": [records[i] for i in b]}), "full"),
+        "api/one adapter": (lambda b: classify({"articles": [records[i] for i in b],
+                                                "adapter": names[0]}), style),
+        "api/3 adapters mixed": (lambda b: classify({"items": [
             {"article": records[i], "adapter": names[k % 3]} for k, i in enumerate(b)]}),
+            style),
     }
     cached: list[int] = []  # per raw request: its last prompt's tokens from the cache
-    results = {label: {"seconds_by_round": [], "load_average": [],
-                       "cached_prompt_tokens_by_round": []} for label in senders}
+    results = {label: {"prompts": prompt_style, "seconds_by_round": [], "load_average": [],
+                       "cached_prompt_tokens_by_round": []}
+               for label, (_, prompt_style) in senders.items()}
     # (raw workloads: the mean, over requests, of the cached tokens of a request's last
     # prompt; the first prompts of a workload, scheduled together, all compute the prefix)
     try:
-        for label, send in senders.items():
+        for label, (send, _) in senders.items():
             await send(batches[0][:4])  # warm every path first (adapter load, lazy init)
         # Round-robin: a slow minute of a shared machine hits every workload alike.
         for round_ in range(rounds):
-            for label, send in senders.items():
+            for label, (send, _) in senders.items():
                 if prefix_caching:  # nothing cached from an earlier workload or round
                     (await raw.post("/reset_prefix_cache")).raise_for_status()
                 load = _load_average()
@@ -462,14 +523,19 @@ async def _measure(vllm_url, api_url, names, prompts, records, batches, labels,
 
 
 def _markdown(report: dict) -> str:
-    rows = ["| path | workload | articles/s (median) | min..max over rounds | "
-            "prompt tokens/s | ratio to base | fraction of roof |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| path | workload | prompts | computed tokens/article | articles/s (median) | "
+            "min..max over rounds | prompt tokens/s | ratio to base | "
+            "ratio to raw base, same prompts | fraction of roof |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in report["workloads"].items():
-        path, model = name.split("/")
+        path, model = name.split("/", 1)
         low, high = row["articles_per_s_range"]
-        rows.append(f"| {path} | {model} | {row['articles_per_s']:.3f} | {low:.3f}..{high:.3f} | "
+        same = row.get("ratio_to_raw_base_same_prompts")
+        rows.append(f"| {path} | {model} | {row['prompts']} | "
+                    f"{row['computed_prompt_tokens_per_article']:.0f} | "
+                    f"{row['articles_per_s']:.3f} | {low:.3f}..{high:.3f} | "
                     f"{row['prompt_tokens_per_s']:.0f} | {row['ratio_to_base']:.2f} | "
+                    f"{'' if same is None else f'{same:.2f}'} | "
                     f"{row['fraction_of_roof']:.3f} |")
     return "\n".join(rows)
 
