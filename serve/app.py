@@ -265,10 +265,15 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
 
     @app.get("/v1/adapters", dependencies=classify_auth)
     async def list_adapters() -> dict:
-        """Adapters in the registry with their manifests, the aliases, what is loaded."""
+        """Adapters in the registry with their manifests, the aliases, what is loaded;
+        ``dtype_mismatch``: the version's calibration was fitted in another dtype than
+        the backend computes in (``served_dtype``), so it may not hold (null: unknown)."""
         return {
             "adapters": [{"name": v.name, "loaded": v.name in classifier.loaded,
-                          "manifest": v.manifest.to_json()} for v in registry.list()],
+                          "manifest": v.manifest.to_json(),
+                          "dtype_mismatch": classifier.dtype_mismatch(v)}
+                         for v in registry.list()],
+            "served_dtype": classifier.backend.dtype,
             "aliases": registry.aliases(),
             "loaded": list(classifier.loaded),
         }

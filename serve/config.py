@@ -65,7 +65,9 @@ class ServeConfig(BaseSettings):
     ~0.05; float32 agrees with the in-process backend to ~1e-3. ``auto``: bfloat16
     where this machine computes it natively (a GPU with bf16, a CPU with AVX-512 BF16
     or AMX; ``train.backends.serving_dtype``), float32 elsewhere. float32 stays the
-    default until F1/ECE on validation in each dtype is measured (issue 31)."""
+    default until F1/ECE on validation in each dtype is measured (issue 31). With
+    ``vllm_url``, say the dtype that server was started in: the API compares it with
+    the dtype each version was calibrated in (``GET /v1/adapters``)."""
 
     vllm_block_size: int | None = Field(default=DEFAULT_BLOCK_SIZE, ge=1)
     """KV-cache block size of a vLLM started here (``--block-size``); cached prefixes

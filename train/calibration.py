@@ -123,6 +123,13 @@ class Calibration(BaseModel):
     after: WindowMetrics
     """Calibrated P(signal) on the window at :attr:`threshold`."""
 
+    dtype: str | None = None
+    """The dtype of the model whose raw P(signal) this was fitted on (``float32`` in
+    process; the vLLM server's when fitted through ``--vllm-url``). The API flags a
+    version served in another dtype (``dtype_mismatch`` in ``GET /v1/adapters``): its
+    raw P moves (up to ~0.05 between float32 and bfloat16), so the fit may not hold.
+    None: not recorded (versions before 2026-12-07, or an unknown vLLM dtype)."""
+
     def apply(self, p_raw: float, serving_base_rate: float | None = None) -> float:
         """Calibrated P(signal) of one raw P; prior-shifted when a serving rate is given."""
         p = _sigmoid(self.slope * logit(p_raw) + self.intercept)
@@ -292,13 +299,16 @@ def expected_calibration_error(labels: Sequence[int], p_signal: Sequence[float],
 
 
 def fit_calibration(labels: Sequence[int], p_raw: Sequence[float], window: CalibrationWindow,
-                    method: Literal["platt", "temperature"] = "platt") -> Calibration:
-    """Fit the logit scaling and the F1-optimal threshold on one labelled window."""
+                    method: Literal["platt", "temperature"] = "platt",
+                    dtype: str | None = None) -> Calibration:
+    """Fit the logit scaling and the F1-optimal threshold on one labelled window
+    (``dtype``: that of the model that computed ``p_raw``, recorded)."""
     labels = [int(v) for v in labels]
     slope, intercept = fit_logit_scaling(labels, p_raw, method)
     unfitted = Calibration(  # to apply the parameters before the threshold is known
         method=method, slope=slope, intercept=intercept, threshold=0.5, fitted_on=window,
-        before=window_metrics(labels, p_raw, 0.5), after=window_metrics(labels, p_raw, 0.5))
+        before=window_metrics(labels, p_raw, 0.5), after=window_metrics(labels, p_raw, 0.5),
+        dtype=dtype)
     calibrated = [unfitted.apply(p) for p in p_raw]
     threshold, _ = f1_optimal_threshold(labels, calibrated)
     return unfitted.model_copy(update={

@@ -112,7 +112,24 @@ class SignalClassifier:
             await self.backend.load_adapter(version.name, version.path)
             self.loaded[version.name] = version
             log.info("loaded adapter %s from %s", version.name, version.path)
+            if self.dtype_mismatch(version):
+                log.warning("adapter %s was calibrated in %s and is served in %s: its raw "
+                            "P moves, so its calibration and threshold may not hold; "
+                            "recalibrate it through this server (signals adapters "
+                            "calibrate --vllm-url ... --vllm-dtype %s)", version.name,
+                            version.calibration.dtype, self.backend.dtype,
+                            self.backend.dtype)
         return version
+
+    def dtype_mismatch(self, version: AdapterVersion) -> bool | None:
+        """Whether ``version``'s calibration was fitted in another dtype than the backend
+        computes in; None when either is unknown (no calibration, none recorded, or a
+        vLLM server whose dtype was not given)."""
+        calibration = version.calibration
+        served = self.backend.dtype
+        if calibration is None or calibration.dtype is None or served is None:
+            return None
+        return calibration.dtype != served
 
     async def _make_room(self, wait_s: float = 30.0) -> None:
         """Unload least recently used adapters that no request is using (lock held).

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.prompt import BASE_NAME
 from pipeline.settings import Paths
+from train.backends import SERVING_DTYPES
 from train.config import METHODS
 
 
@@ -142,7 +143,6 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
-    from train.backends import VLLMEndpoint
     from train.registry import AdapterRegistry
     from train.validation import load_window, recalibrate
 
@@ -150,8 +150,7 @@ def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
     registry = AdapterRegistry(args.registry or paths.registry_dir)
     window = load_window(args.dataset or paths.datasets_dir / "reuters-acq", args.split,
                          args.date_from, args.date_to, args.limit, args.seed)
-    vllm = VLLMEndpoint(args.vllm_url, args.vllm_served_name,
-                        os.environ.get("VLLM_API_KEY")) if args.vllm_url else None
+    vllm = _vllm_endpoint(args)
     version = recalibrate(registry, args.name, window, args.base_model, args.method, vllm)
     c = version.calibration
     print(f"{version.name}: recalibrated from {version.manifest.recalibrated_from} on "
@@ -166,14 +165,12 @@ def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_ensemble(args: argparse.Namespace) -> int:
-    from train.backends import VLLMEndpoint
     from train.ensemble import build_ensemble
     from train.registry import AdapterRegistry
 
     paths = Paths()
     registry = AdapterRegistry(args.registry or paths.registry_dir)
-    vllm = VLLMEndpoint(args.vllm_url, args.vllm_served_name,
-                        os.environ.get("VLLM_API_KEY")) if args.vllm_url else None
+    vllm = _vllm_endpoint(args)
     version = build_ensemble(registry, args.name, args.dataset or paths.datasets_dir /
                              "reuters-acq", args.validation_days, vllm, limit=args.limit,
                              seed=args.seed)
@@ -201,6 +198,16 @@ def cmd_adapters_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vllm_endpoint(args: argparse.Namespace):
+    """The running vLLM server ``--vllm-url`` names (None: score in this process)."""
+    from train.backends import VLLMEndpoint
+
+    if not args.vllm_url:
+        return None
+    return VLLMEndpoint(args.vllm_url, args.vllm_served_name, os.environ.get("VLLM_API_KEY"),
+                        dtype=args.vllm_dtype)
+
+
 # --- parser ------------------------------------------------------------------------
 
 def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +219,10 @@ def _add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
                         "whole windows on a CPU")
     parser.add_argument("--vllm-served-name", default=BASE_NAME,
                         help="the base model's name on that server (default: base)")
+    parser.add_argument("--vllm-dtype", choices=SERVING_DTYPES,
+                        help="the dtype that server computes in (its --dtype), recorded "
+                        "with a calibration fitted there so the API can flag a version "
+                        "served in another (default: not recorded)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:

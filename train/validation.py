@@ -28,8 +28,8 @@ from typing import Literal
 from pipeline.article import Article
 from pipeline.dataset import labelled_sample, load_split, publication_day, read_manifest
 from pipeline.prompt import PromptStyle
-from train.backends import (AdapterLoadError, BackendTimeout, BackendUnavailable,
-                            InProcessBackend, VLLMEndpoint)
+from train.backends import (INPROCESS_DTYPE, AdapterLoadError, BackendTimeout,
+                            BackendUnavailable, InProcessBackend, VLLMEndpoint)
 from train.calibration import Calibration, CalibrationWindow, fit_calibration
 from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
@@ -134,15 +134,17 @@ def calibrate_on_window(base_model: Path, adapter_dir: Path, window: WindowArtic
                          f"{window.dataset}/{window.split} has no labelled articles")
     p_raw = raw_p_signal(base_model, adapter_dir, window.articles, max_prompt_tokens,
                          style=style, vllm=vllm)
-    return fit_on_window(window, p_raw, method)
+    return fit_on_window(window, p_raw, method,
+                         dtype=vllm.dtype if vllm is not None else INPROCESS_DTYPE)
 
 
 def fit_on_window(window: WindowArticles, p_raw: list[float],
-                  method: Literal["platt", "temperature"] = "platt") -> Calibration:
+                  method: Literal["platt", "temperature"] = "platt",
+                  dtype: str | None = INPROCESS_DTYPE) -> Calibration:
     """Fit the calibration and threshold on the window's raw P (one per article, in
-    the window's order), logging what it found."""
+    the window's order, computed in ``dtype``), logging what it found."""
     calibration = fit_calibration([a.signal for a in window.articles], p_raw,
-                                  window.describe(), method)
+                                  window.describe(), method, dtype)
     log.info("calibration on %d articles (%s..%s, base rate %.3f): %s a=%.3f b=%.3f, "
              "threshold %.3f, F1 %.3f -> %.3f, ECE %.3f -> %.3f", window.describe().n,
              window.date_from, window.date_to, calibration.fitted_on.base_rate,

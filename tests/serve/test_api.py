@@ -427,3 +427,49 @@ def test_signal_rate_prior_shifts_a_calibrated_version_and_never_the_base(api, t
     for bad in (0.0, 1.0, "guess"):
         assert httpx.post(f"{api}/v1/classify", headers=ADMIN, json={**body, "signal_rate": bad},
                           timeout=120).status_code == 422
+
+
+def _copy_with_calibration_dtype(registry_dir, source, dtype):
+    """The same adapter and calibration, published as fitted in ``dtype`` (None: as a
+    version from before the dtype was recorded)."""
+    import shutil
+
+    from train.registry import AdapterManifest, AdapterRegistry
+
+    registry = AdapterRegistry(registry_dir)
+    name = registry.new_name("lora", f"dtype-{dtype}")
+    staging = registry.staging_dir(name)
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(source.path / file, staging)
+    manifest = source.manifest.to_json()
+    if dtype is None:
+        manifest["calibration"].pop("dtype", None)
+    else:
+        manifest["calibration"]["dtype"] = dtype
+    return registry.publish(name, AdapterManifest.model_validate(manifest))
+
+
+def test_a_version_calibrated_in_another_dtype_than_served_is_flagged(
+        api, trained_adapter, registry_dir, april_articles, caplog):
+    """Training calibrates in process (float32) and records it; the in-process backend
+    serves float32. A version calibrated in bfloat16 is flagged, in GET /v1/adapters and
+    in the log when loaded; one without a recorded dtype is unknown and still serves."""
+    assert trained_adapter.calibration.dtype == "float32"
+    bf16 = _copy_with_calibration_dtype(registry_dir, trained_adapter, "bfloat16")
+    unknown = _copy_with_calibration_dtype(registry_dir, trained_adapter, None)
+    listing = httpx.get(f"{api}/v1/adapters", headers=ADMIN, timeout=30).json()
+    assert listing["served_dtype"] == "float32"
+    flags = {a["name"]: a["dtype_mismatch"] for a in listing["adapters"]}
+    assert flags[trained_adapter.name] is False
+    assert flags[bf16.name] is True
+    assert flags[unknown.name] is None
+    body = {"articles": [a.to_record() for a in april_articles[:2]]}
+    with caplog.at_level("WARNING", logger="train.classifier"):
+        for version in (bf16, unknown):
+            response = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=120,
+                                  json={**body, "adapter": version.name})
+            assert response.status_code == 200, response.text
+            assert all(r["calibrated"] for r in response.json()["results"])
+    warned = [r.getMessage() for r in caplog.records if "calibrated in" in r.getMessage()]
+    assert any(bf16.name in m and "bfloat16" in m and "float32" in m for m in warned), warned
+    assert not any(unknown.name in m for m in warned)
