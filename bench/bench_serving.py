@@ -5,7 +5,7 @@ a flag says otherwise: float32, the segment LoRA ops, prefix caching on with blo
 32 tokens; the cache is emptied before every timed workload, so only what is shared
 within one workload is reused, the prompt's fixed instruction, and no workload is
 served from another's cache), one classification API (``signals serve --vllm-url``)
-in its own process. Seven workloads on the same April 1987 articles, in requests of
+in its own process. Seven workloads (six for a full-instruction adapter) on the same April 1987 articles, in requests of
 ``--batch`` articles with ``--concurrency`` in flight, each run ``--rounds`` times
 round-robin (the table gives the median):
 

@@ -69,7 +69,7 @@ def main() -> None:
     # the days it trained on), whole: no sample.
     fitted = version.calibration.fitted_on
     window = load_window(Path(version.manifest.dataset.path), fitted.split,
-                         date_of(fitted.date_from), date_of(fitted.date_to))
+                         fitted.date_from, fitted.date_to)
     labels = [a.signal for a in window.articles]
     serve = ServeConfig()
     rank, modules = lora_settings(ServeConfig(registry=paths.registry_dir))
@@ -120,12 +120,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-
-
-def date_of(text: str):
-    from datetime import date
-
-    return date.fromisoformat(str(text)[:10])
 
 
 def _metrics(m) -> dict:

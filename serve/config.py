@@ -12,6 +12,7 @@ from pipeline.prompt import BASE_NAME, DEFAULT_MAX_PROMPT_TOKENS
 from pipeline.settings import Paths
 from serve.vllm_launcher import cpu_binding
 from serve.vllm_server import DEFAULT_BLOCK_SIZE
+from train.backends import ServingDtype
 
 _paths = Paths()
 
@@ -59,7 +60,7 @@ class ServeConfig(BaseSettings):
     lora_target_modules: list[str] = ["qkv_proj", "o_proj"]
     """vLLM module names the adapters touch (q/k/v_proj are fused into qkv_proj)."""
 
-    vllm_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    vllm_dtype: Literal[ServingDtype, "auto"] = "float32"
     """Weights/activations dtype of a vLLM started here. bfloat16 logits are coarse
     (steps of ~0.25 near the label tokens' values), which moves P(signal) by up to
     ~0.05; float32 agrees with the in-process backend to ~1e-3. ``auto``: bfloat16

