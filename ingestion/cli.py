@@ -4,6 +4,7 @@
     signals ingest replay --dataset DIR --split 1987-04 --ingest-url http://127.0.0.1:8200
     signals ingest feedback-import verdicts.jsonl   bulk feedback into the store
     signals ingest export --out DIR --train-end 2026-10-31   labelled items as a dataset
+    signals backtest --out DIR        update policies replayed over April and June
 
 Added to ``signals`` by :func:`register` (``signals/cli.py``); ``python -m ingestion.cli``
 runs the same commands stand-alone.
@@ -131,6 +132,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ingestion.backtest import Backtest, BacktestConfig
+
+    data = yaml.safe_load(args.config.read_text()) if args.config else {}
+    flags = {"dataset": args.dataset, "registry": args.registry,
+             "classifier_url": args.classifier_url, "start_adapter": args.start_adapter,
+             "max_days": args.days}
+    data |= {k: v for k, v in flags.items() if v is not None}
+    config = BacktestConfig.model_validate(data or {})
+    if args.policies:
+        wanted = args.policies.split(",")
+        known = {p.name for p in config.policies}
+        if unknown := [w for w in wanted if w not in known]:
+            raise ValueError(f"--policies: unknown {unknown}; the config has {sorted(known)}")
+        config = config.model_copy(update={"policies": [p for p in config.policies
+                                                        if p.name in wanted]})
+    report = Backtest(config, args.out).run()
+    for name, policy in report["policies"].items():
+        total = policy["total"]
+        f1 = total["true"]["f1"]
+        print(f"{name:>10}: F1 {f1 if f1 is None else round(f1, 3)} over "
+              f"{total['true']['n']} items; {policy['labels_received']} labels, "
+              f"{len(policy['retrains'])} retrains, {policy['decisions']['promote']} promotions, "
+              f"{policy['decisions']['rollback']} rollbacks; "
+              f"TF-IDF frozen {round(total['lexical_frozen']['f1'] or 0, 3)}")
+    print(f"report {args.out / 'backtest.json'}, plot {args.out / 'f1-by-week.png'}")
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML of IngestConfig fields "
                         "(SIGNALS_INGEST_* environment variables override it)")
@@ -146,7 +178,8 @@ def _utc_datetime(value: str) -> datetime:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``signals ingest run|replay|feedback-import|export`` to ``signals``."""
+    """Add ``signals ingest run|replay|feedback-import|export`` and ``signals backtest``
+    to ``signals``."""
     ingest = commands.add_parser(
         "ingest", help="the ingestion service: feeds/newsletters -> classification -> store, "
         "online precision/recall, drift")
@@ -200,6 +233,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--since", type=_utc_datetime, help="published at or after (ISO)")
     export.add_argument("--until", type=_utc_datetime, help="published before (ISO)")
     export.set_defaults(func=cmd_export)
+
+    backtest = commands.add_parser(
+        "backtest", help="replay dated labelled windows through the services under update "
+        "policies (frozen, scheduled, drift): F1 by week, labels, retrains, promotions",
+        description="Replays the dataset's test windows day by day on a simulated clock "
+        "through the ingestion service, the label queue, the promotion gate, retraining "
+        "(signals train) and a running classification API (signals serve, with "
+        "SIGNALS_SERVE_ADMIN_TOKEN set). Writes backtest.json and f1-by-week.png to --out; "
+        "run it again on the same --out to resume. Fields: ingestion/backtest.py.")
+    backtest.add_argument("--out", type=Path, required=True,
+                          help="run directory (state, stores, report); reused: resumed")
+    backtest.add_argument("--config", type=Path, help="YAML of BacktestConfig fields")
+    backtest.add_argument("--dataset", type=Path, help="dataset directory "
+                          "(default $SIGNALS_DATA_DIR/datasets/reuters-acq)")
+    backtest.add_argument("--registry", type=Path, help="registry the API serves")
+    backtest.add_argument("--classifier-url", help="classification API "
+                          "(default http://127.0.0.1:8000)")
+    backtest.add_argument("--start-adapter", help="version or alias every policy starts "
+                          "from (default production)")
+    backtest.add_argument("--policies", help="comma-separated policy names to run "
+                          "(default all of the config's)")
+    backtest.add_argument("--days", type=int, help="replay only the first N days")
+    backtest.set_defaults(func=cmd_backtest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ arrives, so online metrics are plain grouped SQL over predictions joined to item
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,8 +109,12 @@ FeedbackOutcome = Literal["recorded", "duplicate", "conflict", "replaced"]
 class Store:
     """Items, predictions and feedback behind one SQLAlchemy engine."""
 
-    def __init__(self, url: str, label_priority: dict[str, int] | None = None):
+    def __init__(self, url: str, label_priority: dict[str, int] | None = None,
+                 clock: Callable[[], datetime] = utcnow):
+        """``clock`` gives the time stamped on what is stored (reception, prediction,
+        feedback): the wall clock, or a simulated one (``signals backtest``)."""
         self.url = make_url(url)
+        self.clock = clock
         self.label_priority = dict(label_priority or {})
         self.engine = self._make_engine(url)
         metadata.create_all(self.engine)
@@ -199,7 +203,7 @@ class Store:
         ``item_links`` in the same transaction. ``state`` is ``pending``, or for a
         link-only item whose page is not read ``awaiting_link`` / ``skipped``
         (:mod:`ingestion.schema`); the shadow role follows it when it is asked."""
-        now = to_db_time(utcnow())
+        now = to_db_time(self.clock())
         values = dict(
             source=source, external_id=str(article.id), content_hash=content_hash,
             title=article.title, text=article.text, link=article.link,
@@ -304,7 +308,7 @@ class Store:
         """
         column = items.c.state if role == "primary" else items.c.shadow_state
         state_field = column.name
-        now = utcnow()
+        now = self.clock()
         stored = 0
         with self.transaction(write=True) as conn:
             published = dict(conn.execute(
@@ -344,7 +348,7 @@ class Store:
         :data:`~ingestion.schema.DEAD_LETTER`); the ids that reached ``max_failures``
         now and left the queue."""
         column = items.c.state if role == "primary" else items.c.shadow_state
-        now, dead = to_db_time(utcnow()), []
+        now, dead = to_db_time(self.clock()), []
         with self.transaction(write=True) as conn:
             for item_id in item_ids:
                 if conn.execute(select(items.c.id).where(
@@ -571,7 +575,7 @@ class Store:
                 return False
             conn.execute(insert(item_aliases).values(
                 source=source, external_id=external_id, item_id=item_id, kind=kind,
-                similarity=similarity, seen_at=to_db_time(utcnow())))
+                similarity=similarity, seen_at=to_db_time(self.clock())))
         return True
 
     def item_exists(self, item_id: int) -> bool:
@@ -590,7 +594,7 @@ class Store:
         is the verdict of the highest-priority source; among equals the latest wins.
         Raises ``KeyError`` for an unknown item.
         """
-        now = to_db_time(utcnow())
+        now = to_db_time(self.clock())
         with self.transaction(write=True) as conn:
             item = conn.execute(select(items.c.id, items.c.label_source)
                                 .where(items.c.id == item_id)).first()
@@ -665,6 +669,22 @@ class Store:
                                  float(r.latency_sum), r.latency_n, float(r.p_sum))
                     for r in conn.execute(query)]
 
+    # --- reports that join their own ground truth (signals backtest) ---------------------
+
+    def prediction_rows(self, role: Role) -> list[dict[str, Any]]:
+        """Every prediction of ``role``, oldest first, with its item's source id and
+        effective label (None while unlabelled)."""
+        query = (select(predictions.c.item_id, items.c.external_id, predictions.c.adapter,
+                        predictions.c.p_signal, predictions.c.label, predictions.c.predicted_at,
+                        items.c.label.label("actual"))
+                 .join(items, items.c.id == predictions.c.item_id)
+                 .where(predictions.c.role == role).order_by(predictions.c.id))
+        with self.transaction() as conn:
+            return [{"item_id": r.item_id, "external_id": r.external_id, "adapter": r.adapter,
+                     "p_signal": r.p_signal, "label": r.label,
+                     "predicted_at": from_db_time(r.predicted_at), "actual": r.actual}
+                    for r in conn.execute(query)]
+
     # --- source cursors (e.g. the last IMAP UID read) ------------------------------------
 
     def get_cursor(self, source: str) -> str | None:
@@ -674,7 +694,7 @@ class Store:
         return row.cursor if row else None
 
     def set_cursor(self, source: str, cursor: str) -> None:
-        now = to_db_time(utcnow())
+        now = to_db_time(self.clock())
         with self.transaction(write=True) as conn:
             changed = conn.execute(update(source_cursors).where(source_cursors.c.source == source)
                                    .values(cursor=cursor, updated_at=now)).rowcount

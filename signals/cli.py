@@ -10,6 +10,7 @@
     signals serve              vLLM + the classification API
     signals demo               all of the above end to end, then classify April articles
     signals ingest run|replay|feedback-import|export   the ingestion service (port 8200)
+    signals backtest           update policies (frozen, scheduled, drift) replayed over time
 
 Each package registers its own commands (``pipeline/data_cli.py``, ``train/cli.py``,
 ``serve/cli.py``, ``ingestion/cli.py``); this module only puts them under one parser, in
