@@ -221,3 +221,15 @@ def test_the_drift_trigger_reads_the_random_picks_only(tmp_path):
     assert not retraining_due(policy, day + timedelta(days=8), first_day, store, state,
                               labels=30)
     store.close()
+
+
+def test_the_documented_backtest_config_validates():
+    """bench/backtest-april.yaml, the command README and bench/RESULTS.md give."""
+    from pathlib import Path
+
+    from ingestion.backtest import BacktestConfig
+
+    path = Path(__file__).parents[2] / "bench" / "backtest-april.yaml"
+    config = BacktestConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert [p.trigger for p in config.policies] == ["never", "schedule", "drift"]
+    assert config.retrain.train_config.is_file()
