@@ -68,9 +68,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.config import IngestConfig, PromotionConfig
+from ingestion.drift import submit_ray_job
 from ingestion.feedback import FeedbackEntry
 from ingestion.label_queue import LabelQueue, sampled_quality
-from ingestion.online_metrics import ExpectedConfusion
+from ingestion.online_metrics import ExpectedConfusion, rates_from_counts
 from ingestion.service import IngestionService
 from ingestion.store import Store
 from pipeline.article import Article
@@ -219,18 +220,11 @@ def end_of(day: date) -> datetime:
     return datetime.combine(day, day_time(23, 59, 59), tzinfo=timezone.utc)
 
 
-def _rates(tp: float, fp: float, fn: float) -> dict[str, float | None]:
-    precision = tp / (tp + fp) if tp + fp else None
-    recall = tp / (tp + fn) if tp + fn else None
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
 def true_quality(predicted: list[int], actual: list[int]) -> dict[str, Any]:
     tp = sum(p == 1 and a == 1 for p, a in zip(predicted, actual))
     fp = sum(p == 1 and a == 0 for p, a in zip(predicted, actual))
     fn = sum(p == 0 and a == 1 for p, a in zip(predicted, actual))
-    return {"n": len(predicted), "signals": sum(actual), **_rates(tp, fp, fn)}
+    return {"n": len(predicted), "signals": sum(actual), **rates_from_counts(tp, fp, fn)}
 
 
 def retraining_due(policy: UpdatePolicy, day: date, first_day: date, store: Store,
@@ -494,7 +488,8 @@ class Backtest:
             from ray.job_submission import JobStatus, JobSubmissionClient
 
             client = JobSubmissionClient(settings.ray_address)
-            job = client.submit_job(entrypoint=shlex.join(["signals", *command]))
+            job = submit_ray_job(settings.ray_address, shlex.join(["signals", *command]),
+                                 submission_id=f"backtest-{dataset.name}-{int(time.time())}")
             deadline = time.monotonic() + settings.timeout_s
             while (status := client.get_job_status(job)) not in (
                     JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):

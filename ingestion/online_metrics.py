@@ -53,7 +53,7 @@ from ingestion.schema import ROLES, utcnow
 from ingestion.store import ConfusionRow, Store
 
 
-def _rates(tp: float, fp: float, fn: float) -> dict[str, float | None]:
+def rates_from_counts(tp: float, fp: float, fn: float) -> dict[str, float | None]:
     """Precision, recall and F1 from (possibly expected) counts; None where undefined."""
     return {"precision": tp / (tp + fp) if tp + fp else None,
             "recall": tp / (tp + fn) if tp + fn else None,
@@ -85,7 +85,7 @@ class ExpectedConfusion:
             self.tn += count - p_signal_sum
 
     def rates(self) -> dict[str, float | None]:
-        return _rates(self.tp, self.fp, self.fn)
+        return rates_from_counts(self.tp, self.fp, self.fn)
 
     def as_dict(self) -> dict:
         return {"predictions": self.predictions, "tp": self.tp, "fp": self.fp,
@@ -113,15 +113,15 @@ class QualityStats:
 
     @property
     def precision(self) -> float | None:
-        return _rates(self.tp, self.fp, self.fn)["precision"]
+        return rates_from_counts(self.tp, self.fp, self.fn)["precision"]
 
     @property
     def recall(self) -> float | None:
-        return _rates(self.tp, self.fp, self.fn)["recall"]
+        return rates_from_counts(self.tp, self.fp, self.fn)["recall"]
 
     @property
     def f1(self) -> float | None:
-        return _rates(self.tp, self.fp, self.fn)["f1"]
+        return rates_from_counts(self.tp, self.fp, self.fn)["f1"]
 
     def estimated(self, items: str) -> dict[str, float | None]:
         """Estimated precision, recall and F1 over the ``unlabelled`` predictions, the
@@ -133,13 +133,13 @@ class QualityStats:
             return self.expected_labelled.rates()
         if items == "all":
             e = self.expected_unlabelled
-            return _rates(self.tp + e.tp, self.fp + e.fp, self.fn + e.fn)
+            return rates_from_counts(self.tp + e.tp, self.fp + e.fp, self.fn + e.fn)
         raise ValueError(f"items must be unlabelled, labelled or all, not {items!r}")
 
     def estimation_error(self) -> dict[str, float | None]:
         """Estimated minus measured, on the labelled predictions (None where either is
         undefined)."""
-        measured = _rates(self.tp, self.fp, self.fn)
+        measured = rates_from_counts(self.tp, self.fp, self.fn)
         return {k: (v - measured[k] if v is not None and measured[k] is not None else None)
                 for k, v in self.expected_labelled.rates().items()}
 
