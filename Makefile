@@ -9,5 +9,5 @@ setup:  ## create/refresh .venv from requirements/lock.txt + dev-lock.txt (idemp
 demo: setup  ## the main job end to end: model, data, LoRA, vLLM, classify April articles
 	$(VENV)/bin/signals demo
 
-test: setup  ## the whole test suite (starts a real vLLM server)
-	$(VENV)/bin/python -m pytest
+test: setup  ## the whole test suite (starts a real vLLM server), on two workers, a file at a time
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile

@@ -19,6 +19,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers (pytest-xdist)
+    # A local Ray (ray.init() without an address) joins the cluster last started under
+    # its temp dir: each worker gets its own, so one worker's Ray never joins the other's.
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(
+        prefix=f"ray-{os.environ['PYTEST_XDIST_WORKER']}-", dir="/tmp"))
 
 from pipeline.settings import Paths  # noqa: E402
 # free_port, serve_app and publish_variant are imported by tests from here.

@@ -10,6 +10,7 @@ load directly. Any other local Hugging Face causal-LM directory can be used inst
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import logging
@@ -85,9 +86,18 @@ def prepare_base_model(out_dir: Path, force: bool = False) -> BaseModelCheck:
     """Write SmolLM2-135M-Instruct as a plain transformers directory at ``out_dir``.
 
     Idempotent: an existing, complete directory (marker file present) is only
-    verified. The directory appears atomically (written aside, then renamed).
+    verified. The directory appears atomically (written aside, then renamed), and two
+    processes preparing it at once (the demo and the tests, two test workers) take turns
+    on an exclusive ``flock`` beside it: the second finds it prepared.
     """
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        return _prepare_base_model(out_dir, force)
+
+
+def _prepare_base_model(out_dir: Path, force: bool) -> BaseModelCheck:
     if (out_dir / _MARKER).is_file() and not force:
         log.info("base model already prepared at %s", out_dir)
         return verify_base_model(out_dir)

