@@ -140,7 +140,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     data = yaml.safe_load(args.config.read_text()) if args.config else {}
     flags = {"dataset": args.dataset, "registry": args.registry,
              "classifier_url": args.classifier_url, "start_adapter": args.start_adapter,
-             "max_days": args.days}
+             "max_days": args.days, "splits": args.splits.split(",") if args.splits else None}
     data |= {k: v for k, v in flags.items() if v is not None}
     config = BacktestConfig.model_validate(data or {})
     if args.policies:
@@ -254,6 +254,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                           "from (default production)")
     backtest.add_argument("--policies", help="comma-separated policy names to run "
                           "(default all of the config's)")
+    backtest.add_argument("--splits", help="comma-separated test windows to replay, in "
+                          "order (default the config's, else 1987-04,1987-06)")
     backtest.add_argument("--days", type=int, help="replay only the first N days")
     backtest.set_defaults(func=cmd_backtest)
 
