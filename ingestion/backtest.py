@@ -365,7 +365,9 @@ class Backtest:
     async def replay(self, policy: UpdatePolicy, frozen: LexicalModel) -> None:
         state = self.state.policy(policy.name)
         production_alias, candidate_alias = f"{policy.name}-production", f"{policy.name}-candidate"
-        if state["done"] is None and production_alias not in self.aliases():
+        # A fresh run starts every policy from the start version, whatever its aliases
+        # name from an earlier run on the same registry.
+        if state["done"] is None and not state["retrains"]:
             self.point(production_alias, self.start_version)
             if policy.trigger != "never":
                 self.point(candidate_alias, self.start_version)
