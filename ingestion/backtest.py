@@ -68,14 +68,15 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.config import IngestConfig, PromotionConfig
-from ingestion.drift import submit_ray_job
+from ingestion.drift import submit_ray_job, train_arguments
+from ingestion.export import export_dataset
 from ingestion.feedback import FeedbackEntry
 from ingestion.label_queue import LabelQueue, sampled_quality
 from ingestion.online_metrics import ExpectedConfusion, rates_from_counts
 from ingestion.service import IngestionService
 from ingestion.store import Store
 from pipeline.article import Article
-from pipeline.dataset import load_split, publication_day, write_dataset
+from pipeline.dataset import labelled_sample, load_split, publication_day
 from pipeline.settings import Paths
 from serve.schemas import ALIAS_REGEX, AliasRequest
 from train.lexical import LexicalModel, select_lexical
@@ -446,15 +447,13 @@ class Backtest:
         """Continue ``production`` on every label so far plus the replay sample; publish;
         refit the lexical reference on the same labels. Returns the new version."""
         n = len(state["retrains"]) + 1
-        labelled = [item.article.model_copy(update={"signal": label})
-                    for item, label, _ in service.store.labelled_items()]
-        rng = random.Random(f"{self.config.seed}-{policy.name}-{n}")
-        replay = rng.sample(self.train_articles,
-                            min(self.config.retrain.replay_examples, len(self.train_articles)))
+        replay = labelled_sample(self.train_articles, self.config.retrain.replay_examples,
+                                 seed=f"{self.config.seed}-{policy.name}-{n}")
         directory = self.out / "datasets" / f"{policy.name}-{n}"
-        write_dataset(directory, {"retrain": replay + labelled}, {
-            "source": f"signals backtest: {len(labelled)} labels of policy {policy.name} "
-                      f"up to {day} + {len(replay)} replayed training articles"})
+        # What the service's own retraining exports: every label so far, after the replay.
+        export_dataset(service.store, directory, split_name="retrain", replay=replay)
+        replayed = {article.id for article in replay}
+        labelled = [a for a in load_split(directory, "retrain") if a.id not in replayed]
         started = time.monotonic()
         version = self.train(directory, production)
         seconds = time.monotonic() - started
@@ -473,12 +472,10 @@ class Backtest:
 
     def train_command(self, dataset: Path, production: str) -> list[str]:
         settings = self.config.retrain
-        sets = [f"dataset={dataset}", "split=retrain", f"init_adapter={production}",
-                f"validation_days={settings.calibration_days}",
-                f"registry={self.config.registry}", *settings.overrides]
-        command = ["train", "--config", str(settings.train_config)]
-        for field in sets:
-            command += ["--set", field]
+        command = train_arguments(settings.train_config, [
+            f"dataset={dataset}", "split=retrain", f"init_adapter={production}",
+            f"validation_days={settings.calibration_days}",
+            f"registry={self.config.registry}", *settings.overrides])
         return command + (["--local"] if settings.local and not settings.ray_address else [])
 
     def train(self, dataset: Path, production: str) -> str:

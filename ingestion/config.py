@@ -93,7 +93,34 @@ class DriftConfig(BaseModel):
     """The labelled items of this many latest days become the retraining dataset."""
 
     retrain_cooldown_s: float = Field(default=86400.0, ge=0)
-    """Least time between two retraining submissions."""
+    """Least time between two retraining submissions (drift-triggered ones)."""
+
+    retrain_every_days: float | None = Field(default=None, gt=0)
+    """The schedule policy: also retrain every this many days (of the store's clock),
+    counted from the service's start and from each submission, alerts or not. None: only
+    the drift rule retrains."""
+
+    continue_alias: str | None = None
+    """An update instead of a fresh adapter: the retraining continues the version this
+    registry alias names when the job starts (``init_adapter``), e.g. ``production``,
+    with ``train_config: train/configs/update.yaml``; its newest ``calibration_days`` of
+    labels calibrate it and are not trained on. None: a fresh LoRA on the window."""
+
+    replay_dataset: Path | None = None
+    """Dataset whose ``replay_split`` supplies ``replay_examples`` older articles added
+    to every retraining window, against forgetting (None: the labelled window only)."""
+
+    replay_split: str = "train"
+    replay_examples: int = Field(default=400, ge=0)
+    """Articles of ``replay_dataset`` added to a retraining window (seeded per window)."""
+
+    calibration_days: int | None = Field(default=3, ge=1)
+    """With ``continue_alias``: the newest days of labels the update calibrates on
+    (``validation_days``); None leaves the train config's."""
+
+    publish_alias: str | None = None
+    """Registry alias the retraining points at its version, e.g. ``candidate``: the
+    shadow alias that the promotion gate (``promotion``) then judges against production."""
 
     export_dir: Path = _paths.datasets_dir
     """Where retraining datasets are exported (one directory per export)."""

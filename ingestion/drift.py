@@ -12,10 +12,17 @@ predictions (``DriftConfig`` in ``ingestion/config.py``):
   any label arrives).
 
 Alerts are exported as ``signals_ingest_drift_alert{adapter,role,rule}`` (1 firing,
-0 evaluated and fine). When a precision or recall rule starts firing for the primary
-adapter and a Ray address is configured, the labelled items of the latest
-``retrain_window_days`` are exported as a dataset and ``signals train`` is submitted
-on them as a Ray job (at most once per ``retrain_cooldown_s``).
+0 evaluated and fine).
+
+Retraining (the update policies): when a precision or recall rule starts firing for the
+primary adapter (the drift policy, at most once per ``retrain_cooldown_s``), and every
+``retrain_every_days`` whatever the rules say (the schedule policy), the labelled items
+of the latest ``retrain_window_days`` are exported as a dataset, after
+``replay_examples`` older articles of ``replay_dataset`` (against forgetting), and
+``signals train`` is submitted on them as a Ray job when a Ray address is configured.
+With ``continue_alias`` the job continues the version that alias names (an update,
+calibrated on the newest ``calibration_days`` of labels it does not train on); with
+``publish_alias`` it points that alias (the promotion gate's candidate) at its version.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import logging
 import shlex
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +40,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from pipeline.dataset import labelled_sample, load_split
 from ingestion.config import DriftConfig
 from ingestion.online_metrics import quality_from_confusion
 from ingestion.export import export_dataset
@@ -89,12 +98,34 @@ def evaluate_rules(store: Store, config: DriftConfig,
     return results
 
 
+def train_arguments(train_config: Path, sets: Sequence[str], workers: int = 1) -> list[str]:
+    """``signals train`` arguments (after the program name): the config, the Ray Train
+    workers, and each ``field=value`` as a ``--set``."""
+    arguments = ["train", "--config", str(train_config),
+                 *(["--workers", str(workers)] if workers > 1 else [])]
+    for field in sets:
+        arguments += ["--set", field]
+    return arguments
+
+
+def update_sets(config: DriftConfig) -> list[str]:
+    """The ``--set`` fields that make a retraining an update of ``continue_alias`` that
+    publishes to ``publish_alias`` (none of them when neither is configured)."""
+    sets = []
+    if config.continue_alias:
+        sets.append(f"init_adapter={config.continue_alias}")
+        if config.calibration_days is not None:
+            sets.append(f"validation_days={config.calibration_days}")
+    if config.publish_alias:
+        sets.append(f"publish_alias={config.publish_alias}")
+    return sets
+
+
 def retrain_entrypoint(train_config: Path, dataset_dir: Path, split: str,
-                       workers: int = 1) -> str:
+                       workers: int = 1, sets: Sequence[str] = ()) -> str:
     """The shell command the retraining Ray job runs."""
-    return shlex.join(["signals", "train", "--config", str(train_config),
-                       *(["--workers", str(workers)] if workers > 1 else []),
-                       "--set", f"dataset={dataset_dir}", "--set", f"split={split}"])
+    return shlex.join(["signals", *train_arguments(
+        train_config, [f"dataset={dataset_dir}", f"split={split}", *sets], workers)])
 
 
 def submit_ray_job(address: str, entrypoint: str, submission_id: str) -> str:
@@ -113,7 +144,12 @@ class RetrainRequest:
     split: str
     entrypoint: str
     items: int
+    """Labelled items of the window."""
     job_id: str | None
+    trigger: str = "drift"
+    """What asked for it: ``drift`` (a quality alert) or ``schedule``."""
+    replayed: int = 0
+    """Older articles of ``replay_dataset`` added to the window."""
 
 
 class DriftMonitor(Collector):
@@ -126,13 +162,15 @@ class DriftMonitor(Collector):
         self.retrains: list[RetrainRequest] = []
         self._firing: set[tuple[str, str, str]] = set()
         self._last_submit = float("-inf")
+        self._next_scheduled: datetime | None = None  # set by the first check
         self._lock = threading.Lock()
         self.alerts_started = Counter(
             "signals_ingest_drift_alerts", "Drift alerts that started firing, by rule",
             ["rule"], registry=registry)
         self.retrain_jobs = Counter(
             "signals_ingest_retrain_jobs", "Retraining submissions by outcome "
-            "(submitted, failed, exported_only: no Ray address, empty: no labelled items)",
+            "(submitted, failed: the submission or the replay dataset, exported_only: no Ray "
+            "address, empty: no labelled items)",
             ["outcome"], registry=registry)
         registry.register(self)
 
@@ -148,15 +186,32 @@ class DriftMonitor(Collector):
                 self.alerts_started.labels(rule).inc()
             newly = firing - self._firing
             self._firing, self.results = firing, results
+            now = now or utcnow()
             if any(role == "primary" and rule in RETRAIN_RULES for _, role, rule in newly):
-                self._maybe_retrain(now or utcnow())
+                self._maybe_retrain(now)
+            elif self._schedule_due(now):
+                self._retrain(now, "schedule")
             return results
+
+    def _schedule_due(self, now: datetime) -> bool:
+        """The schedule policy: ``retrain_every_days`` since the start or the last
+        submission (kept in memory: a restarted service counts from its start)."""
+        if self.config.retrain_every_days is None:
+            return False
+        if self._next_scheduled is None:
+            self._next_scheduled = now + timedelta(days=self.config.retrain_every_days)
+        return now >= self._next_scheduled
 
     def _maybe_retrain(self, now: datetime) -> RetrainRequest | None:
         if time.monotonic() - self._last_submit < self.config.retrain_cooldown_s:
             log.info("drift: retraining skipped, last submission is within the cooldown")
             return None
-        request = self.export_retraining_window(now)
+        return self._retrain(now, "drift")
+
+    def _retrain(self, now: datetime, trigger: str) -> RetrainRequest | None:
+        if self.config.retrain_every_days is not None:  # a drift retraining resets it too
+            self._next_scheduled = now + timedelta(days=self.config.retrain_every_days)
+        request = self.export_retraining_window(now, trigger)
         if request is None:
             return None
         self._last_submit = time.monotonic()
@@ -174,28 +229,41 @@ class DriftMonitor(Collector):
                       self.config.ray_address, error)
             return request
         self.retrain_jobs.labels("submitted").inc()
-        request = RetrainRequest(request.dataset_dir, request.split, request.entrypoint,
-                                 request.items, job_id)
+        request = replace(request, job_id=job_id)
         self.retrains[-1] = request
-        log.warning("drift: retraining job %s submitted: %s", job_id, request.entrypoint)
+        log.warning("drift: retraining job %s submitted (%s): %s", job_id, trigger,
+                    request.entrypoint)
         return request
 
-    def export_retraining_window(self, now: datetime) -> RetrainRequest | None:
-        """Export the latest window's labelled items; the job that would train on them."""
-        since = now - timedelta(days=self.config.retrain_window_days)
+    def export_retraining_window(self, now: datetime,
+                                 trigger: str = "drift") -> RetrainRequest | None:
+        """Export the latest window's labelled items (after the replay sample); the job
+        that would train on them."""
+        config = self.config
+        since = now - timedelta(days=config.retrain_window_days)
         split = f"window-{since:%Y%m%dT%H%M}-{now:%Y%m%dT%H%M}"
-        directory = Path(self.config.export_dir) / f"ingest-{split}"
+        directory = Path(config.export_dir) / f"ingest-{split}"
+        replay = []
+        if config.replay_dataset is not None and config.replay_examples:
+            try:
+                older = load_split(config.replay_dataset, config.replay_split)
+            except (OSError, ValueError) as error:  # a retraining without it would forget
+                self.retrain_jobs.labels("failed").inc()
+                log.error("drift: no retraining: the replay split %s of %s is unreadable: %s",
+                          config.replay_split, config.replay_dataset, error)
+                return None
+            replay = labelled_sample(older, config.replay_examples, seed=split)
         manifest = export_dataset(self.store, directory, since=since, until=now,
-                                  split_name=split)
-        count = manifest.splits[split].count
-        if not count:
+                                  split_name=split, replay=replay)
+        labelled = manifest.splits[split].count - len(replay)
+        if not labelled:
             self.retrain_jobs.labels("empty").inc()
             log.warning("drift: no labelled items in %s; nothing to retrain on", split)
             return None
-        request = RetrainRequest(directory.resolve(), split,
-                                 retrain_entrypoint(self.config.train_config,
-                                                    directory.resolve(), split,
-                                                    self.config.retrain_workers), count, None)
+        entrypoint = retrain_entrypoint(config.train_config, directory.resolve(), split,
+                                        config.retrain_workers, update_sets(config))
+        request = RetrainRequest(directory.resolve(), split, entrypoint, labelled, None,
+                                 trigger, len(replay))
         self.retrains.append(request)
         return request
 

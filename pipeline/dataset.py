@@ -171,11 +171,11 @@ class DatasetManifest(BaseModel):
 
 
 def labelled_sample(articles: Iterable[Article], limit: int | None = None,
-                    seed: int = 0) -> list[Article]:
+                    seed: int | str = 0) -> list[Article]:
     """The labelled articles, or a seeded random ``limit`` of them. Random, not the
     first ones, so a sample keeps the signal rate of what it is drawn from (a window's
     calibration is fitted to that rate). The one sampling rule of evaluation,
-    calibration, ensembles and the benchmarks."""
+    calibration, ensembles, the benchmarks and the replay sample of a retraining."""
     labelled = [a for a in articles if a.signal is not None]
     if limit is not None and limit < len(labelled):
         labelled = random.Random(seed).sample(labelled, limit)

@@ -196,6 +196,18 @@ def resolve_adapter(reference: str, registry: Path) -> Path:
                          f"a version or alias in the registry {registry}") from None
 
 
+def pin_init_adapter(config: TrainConfig) -> TrainConfig:
+    """``config`` with an ``init_adapter`` given as a registry alias replaced by the
+    version the alias names now: every worker, and the manifest, read that one version,
+    even if the alias moves while the run trains (the promotion gate may move it)."""
+    if not config.init_adapter or (Path(config.init_adapter) / "adapter_config.json").is_file():
+        return config
+    version = resolve_adapter(config.init_adapter, config.registry).name
+    if version != config.init_adapter:
+        log.info("init_adapter %s is version %s", config.init_adapter, version)
+    return config.model_copy(update={"init_adapter": version})
+
+
 def check_prompt_style(adapter_dir: Path, config: TrainConfig) -> None:
     """Refuse to continue an adapter with another instruction than it was trained with:
     its prompts would change under it. A directory without a manifest is taken as
@@ -342,6 +354,7 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
     )
     version = registry.publish(name, manifest)
     log.info("published adapter %s (%s, %.0f s)", name, config.method, manifest.wall_time_s)
+    preferred = name
     if config.ensemble and calibration is not None:
         ensemble = build_ensemble(registry, name, config.dataset, config.validation_days,
                                   scored=(data.validation.articles, p_raw))
@@ -350,4 +363,7 @@ def publish_adapter(config: TrainConfig, registry: AdapterRegistry, name: str, s
         log.info("published ensemble %s; validation F1 %.4f against the adapter's %.4f: "
                  "validation prefers %s", ensemble.name, spec.after.f1,
                  calibration.after.f1, preferred)
+    if config.publish_alias:
+        registry.set_alias(config.publish_alias, preferred)
+        log.info("alias %s -> %s", config.publish_alias, preferred)
     return version

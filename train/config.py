@@ -33,6 +33,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptStyle
 from pipeline.settings import Paths
+from train.registry import ALIAS_PATTERN
 
 _paths = Paths()
 
@@ -139,7 +140,9 @@ class TrainConfig(BaseModel):
 
     init_adapter: str | None = None
     """Start from this adapter (registry name, alias, or directory) instead of a fresh
-    LoRA: continue training it on newer data, or align an SFT adapter (dpo, rlhf)."""
+    LoRA: continue training it on newer data, or align an SFT adapter (dpo, rlhf). An
+    alias is read once, when the run starts: the run and its manifest name the version
+    it pointed at then, even if the alias moves during the run."""
 
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
     """Peak learning rate (linear decay)."""
@@ -167,6 +170,11 @@ class TrainConfig(BaseModel):
 
     registry: Path = Field(default=_paths.registry_dir)
     """Adapter registry directory the finished adapter is published to."""
+
+    publish_alias: str | None = Field(default=None, pattern=ALIAS_PATTERN.pattern)
+    """Point this registry alias at the published version (the one validation prefers
+    when an ensemble is published beside it): ``candidate`` for a retraining that the
+    promotion gate then judges against production."""
 
     @field_validator("base_model", "dataset", "registry")
     @classmethod

@@ -27,7 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.settings import Paths
-from train.common import RunContext
+from train.common import RunContext, pin_init_adapter
 from train.config import CONFIGS, AnyTrainConfig, TrainConfig
 from train.registry import AdapterRegistry, AdapterVersion
 
@@ -154,6 +154,7 @@ def run_training(config: TrainConfig, workers: int = 1, ray_address: str | None 
     once at that step, or only the worker of rank ``fail_rank`` when given."""
     registry = AdapterRegistry(config.registry)
     adapter_name = registry.new_name(config.method, f"{config.dataset.name}-{config.split}")
+    config = pin_init_adapter(config)
     if local:
         return method_function(config.method)(config, RunContext(adapter_name=adapter_name))
 

@@ -85,6 +85,56 @@ def test_drift_rules_fire_and_export_the_retraining_window(db_url, tmp_path):
     assert len(service.drift.retrains) == 1
 
 
+def test_the_schedule_retrains_an_update_of_production_with_a_replay_sample(db_url, tmp_path):
+    """``retrain_every_days``: with no alert firing, a retraining every 7 days of the
+    store's clock, counted from the first check; with ``continue_alias`` it continues
+    production, calibrated on the newest 2 days, and publishes the candidate alias; the
+    window holds the replay sample of the older dataset, then the new labels."""
+    from pipeline.dataset import write_dataset
+
+    older = [Article(id=f"old{i}", title=f"Old {i}", text=f"An older story {i}.",
+                     date_published=datetime(1987, 3, 1 + i % 28, tzinfo=timezone.utc),
+                     signal=i % 2) for i in range(30)]
+    write_dataset(tmp_path / "older", {"train": older}, {"source": "test"})
+    store = Store(db_url)
+    ids = _store_items(store, 20, published=datetime.now(timezone.utc) - timedelta(hours=1))
+    _predict(store, ids, 1)
+    for item_id in ids:  # production is right on every one: no alert
+        store.add_feedback(item_id, 1, "analyst")
+    config = IngestConfig(database_url=db_url, drift=DriftConfig(
+        window_days=1, min_labels=10, max_positive_rate_shift=None,
+        retrain_every_days=7, continue_alias="production", replay_dataset=tmp_path / "older",
+        replay_examples=5, calibration_days=2, publish_alias="candidate",
+        export_dir=tmp_path / "exports", train_config=tmp_path / "update.yaml"))
+    service = IngestionService(config, store)
+    start = datetime.now(timezone.utc)
+    for days in (0, 3, 6.9):
+        service.drift.check(now=start + timedelta(days=days))
+    assert service.drift.retrains == []
+    assert not any(r.firing for r in service.drift.check(now=start + timedelta(days=7)))
+    (retrain,) = service.drift.retrains
+    assert (retrain.trigger, retrain.items, retrain.replayed) == ("schedule", 20, 5)
+    assert retrain.entrypoint == (
+        f"signals train --config {tmp_path / 'update.yaml'} "
+        f"--set dataset={retrain.dataset_dir} --set split={retrain.split} "
+        "--set init_adapter=production --set validation_days=2 "
+        "--set publish_alias=candidate")
+    window = load_split(retrain.dataset_dir, retrain.split)
+    assert [a.id for a in window[:5]] == [a.id for a in window if a.id.startswith("old")]
+    assert {a.id for a in window[5:]} == {f"n{i}" for i in range(20)}
+    # the next one 7 days after this one
+    service.drift.check(now=start + timedelta(days=13.9))
+    assert len(service.drift.retrains) == 1
+    service.drift.check(now=start + timedelta(days=14))
+    assert [r.trigger for r in service.drift.retrains] == ["schedule", "schedule"]
+    # a replay dataset that is not there: no retraining (it would forget), counted, logged
+    service.drift.config = config.drift.model_copy(update={"replay_dataset": tmp_path / "gone"})
+    service.drift.check(now=start + timedelta(days=21))
+    assert len(service.drift.retrains) == 2
+    assert 'signals_ingest_retrain_jobs_total{outcome="failed"} 1.0' in generate_latest(
+        service.metrics.registry).decode()
+
+
 def test_too_few_labels_means_no_verdict(db_url, tmp_path):
     store = Store(db_url)
     ids = _store_items(store, 10)
@@ -204,3 +254,22 @@ def test_retraining_submission_failure_is_counted_not_fatal(tmp_path):
     assert retrain.job_id is None and (retrain.dataset_dir / "manifest.json").is_file()
     metrics = generate_latest(service.metrics.registry).decode()
     assert 'signals_ingest_retrain_jobs_total{outcome="failed"} 1.0' in metrics
+
+
+def test_the_readme_loop_config_validates(tmp_path):
+    """README's "Turning the loop on" block is a valid ingestion config that turns on
+    the update, the candidate alias, the shadow and the gate."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"\*\*Turning the loop on\*\*.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    path = tmp_path / "ingest.yaml"
+    path.write_text(textwrap.dedent(block).replace("classifier_admin_token: ...",
+                                                   "classifier_admin_token: x"))
+    config = load_ingest_config(path)
+    assert config.shadow_adapter == config.drift.publish_alias == "candidate"
+    assert config.drift.continue_alias == config.adapter == "production"
+    assert config.promotion.enabled and config.drift.retrain_every_days == 7
+    assert (Path(__file__).resolve().parents[2] / config.drift.train_config).is_file()

@@ -161,18 +161,22 @@ def wait_for_job(client, job: str, timeout_s: float = 600) -> tuple[object, str]
 
 
 def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir, tmp_path,
-                                                                 monkeypatch):
+                                                                 reuters_dataset, monkeypatch):
     """Labels show the production adapter's precision fell below the floor: the drift
-    monitor exports the labelled window and submits `signals train --workers 2` on it to a
-    real Ray head (``ray job submit``'s API), which runs it data-parallel on two workers; a
-    new candidate version appears in the registry."""
+    monitor exports the labelled window after a replay sample of the training split and
+    submits `signals train --workers 2` on it to a real Ray head (``ray job submit``'s
+    API), which runs it data-parallel on two workers. The job continues the version the
+    production alias names (an update) and points the candidate alias at what it
+    published, for the promotion gate."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from ingestion.config import DriftConfig, IngestConfig
     from ingestion.service import IngestionService
     from ingestion.store import NewPrediction, Store
     from pipeline.article import Article
+    from pipeline.dataset import load_split
     from pipeline.dedupe import content_hash
+    from train.jobs import run_training
     from train.registry import AdapterRegistry
 
     registry_dir = tmp_path / "registry"
@@ -182,6 +186,10 @@ def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir
         "max_examples": 8, "sampling": "balanced", "max_steps": 2, "batch_size": 4,
         "max_prompt_tokens": 160, "bf16": False, "validation_days": 5,
         "validation_max_examples": 8}))
+    registry = AdapterRegistry(registry_dir)
+    production = run_training(load_config(train_config, [f"dataset={reuters_dataset}",
+                                                         "max_steps=1"]), local=True)
+    registry.set_alias("production", production.name)
     store = Store(f"sqlite:///{tmp_path / 'ingest.db'}")
     now = datetime.now(timezone.utc)
     ids = []
@@ -207,20 +215,26 @@ def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir
         config = IngestConfig(database_url=str(store.url), drift=DriftConfig(
             window_days=30, min_labels=20, precision_floor=0.8, recall_floor=None,
             max_positive_rate_shift=None, ray_address=address, train_config=train_config,
-            retrain_workers=2, export_dir=tmp_path / "exports"))
+            retrain_workers=2, export_dir=tmp_path / "exports", continue_alias="production",
+            publish_alias="candidate", replay_dataset=reuters_dataset, replay_examples=8,
+            calibration_days=5))
         service = IngestionService(config, store)
         results = service.drift.check()
         assert any(r.firing and r.rule == "precision_floor" for r in results)
         (retrain,) = service.drift.retrains
         assert retrain.job_id is not None, "the submission failed (see the log)"
-        assert retrain.items == 40
+        assert (retrain.trigger, retrain.items, retrain.replayed) == ("drift", 40, 8)
+        assert len(load_split(retrain.dataset_dir, retrain.split)) == 48
         status, logs = wait_for_job(client, retrain.job_id)
         assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    [version] = AdapterRegistry(registry_dir).list()
+    [version] = [v for v in registry.list() if v.name != production.name]
     assert f"adapter {version.name} written" in logs
     assert version.manifest.metrics.world_size == 2
     assert version.manifest.dataset.split == retrain.split
     assert version.manifest.dataset.path == Path(retrain.dataset_dir).resolve()
+    # an update of the version production named when the job started, now the candidate
+    assert version.manifest.init_adapter == production.name
+    assert registry.aliases() == {"production": production.name, "candidate": version.name}
 
 
 # --- what Ray Train workers ask for: configuration, not the cluster's current state ------
