@@ -343,21 +343,36 @@ class Backtest:
         return httpx.Client(base_url=self.config.classifier_url, timeout=600,
                             headers={"Authorization": f"Bearer {token}"} if token else None)
 
+    def _unreachable(self, error: httpx.TransportError) -> RuntimeError:
+        return RuntimeError(
+            f"the classification API at {self.config.classifier_url} is unreachable "
+            f"({type(error).__name__}: {error}); start `signals serve` with "
+            "SIGNALS_SERVE_ADMIN_TOKEN set, or give --classifier-url")
+
     def aliases(self) -> dict[str, str]:
-        with self._api() as api:
-            response = api.get("/v1/adapters")
-            response.raise_for_status()
-            return response.json()["aliases"]
+        try:
+            with self._api() as api:
+                response = api.get("/v1/adapters")
+        except httpx.TransportError as error:
+            raise self._unreachable(error) from error
+        if response.status_code != 200:
+            raise RuntimeError(f"the classification API answered GET /v1/adapters with "
+                               f"{response.status_code}: {response.text[:300]}")
+        return response.json()["aliases"]
 
     def point(self, alias: str, version: str) -> None:
-        with self._api() as api:
-            response = api.post(f"/v1/aliases/{alias}",
-                                json=AliasRequest(adapter=version).model_dump())
+        try:
+            with self._api() as api:
+                response = api.post(f"/v1/aliases/{alias}",
+                                    json=AliasRequest(adapter=version).model_dump())
+        except httpx.TransportError as error:
+            raise self._unreachable(error) from error
         if response.status_code != 200:
             raise RuntimeError(f"the classification API refused to point {alias} at {version} "
                                f"({response.status_code}): {response.text[:300]}")
 
     def run(self) -> dict[str, Any]:
+        self.aliases()  # the API answers before anything long starts
         frozen = self.frozen_lexical()
         for policy in self.config.policies:
             asyncio.run(self.replay(policy, frozen))

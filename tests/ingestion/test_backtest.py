@@ -186,6 +186,23 @@ def test_a_backtest_runs_through_the_services_and_resumes_after_a_kill(
     assert (out / "f1-by-week.png").stat().st_size > 1000
 
 
+def test_a_backtest_against_an_api_that_is_down_says_so(trained_adapter, registry_dir,
+                                                         reuters_dataset, tmp_path):
+    """No classification API at --classifier-url: one clear line, the CLI's exit 2, no
+    traceback, before any policy started (no store, no state)."""
+    out = tmp_path / "run"
+    result = subprocess.run([
+        sys.executable, "-m", "signals", "backtest", "--out", str(out),
+        "--dataset", str(reuters_dataset), "--registry", str(registry_dir),
+        "--start-adapter", trained_adapter.name, "--days", "1",
+        "--classifier-url", f"http://127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the classification API at http://127.0.0.1:" in result.stderr
+    assert "is unreachable" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / "state.json").exists() and not list(out.glob("*.sqlite"))
+
+
 def test_the_drift_trigger_reads_the_random_picks_only(tmp_path):
     """The drift policy's rule on a real store: uncertain picks (all wrong) never fire it;
     random picks with a low F1 do, once there are enough of them, outside the cooldown."""
