@@ -8,10 +8,13 @@ picks new ones among the primary role's unlabelled predictions:
 * a share ``label_random_share`` drawn uniformly at random (a simple random sample of
   the candidates at that moment; the chance each had, ``p_inclusion`` = picks /
   candidates, is stored with it), and
-* the rest by uncertainty: the smallest ``|P(signal) - threshold|``, the items whose
-  label is most likely to move the decision boundary (uncertainty sampling).
+* the rest: first the items on which the candidate in shadow (another version) decided
+  otherwise than production, newest first (``disagreement``: one of the two is wrong
+  there, and these are the labels that tell the promotion gate which; query by
+  committee), then by uncertainty: the smallest ``|P(signal) - threshold|``, the items
+  whose label is most likely to move the decision boundary (``uncertain``).
 
-Uncertainty picks are not representative: precision and recall measured on them are
+Disagreement and uncertainty picks are not representative: precision and recall measured on them are
 biased (towards the hard cases). The random picks are, once weighted: with weight
 ``1 / p_inclusion`` per random pick, the weighted counts of true positives, false
 positives and false negatives estimate the stream's (the Hajek estimator);
@@ -77,12 +80,15 @@ class LabelQueue:
         n_random = math.floor(exact) + (self.rng.random() < exact - math.floor(exact))
         drawn = self.rng.sample(candidates, n_random)
         p_inclusion = n_random / len(candidates)
-        picks = [(item_id, "random", p_inclusion) for item_id, _, _ in drawn]
-        taken = {item_id for item_id, _, _ in drawn}
-        by_margin = sorted((c for c in candidates if c[0] not in taken),
-                           key=lambda c: (abs(c[1] - c[2]), c[0]))
-        picks += [(item_id, "uncertain", None) for item_id, _, _ in
-                  by_margin[:wanted - n_random]]
+        picks = [(c.item_id, "random", p_inclusion) for c in drawn]
+        taken = {c.item_id for c in drawn}
+        rest = [c for c in candidates if c.item_id not in taken]
+        disagreements = [c for c in rest if c.disagrees]  # newest first, as stored
+        by_margin = sorted((c for c in rest if not c.disagrees),
+                           key=lambda c: (abs(c.p_signal - c.threshold), c.item_id))
+        chosen = [(c, "disagreement") for c in disagreements] + [
+            (c, "uncertain") for c in by_margin]
+        picks += [(c.item_id, reason, None) for c, reason in chosen[:wanted - n_random]]
         return picks
 
 

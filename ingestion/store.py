@@ -90,6 +90,17 @@ class NewPrediction:
 
 
 @dataclass(frozen=True)
+class LabelCandidate:
+    """An unlabelled, not yet requested item the label queue may pick."""
+
+    item_id: int
+    p_signal: float
+    threshold: float
+    disagrees: bool
+    """The shadow role's version decided otherwise than the primary's."""
+
+
+@dataclass(frozen=True)
 class ConfusionRow:
     """Predictions of one adapter version in one role, grouped by (predicted, true) label."""
 
@@ -450,17 +461,25 @@ class Store:
 
     # --- label queue (ingestion/label_queue.py) ---------------------------------------
 
-    def label_candidates(self, limit: int) -> list[tuple[int, float, float]]:
-        """``(item id, P(signal), threshold)`` of the primary role's newest predictions
-        on items with no label that the queue has not handed out yet."""
-        query = (select(predictions.c.item_id, predictions.c.p_signal, predictions.c.threshold)
+    def label_candidates(self, limit: int) -> list[LabelCandidate]:
+        """The primary role's newest predictions on items with no label that the queue
+        has not handed out yet, each with whether the shadow role (another version)
+        decided otherwise."""
+        shadow = predictions.alias("shadow")
+        query = (select(predictions.c.item_id, predictions.c.p_signal, predictions.c.threshold,
+                        predictions.c.label, shadow.c.label.label("shadow_label"))
                  .join(items, items.c.id == predictions.c.item_id)
+                 .outerjoin(shadow, and_(shadow.c.item_id == predictions.c.item_id,
+                                         shadow.c.role == "shadow",
+                                         shadow.c.adapter != predictions.c.adapter))
                  .outerjoin(label_requests, label_requests.c.item_id == items.c.id)
                  .where(predictions.c.role == "primary", items.c.label.is_(None),
                         label_requests.c.item_id.is_(None))
                  .order_by(predictions.c.id.desc()).limit(limit))
         with self.transaction() as conn:
-            return [(r.item_id, r.p_signal, r.threshold) for r in conn.execute(query)]
+            return [LabelCandidate(r.item_id, r.p_signal, r.threshold,
+                                   r.shadow_label is not None and r.shadow_label != r.label)
+                    for r in conn.execute(query)]
 
     def label_requests_since(self, since: datetime) -> int:
         with self.transaction() as conn:

@@ -100,3 +100,34 @@ def test_sampled_quality_weights_each_random_pick_by_its_inclusion_chance():
     assert quality["precision"] == pytest.approx(2 / 6)
     assert quality["recall"] == pytest.approx(2 / 4)
     assert quality["f1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+
+
+def test_where_the_candidate_disagrees_with_production_is_labelled_first(db_url):
+    """Beyond the random share, the queue hands out the items on which the candidate in
+    shadow decided otherwise than production (newest first): the labels the promotion
+    gate needs; then the uncertain ones. A shadow of the same version never disagrees."""
+    from ingestion.store import NewPrediction
+    from pipeline.article import Article
+    from pipeline.dedupe import content_hash
+
+    store = Store(db_url)
+    ids = []
+    for i in range(10):
+        a = Article(id=f"dq{i}", title=f"Item {i}", text=f"Story {i} of the day.")
+        ids.append(store.insert_item(a, "test", content_hash(a), None, shadow=True)[0])
+    # production: P 0.9 (signal) on all but item 9, which sits on the threshold
+    store.record_predictions("primary", [
+        NewPrediction(i, "production", "v1", 0.5 if n == 9 else 0.9, 0.5, 1, False)
+        for n, i in enumerate(ids)])
+    # the candidate v2 says "not a signal" on items 2, 5 and 7; item 8's shadow is v1 itself
+    store.record_predictions("shadow", [
+        NewPrediction(i, "candidate", "v1" if n == 8 else "v2", 0.1 if n in (2, 5, 7) else 0.8,
+                      0.5, 0 if n in (2, 5, 7) else 1, False) for n, i in enumerate(ids)])
+    queue = LabelQueue(store, budget_per_day=2, random_share=0.0)
+    today = datetime.now(timezone.utc)
+    first = {p["item_id"]: p["reason"] for p in queue.hand_out(10, now=today)["items"]}
+    assert first == {ids[7]: "disagreement", ids[5]: "disagreement"}  # the newest two
+    tomorrow = {p["item_id"]: p["reason"] for p in queue.hand_out(
+        10, now=today + timedelta(days=1))["items"] if p["item_id"] not in first}
+    assert tomorrow == {ids[2]: "disagreement", ids[9]: "uncertain"}
+    store.close()
