@@ -12,7 +12,7 @@ import pytest
 from pipeline.article import Article
 from pipeline.prompt import encode_prompt, label_token_ids
 from serve.vllm_server import VLLMServer
-from tests.conftest import free_port
+from tests.conftest import free_port, publish_variant
 from train.backends import AdapterLoadError, BackendUnavailable, VLLMBackend, resolve_replicas
 from train.classifier import build_classifier
 
@@ -87,7 +87,9 @@ def test_loads_and_unloads_reach_every_replica(keyed_vllm, vllm_server, trained_
     error names the dead one."""
     labels = label_token_ids(tokenizer)
     replicas = [vllm_server.url, keyed_vllm.url]
-    name = trained_adapter.name
+    # A version of its own: the session's vLLM may still serve trained_adapter from an
+    # earlier test on this worker, and the test starts from "loaded on neither".
+    name = publish_variant(registry_dir, trained_adapter, "replicas").name
     auth = {"Authorization": f"Bearer {KEY}"}
 
     async def served(client: httpx.AsyncClient) -> dict[str, set[str]]:
