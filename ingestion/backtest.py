@@ -68,7 +68,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.config import IngestConfig, PromotionConfig
-from ingestion.drift import submit_ray_job, train_arguments
+from ingestion.drift import submit_ray_job, train_arguments, update_sets
 from ingestion.export import export_dataset
 from ingestion.feedback import FeedbackEntry
 from ingestion.label_queue import LabelQueue, sampled_quality
@@ -488,8 +488,8 @@ class Backtest:
     def train_command(self, dataset: Path, production: str) -> list[str]:
         settings = self.config.retrain
         command = train_arguments(settings.train_config, [
-            f"dataset={dataset}", "split=retrain", f"init_adapter={production}",
-            f"validation_days={settings.calibration_days}",
+            f"dataset={dataset}", "split=retrain",
+            *update_sets(production, settings.calibration_days),
             f"registry={self.config.registry}", *settings.overrides])
         return command + (["--local"] if settings.local and not settings.ray_address else [])
 

@@ -108,16 +108,18 @@ def train_arguments(train_config: Path, sets: Sequence[str], workers: int = 1) -
     return arguments
 
 
-def update_sets(config: DriftConfig) -> list[str]:
-    """The ``--set`` fields that make a retraining an update of ``continue_alias`` that
-    publishes to ``publish_alias`` (none of them when neither is configured)."""
+def update_sets(init_adapter: str | None, calibration_days: int | None,
+                publish_alias: str | None = None) -> list[str]:
+    """The ``--set`` fields that make a retraining an update of ``init_adapter`` (a
+    version or alias), calibrated on its newest ``calibration_days``, that points
+    ``publish_alias`` at its version: the service's retraining and the backtest's."""
     sets = []
-    if config.continue_alias:
-        sets.append(f"init_adapter={config.continue_alias}")
-        if config.calibration_days is not None:
-            sets.append(f"validation_days={config.calibration_days}")
-    if config.publish_alias:
-        sets.append(f"publish_alias={config.publish_alias}")
+    if init_adapter:
+        sets.append(f"init_adapter={init_adapter}")
+        if calibration_days is not None:
+            sets.append(f"validation_days={calibration_days}")
+    if publish_alias:
+        sets.append(f"publish_alias={publish_alias}")
     return sets
 
 
@@ -261,7 +263,10 @@ class DriftMonitor(Collector):
             log.warning("drift: no labelled items in %s; nothing to retrain on", split)
             return None
         entrypoint = retrain_entrypoint(config.train_config, directory.resolve(), split,
-                                        config.retrain_workers, update_sets(config))
+                                        config.retrain_workers,
+                                        update_sets(config.continue_alias,
+                                                    config.calibration_days,
+                                                    config.publish_alias))
         request = RetrainRequest(directory.resolve(), split, entrypoint, labelled, None,
                                  trigger, len(replay))
         self.retrains.append(request)
