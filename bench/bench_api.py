@@ -38,12 +38,12 @@ from pipeline.dataset import load_split  # noqa: E402
 from pipeline.prompt import encode_prompt, label_token_ids  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
 from serve.app import create_app  # noqa: E402
-from train.backends import VLLMBackend  # noqa: E402
-from train.classifier import build_classifier  # noqa: E402
+from classify.backends import VLLMBackend  # noqa: E402
+from classify.classifier import build_classifier  # noqa: E402
 from serve.vllm_server import VLLMServer, wait_until_ok  # noqa: E402
 from serve.local_http import free_port, serve_app  # noqa: E402
-from train.variants import publish_variant  # noqa: E402
-from train.registry import AdapterRegistry  # noqa: E402
+from classify.variants import publish_variant  # noqa: E402
+from classify.registry import AdapterRegistry  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -69,8 +69,8 @@ from serve.server import lora_settings  # noqa: E402
 from serve.vllm_launcher import (  # noqa: E402
     CPU_COMPILE_WITH_LORA_ENV, CPU_LORA_OPS_ENV, cpu_binding)
 from serve.vllm_server import VLLMServer, wait_until_ok  # noqa: E402
-from train.registry import AdapterRegistry  # noqa: E402
-from train.variants import publish_variant  # noqa: E402
+from classify.registry import AdapterRegistry  # noqa: E402
+from classify.variants import publish_variant  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APRIL_1987_ARTICLES = 3255

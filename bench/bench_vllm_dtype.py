@@ -24,9 +24,9 @@ from pathlib import Path
 from pipeline.dataset import load_split
 from pipeline.prompt import encode_prompt, label_token_ids
 from pipeline.settings import Paths
-from train.backends import InProcessBackend, VLLMBackend
+from classify.backends import InProcessBackend, VLLMBackend
 from serve.vllm_server import VLLMServer
-from train.registry import AdapterRegistry
+from classify.registry import AdapterRegistry
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -12,8 +12,8 @@ from pipeline.prompt import label_token_ids
 from serve.app import create_app
 from serve.local_http import free_port, serve_app
 from serve.vllm_server import wait_until_ok
-from train.backends import InProcessBackend
-from train.classifier import SignalClassifier, build_classifier
+from classify.backends import InProcessBackend
+from classify.classifier import SignalClassifier, build_classifier
 
 
 class ClassifyRequestCounter:

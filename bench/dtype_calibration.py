@@ -41,10 +41,10 @@ from pipeline.settings import Paths  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
 from serve.server import lora_settings  # noqa: E402
 from serve.vllm_server import VLLMServer  # noqa: E402
-from train.backends import VLLMEndpoint, native_bf16  # noqa: E402
-from train.calibration import window_metrics  # noqa: E402
-from train.registry import AdapterRegistry  # noqa: E402
-from train.validation import fit_on_window, load_window, raw_p_signal  # noqa: E402
+from classify.backends import VLLMEndpoint, native_bf16  # noqa: E402
+from classify.calibration import window_metrics  # noqa: E402
+from classify.registry import AdapterRegistry  # noqa: E402
+from classify.validation import fit_on_window, load_window, raw_p_signal  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = ("float32", "bfloat16")

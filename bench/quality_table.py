@@ -16,7 +16,7 @@ TF-IDF + logistic-regression baselines computed here on the same whole windows
 Beside them, the reference every adapter is held against:
 
 * ``tfidf-tuned``: TF-IDF + logistic regression or a linear SVM, its settings chosen on
-  the validation window from ``train.lexical.LEXICAL_GRID`` (the grid and the choice
+  the validation window from ``classify.lexical.LEXICAL_GRID`` (the grid and the choice
   are in ``lexical_reference``), Platt-calibrated and cut there.
 
 ``--scores FILE ...`` adds the versions ``bench/score_windows.py`` scored article by
@@ -53,7 +53,7 @@ from pipeline.settings import Paths
 from train.config import TrainConfig
 from train.evaluate import TfidfBaseline, TunedLexical
 from train.experiment import QUALITY_FIELDS, ExperimentConfig, lora_race
-from train.validation import split_off_validation
+from classify.validation import split_off_validation
 
 # TrainConfig.validation_days' default: the window the adapters were calibrated on
 VALIDATION_DAYS = TrainConfig.model_fields["validation_days"].default
@@ -191,7 +191,7 @@ SHIFTED_RATES = (0.08, 0.12, 0.25, 0.35, 0.45)
 
 def _shift_rows(labels, p, threshold: float, fitted_rate: float) -> tuple[dict, dict]:
     """(metrics as served, metrics with the window's rate estimated by EM and applied)."""
-    from train.calibration import estimate_prior, prior_shift
+    from classify.calibration import estimate_prior, prior_shift
     from train.evaluate import binary_metrics
 
     rate = estimate_prior(p, fitted_rate)
@@ -210,7 +210,7 @@ def simulate_label_shift(labels, p, threshold: float, fitted_rate: float,
     served and with label shift; ``mean_gain`` averages over the rates."""
     import numpy as np
 
-    from train.calibration import estimate_prior, prior_shift
+    from classify.calibration import estimate_prior, prior_shift
 
     rng = np.random.default_rng(seed)
     y, q = np.asarray(labels), np.asarray(p, dtype=float)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     # The largest cap of any variant: the scorer serves each adapter at its own trained
-    # cap within this one (train.classifier), as the server does.
+    # cap within this one (classify.classifier), as the server does.
     cap = max(c.max_prompt_tokens for c in configs.values())
     windows = {split: labelled_sample(load_split(shared.dataset, split), args.eval_limit,
                                       shared.seed) for split in splits}

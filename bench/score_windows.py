@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline.dataset import labelled_sample, load_split
 from pipeline.settings import Paths
-from train.validation import split_off_validation
+from classify.validation import split_off_validation
 
 VALIDATION = "validation"
 """How the scores name the training split's validation window."""
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from train.evaluate import Scorer
-    from train.lexical import LexicalModel
+    from classify.lexical import LexicalModel
 
     scorer = Scorer(args.base_model, args.registry, 512, vllm_url=args.vllm_url)
     version = scorer.classifier.resolve(args.version)

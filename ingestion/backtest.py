@@ -32,7 +32,7 @@ its own SQLite store stamped by the simulated clock) and its own two registry al
    runs as a Ray job (``ray_address``), or as ``signals train`` here (a local Ray, or in
    this process with ``local``); the new version becomes the candidate.
 
-Beside each policy, the tuned lexical reference (:func:`train.lexical.select_lexical`)
+Beside each policy, the tuned lexical reference (:func:`classify.lexical.select_lexical`)
 is scored on the same items: frozen (fitted on the training split), and for a retraining
 policy refitted at each of its retrainings on the training split plus the same labels,
 calibrated on the same newest days.
@@ -79,8 +79,8 @@ from pipeline.article import Article
 from pipeline.dataset import labelled_sample, load_split, publication_day
 from pipeline.settings import Paths
 from serve.schemas import ALIAS_REGEX, AliasRequest
-from train.lexical import LexicalModel, select_lexical
-from train.registry import AdapterRegistry
+from classify.lexical import LexicalModel, select_lexical
+from classify.registry import AdapterRegistry
 
 log = logging.getLogger(__name__)
 

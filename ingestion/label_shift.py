@@ -4,7 +4,7 @@ A version's calibrated P(signal) holds the signal rate of its validation window;
 newsletters it now reads may carry another (Reuters: 17% in training, 16% in April,
 28% in June). :class:`SignalRateTracker` keeps the unshifted calibrated P of the last
 ``window`` predictions of each (version, role) and estimates the stream's rate from
-them by EM (:func:`train.calibration.estimate_prior`, Saerens et al. 2002, which
+them by EM (:func:`classify.calibration.estimate_prior`, Saerens et al. 2002, which
 assumes P(article | label) unchanged: label shift). It is exported as
 ``signals_ingest_estimated_signal_rate{adapter,role}`` (with the number of predictions
 behind it) and, when ``label_shift`` is on in the service's config, sent with each
@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from serve.schemas import ArticleResult
-from train.calibration import estimate_prior, prior_shift
+from classify.calibration import estimate_prior, prior_shift
 
 
 class SignalRateTracker:

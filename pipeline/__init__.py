@@ -13,5 +13,6 @@ directories (``dataset.py``) and the ``signals data`` commands (``data_cli.py``,
 to ``signals`` by ``signals/cli.py``).
 
 May import: only ``pipeline`` itself (and third-party libraries). It is the lowest
-layer: ``train``, ``serve`` and ``ingestion`` import it, never the other way.
+layer: ``classify``, ``train``, ``serve`` and ``ingestion`` import it, never the other
+way.
 """

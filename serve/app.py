@@ -65,9 +65,9 @@ from serve.schemas import (
     ClassifyResponse,
     adapter_path,
 )
-from train.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
-from train.classifier import BaseModelNotAdapter, NotEnoughToEstimate, SignalClassifier
-from train.registry import AdapterNotFound, InvalidAdapterName
+from classify.backends import AdapterLoadError, BackendTimeout, BackendUnavailable
+from classify.classifier import BaseModelNotAdapter, NotEnoughToEstimate, SignalClassifier
+from classify.registry import AdapterNotFound, InvalidAdapterName
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pipeline.prompt import BASE_NAME, DEFAULT_MAX_PROMPT_TOKENS
 from pipeline.settings import Paths
 from serve.vllm_launcher import cpu_binding
 from serve.vllm_server import DEFAULT_BLOCK_SIZE
-from train.backends import ServingDtype
+from classify.backends import ServingDtype
 
 _paths = Paths()
 
@@ -65,7 +65,7 @@ class ServeConfig(BaseSettings):
     (steps of ~0.25 near the label tokens' values), which moves P(signal) by up to
     ~0.05; float32 agrees with the in-process backend to ~1e-3. ``auto``: bfloat16
     where this machine computes it natively (a GPU with bf16, a CPU with AVX-512 BF16
-    or AMX; ``train.backends.serving_dtype``), float32 elsewhere. float32 is the
+    or AMX; ``classify.backends.serving_dtype``), float32 elsewhere. float32 is the
     default: on a 2-core CPU with AVX-512 BF16, bfloat16 served a production-shaped
     adapter at 0.68x float32's rate with F1 0.488 against 0.537 on validation
     (``bench/RESULTS.md``, float32 vs bfloat16). With

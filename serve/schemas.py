@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.article import Article
 from serve.errors import ErrorBody
-from train.registry import ALIAS_PATTERN
+from classify.registry import ALIAS_PATTERN
 
-# The registry's name rule (``train/registry.py``: a letter or digit, then letters,
+# The registry's name rule (``classify/registry.py``: a letter or digit, then letters,
 # digits, '.', '_', '-', never '..', at most 128 characters) written without a lookahead,
 # so that the OpenAPI document states it and schema-driven clients generate valid names.
 ADAPTER_NAME_REGEX = r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$"

@@ -11,8 +11,8 @@ import uvicorn
 
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
-from train.backends import Backend, InProcessBackend, VLLMBackend, serving_dtype
-from train.classifier import build_classifier
+from classify.backends import Backend, InProcessBackend, VLLMBackend, serving_dtype
+from classify.classifier import build_classifier
 from serve.config import ServeConfig
 from serve.vllm_server import VLLMServer
 
@@ -47,7 +47,7 @@ def lora_settings(config: ServeConfig) -> tuple[int, list[str]]:
     values when the registry is empty. Exact values matter on a CPU: padding to a
     larger rank or touching every layer costs 1.6-2.3x.
     """
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     ranks, modules = [], set()
     for version in AdapterRegistry(config.registry).list():

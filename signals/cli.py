@@ -14,7 +14,8 @@
 
 Each package registers its own commands (``pipeline/data_cli.py``, ``train/cli.py``,
 ``serve/cli.py``, ``ingestion/cli.py``); this module only puts them under one parser, in
-the order a reader meets the layers. Those modules import their heavy dependencies inside
+the order a reader meets the layers. The demo trains, evaluates and serves, so it sits
+here, above the packages it composes (``signals/demo.py``). Those modules import their heavy dependencies inside
 the commands, so ``signals --help`` answers at once.
 """
 
@@ -24,6 +25,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ingestion import cli as ingestion_cli
 from pipeline import data_cli as pipeline_cli
@@ -48,6 +50,35 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from signals.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(
+        samples=args.samples, train_examples=args.train_examples, train_config=args.config,
+        keep_serving=args.keep_serving, port=args.port, vllm_port=args.vllm_port,
+        seed=args.seed))
+
+
+def register_demo(commands: argparse._SubParsersAction) -> None:
+    """Add ``demo`` (``signals/demo.py``): it trains, evaluates and serves, so it is
+    composed here, above the packages it uses, not in any one of them."""
+    demo = commands.add_parser(
+        "demo", help="end to end: model, Reuters data, LoRA training, vLLM serving, "
+        "classification of April articles over HTTP, confusion matrix")
+    demo.add_argument("--samples", type=int, default=300,
+                      help="April articles to classify (default 300)")
+    demo.add_argument("--train-examples", type=int,
+                      help="training examples (default: from the demo config)")
+    demo.add_argument("--config", type=Path,
+                      help="training config (default: train/configs/demo.yaml)")
+    demo.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    demo.add_argument("--vllm-port", type=int, default=8100, help="vLLM port (default 8100)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the April sample")
+    demo.add_argument("--keep-serving", action="store_true",
+                      help="leave the API and vLLM running after the report (Ctrl-C stops)")
+    demo.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signals", description="Find investment signals in news with fine-tuned LLMs.")
@@ -56,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_cli.register(commands)
     train_cli.register(commands)
     serve_cli.register(commands)
+    register_demo(commands)
     ingestion_cli.register(commands)
     return parser
 

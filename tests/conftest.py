@@ -28,7 +28,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers (pytes
 from pipeline.settings import Paths  # noqa: E402
 # free_port, serve_app and publish_variant are imported by tests from here.
 from serve.local_http import free_port, serve_app  # noqa: E402,F401
-from train.variants import publish_variant  # noqa: E402,F401
+from classify.variants import publish_variant  # noqa: E402,F401
 
 
 @contextmanager

@@ -149,7 +149,7 @@ def test_signals_serve_end_to_end_and_clean_stop(base_model_dir, registry_dir, t
 
 def test_adapters_promote_show_and_list(tmp_path):
     """Registry commands on a real registry directory (no model needed)."""
-    from train.registry import AdapterManifest, AdapterRegistry
+    from classify.registry import AdapterManifest, AdapterRegistry
 
     registry = AdapterRegistry(tmp_path)
     staging = registry.staging_dir("lora-x-1")

@@ -1,13 +1,13 @@
-"""Training, evaluation and the adapter registry.
+"""Training and evaluation: what makes and judges adapter versions.
 
 Owns: one flat module per method (``lora.py``, ``loraplus.py``, ``dpo.py``,
 ``rlhf.py``, QLoRA through ``lora.py``) over their typed configs (``config.py``), Ray
-jobs (``jobs.py``), the adapter registry (``registry.py``) and its typed manifest
-(``manifest.py``), the classifier over its backends (``classifier.py``,
-``backends.py``: vLLM through the ``openai`` client, in-process transformers + peft),
-which evaluation uses and serving serves, evaluation (``evaluate.py``), the method
-comparison (``experiment.py``) and the ``signals model|train|eval|experiment|adapters``
-commands (``cli.py``, added to ``signals`` by ``signals/cli.py``).
+jobs (``jobs.py``), the base model's preparation (``base_model.py``), the ensemble fit
+(``ensemble.py``), evaluation (``evaluate.py``), the method comparison
+(``experiment.py``) and the ``signals model|train|eval|experiment|adapters`` commands
+(``cli.py``, added to ``signals`` by ``signals/cli.py``). The versions it publishes, and
+the classifier that scores them, are ``classify``'s.
 
-May import: ``pipeline`` and ``train``. Never ``serve`` or ``ingestion``.
+May import: ``pipeline``, ``classify`` and ``train``. Never ``serve`` (its sibling) or
+``ingestion``.
 """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.prompt import BASE_NAME
 from pipeline.settings import Paths
-from train.backends import SERVING_DTYPES
+from classify.backends import SERVING_DTYPES
 from train.config import METHODS
 
 
@@ -117,7 +117,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_list(args: argparse.Namespace) -> int:
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     registry = AdapterRegistry(args.registry or Paths().registry_dir)
     versions = registry.list()
@@ -135,7 +135,7 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_show(args: argparse.Namespace) -> int:
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     version = AdapterRegistry(args.registry or Paths().registry_dir).resolve(args.name)
     print(json.dumps(version.manifest.to_json(), indent=2))
@@ -143,8 +143,8 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
-    from train.registry import AdapterRegistry
-    from train.validation import load_window, recalibrate
+    from classify.registry import AdapterRegistry
+    from classify.validation import load_window, recalibrate
 
     paths = Paths()
     registry = AdapterRegistry(args.registry or paths.registry_dir)
@@ -166,7 +166,7 @@ def cmd_adapters_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_adapters_ensemble(args: argparse.Namespace) -> int:
     from train.ensemble import build_ensemble
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     paths = Paths()
     registry = AdapterRegistry(args.registry or paths.registry_dir)
@@ -189,7 +189,7 @@ def cmd_adapters_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters_promote(args: argparse.Namespace) -> int:
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     registry = AdapterRegistry(args.registry or Paths().registry_dir)
     registry.set_alias(args.alias, registry.resolve(args.name).name)
@@ -200,7 +200,7 @@ def cmd_adapters_promote(args: argparse.Namespace) -> int:
 
 def _vllm_endpoint(args: argparse.Namespace):
     """The running vLLM server ``--vllm-url`` names (None: score in this process)."""
-    from train.backends import VLLMEndpoint
+    from classify.backends import VLLMEndpoint
 
     if not args.vllm_url:
         return None

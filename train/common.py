@@ -21,12 +21,12 @@ from typing import Any
 
 from pipeline.article import Article
 from pipeline.dataset import DatasetManifest, labelled_sample, load_split, read_manifest
-from train.backends import native_bf16
+from classify.backends import native_bf16
 from train.config import TrainConfig
 from train.ensemble import build_ensemble
-from train.manifest import AdapterManifest, DatasetWindow, LoraShape
-from train.registry import MANIFEST, AdapterNotFound, AdapterRegistry, AdapterVersion
-from train.validation import WindowArticles, fit_on_window, raw_p_signal, split_off_validation
+from classify.manifest import AdapterManifest, DatasetWindow, LoraShape
+from classify.registry import MANIFEST, AdapterNotFound, AdapterRegistry, AdapterVersion
+from classify.validation import WindowArticles, fit_on_window, raw_p_signal, split_off_validation
 
 log = logging.getLogger(__name__)
 

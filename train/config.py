@@ -33,7 +33,7 @@ from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptStyle
 from pipeline.settings import Paths
-from train.registry import ALIAS_PATTERN
+from classify.registry import ALIAS_PATTERN
 
 _paths = Paths()
 
@@ -80,7 +80,7 @@ class TrainConfig(BaseModel):
     validation_days: int | None = Field(default=5, ge=1, le=365)
     """Hold out the last this-many calendar days of the split as the validation window:
     never trained on; after training the adapter's calibration and F1-optimal threshold
-    are fitted there (``train/calibration.py``). The default 5 days hold 1,047 articles
+    are fitted there (``classify/calibration.py``). The default 5 days hold 1,047 articles
     (189 signals) of Reuters' training window. None = no window, no calibration (the
     adapter then serves uncalibrated at the server's threshold)."""
 

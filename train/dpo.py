@@ -16,7 +16,7 @@ from train.common import (RunContext, load_base_model, loss_curve, mean_prompt_t
                           peft_model, preference_pairs, show_loss_progress,
                           trainer_arguments)
 from train.config import DpoTrainConfig
-from train.registry import AdapterVersion
+from classify.registry import AdapterVersion
 from train.run import start_run
 
 log = logging.getLogger(__name__)

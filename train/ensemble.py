@@ -6,18 +6,18 @@ whole article and weighs single words. :func:`build_ensemble` takes a calibrated
 adapter version and, on the same validation window its calibration was fitted on
 (the last ``validation_days`` of its training split, never trained on by either half):
 
-1. chooses the lexical model on that window (:func:`train.lexical.select_lexical`,
+1. chooses the lexical model on that window (:func:`classify.lexical.select_lexical`,
    fitted on the days before it, as the adapter was);
 2. scores the window with the adapter (raw P, in this process or on a running vLLM
    server) and with the lexical model (its margin);
 3. fits the stacking weights and the F1-optimal threshold there
-   (:func:`train.calibration.fit_ensemble`);
+   (:func:`classify.calibration.fit_ensemble`);
 4. publishes a new version: the adapter's files copied, the lexical model beside them
    (``lexical.joblib``), the manifest's ``ensemble`` section naming both parts, the
    weights and the window's metrics of the ensemble and of each part alone.
 
 The serving classifier answers an ensemble version with the combined P at its own
-threshold, on either backend (:meth:`train.classifier.SignalClassifier.decision`);
+threshold, on either backend (:meth:`classify.classifier.SignalClassifier.decision`);
 the adapter alone stays a version of its own. Whether to serve the ensemble is decided
 on the validation metrics recorded here (``after`` against ``adapter_alone``), never on
 a test window.
@@ -32,11 +32,11 @@ from pathlib import Path
 
 from pipeline.article import Article
 from pipeline.dataset import labelled_sample, load_split, read_manifest
-from train.backends import VLLMEndpoint
-from train.calibration import fit_ensemble, window_metrics
-from train.lexical import LEXICAL_GRID, LexicalParams, select_lexical
-from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
-from train.validation import raw_p_signal, split_off_validation
+from classify.backends import VLLMEndpoint
+from classify.calibration import fit_ensemble, window_metrics
+from classify.lexical import LEXICAL_GRID, LexicalParams, select_lexical
+from classify.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
+from classify.validation import raw_p_signal, split_off_validation
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Offline evaluation: the base model or an adapter on a dataset split.
 
-P(signal) comes from the product's own classifier (:class:`train.classifier.SignalClassifier`
+P(signal) comes from the product's own classifier (:class:`classify.classifier.SignalClassifier`
 on the in-process transformers + peft backend, or on a running vLLM server), so an
 evaluation measures exactly what serving would answer: the calibrated P(signal) of a
 calibrated adapter version, cut at its own threshold (chosen on its validation window)
@@ -10,7 +10,7 @@ accuracy, precision, recall, F1, ROC-AUC, the expected calibration error, and
 reaches on the evaluated articles: a bound to read F1 against, never tuned on); and a
 per-month table, because a model's quality is expected to decay with the time since
 its training window. The honest reference is :class:`TunedLexical`: TF-IDF + a linear
-model with its settings chosen on the validation window (:mod:`train.lexical`), what a
+model with its settings chosen on the validation window (:mod:`classify.lexical`), what a
 practitioner would ship; :class:`TfidfBaseline` is the same features at scikit-learn's
 defaults (C=1), kept as the untuned row.
 """
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from pipeline.article import Article
 from pipeline.prompt import BASE_NAME
 from pipeline.stats import publication_month
-from train.calibration import expected_calibration_error, f1_optimal_threshold
-from train.lexical import LEXICAL_GRID, LexicalParams, lexical_text, select_lexical
+from classify.calibration import expected_calibration_error, f1_optimal_threshold
+from classify.lexical import LEXICAL_GRID, LexicalParams, lexical_text, select_lexical
 
 if TYPE_CHECKING:
-    from train.classifier import Classification
+    from classify.classifier import Classification
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ class Scorer:
         from transformers import AutoTokenizer
 
         from pipeline.prompt import label_token_ids
-        from train.backends import InProcessBackend, VLLMEndpoint
-        from train.classifier import SignalClassifier
-        from train.registry import AdapterRegistry
+        from classify.backends import InProcessBackend, VLLMEndpoint
+        from classify.classifier import SignalClassifier
+        from classify.registry import AdapterRegistry
 
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         labels = label_token_ids(tokenizer)
@@ -191,9 +191,9 @@ class Scorer:
         ``signal_rate``: label shift, as the API applies it (only when asked; never
         silently): prior-shift the calibrated P to this signal rate of the evaluated
         window, or with ``"estimate"`` to the rate EM estimates from the whole window's
-        calibrated P (:func:`train.calibration.estimate_prior`), its labels unread.
+        calibrated P (:func:`classify.calibration.estimate_prior`), its labels unread.
         """
-        from train.calibration import estimate_prior, prior_shift
+        from classify.calibration import estimate_prior, prior_shift
 
         results = self.classify(articles, adapter, threshold)
         p = [c.p_signal for c in results]
@@ -255,7 +255,7 @@ class TfidfBaseline:
             self.model = tfidf_model(train)
             return
         from pipeline.dataset import labelled_sample
-        from train.validation import split_off_validation
+        from classify.validation import split_off_validation
 
         before, window, _, _ = split_off_validation(train, validation_days)
         window = labelled_sample(window)  # its labelled articles, all of them

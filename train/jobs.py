@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipeline.settings import Paths
 from train.common import RunContext, pin_init_adapter
 from train.config import CONFIGS, AnyTrainConfig, TrainConfig
-from train.registry import AdapterRegistry, AdapterVersion
+from classify.registry import AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pipeline.views import sft_token_rows
 from train.common import (RunContext, load_base_model, loss_curve, peft_model,
                           show_loss_progress, trainer_arguments)
 from train.config import TrainConfig
-from train.registry import AdapterVersion
+from classify.registry import AdapterVersion
 from train.run import start_run
 
 log = logging.getLogger(__name__)

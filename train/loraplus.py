@@ -12,7 +12,7 @@ from __future__ import annotations
 from train.common import RunContext
 from train.config import LoraPlusTrainConfig
 from train.lora import train_lora
-from train.registry import AdapterVersion
+from classify.registry import AdapterVersion
 
 
 def loraplus_optimizer(model, config: LoraPlusTrainConfig):

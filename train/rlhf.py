@@ -24,7 +24,7 @@ from train.common import (RunContext, load_base_model, lora_config, loss_curve,
                           mean_prompt_tokens, peft_model, preference_pairs,
                           show_loss_progress, trainer_arguments)
 from train.config import RlhfTrainConfig
-from train.registry import AdapterVersion
+from classify.registry import AdapterVersion
 from train.run import start_run
 
 log = logging.getLogger(__name__)

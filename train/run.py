@@ -17,7 +17,7 @@ from train.common import (RunContext, TrainingData, check_prompt_style, load_tok
                           load_training_data, resolve_adapter)
 from train.common import publish_adapter
 from train.config import TrainConfig
-from train.registry import AdapterRegistry, AdapterVersion
+from classify.registry import AdapterRegistry, AdapterVersion
 
 
 @dataclass

@@ -28,7 +28,7 @@ from serve.app import create_app
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, publish_variant, serve_app
 from tests.ingestion.test_ingest_support import make_classifier
-from train.registry import AdapterRegistry
+from classify.registry import AdapterRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -34,8 +34,8 @@ from serve.app import create_app
 from serve.vllm_server import VLLMServer, wait_until_ok
 from tests.conftest import free_port, serve_app
 from tests.ingestion.test_ingest_support import sample, scrape, wait_for
-from train.backends import VLLMBackend
-from train.classifier import build_classifier
+from classify.backends import VLLMBackend
+from classify.classifier import build_classifier
 
 # Two vLLM start-ups (the first and the supervisor's restart) and the classifications:
 # more than the suite's 900 s default on a busy 2-core machine.

@@ -39,7 +39,7 @@ from tests.ingestion.test_ingest_support import (
     serve_on_port,
     wait_for,
 )
-from train.registry import AdapterRegistry
+from classify.registry import AdapterRegistry
 
 pytestmark = pytest.mark.slow
 

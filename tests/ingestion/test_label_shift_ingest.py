@@ -15,8 +15,8 @@ from pipeline.dedupe import deduplicate
 from tests.conftest import publish_variant, serve_app
 from tests.ingestion.test_ingest_support import (classification_api, make_classifier,
                                                  sample, scrape, wait_for)
-from train.calibration import estimate_prior, prior_shift
-from train.registry import AdapterRegistry
+from classify.calibration import estimate_prior, prior_shift
+from classify.registry import AdapterRegistry
 
 pytestmark = pytest.mark.slow
 

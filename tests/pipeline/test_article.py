@@ -44,7 +44,7 @@ def test_one_publication_day_for_splits_windows_trends_and_the_store():
     from ingestion.schema import to_db_time
     from pipeline.dataset import temporal_splits
     from pipeline.trends import GrowthReport, topics_to_measure
-    from train.validation import split_off_validation
+    from classify.validation import split_off_validation
 
     late = Article(id="late", title="Acme bid", topics=["acme"], date_published=datetime(
         1987, 3, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5))))

@@ -173,9 +173,9 @@ class _RecordingCompletions(BaseHTTPRequestHandler):
 
 def _served_ids(articles, tokenizer, tmp_path) -> list[list[int]]:
     """The token ids the classifier's vLLM backend sends over HTTP for ``articles``."""
-    from train.backends import VLLMBackend
-    from train.classifier import SignalClassifier
-    from train.registry import AdapterRegistry
+    from classify.backends import VLLMBackend
+    from classify.classifier import SignalClassifier
+    from classify.registry import AdapterRegistry
 
     labels = label_token_ids(tokenizer)
     handler = type("Handler", (_RecordingCompletions,), {"bodies": [], "labels": labels})

@@ -3,8 +3,8 @@
 import pytest
 
 from serve.app import create_app
-from train.backends import InProcessBackend
-from train.classifier import build_classifier
+from classify.backends import InProcessBackend
+from classify.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import serve_app
 

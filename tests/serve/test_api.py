@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from serve.app import create_app
-from train.backends import InProcessBackend, VLLMBackend
-from train.classifier import build_classifier
+from classify.backends import InProcessBackend, VLLMBackend
+from classify.classifier import build_classifier
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
 from tests.serve.conftest import ADMIN, TOKEN
@@ -234,7 +234,7 @@ def test_admin_routes_are_disabled_without_a_token(base_model_dir, registry_dir,
 
 
 def test_promote_by_alias_and_unload(api, trained_adapter, registry_dir):
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     response = httpx.post(f"{api}/v1/aliases/candidate", headers=ADMIN, timeout=60,
                           json={"adapter": trained_adapter.name})
@@ -305,7 +305,7 @@ def test_watcher_loads_new_versions_and_follows_aliases(base_model_dir, registry
 
     from pipeline.prompt import label_token_ids
     from tests.conftest import publish_variant
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     classifier = build_classifier(InProcessBackend(base_model_dir, label_token_ids(tokenizer)),
                                   base_model_dir, registry_dir, 512, 0.5, max_loaded=8)
@@ -334,7 +334,7 @@ def _uncalibrated_copy(registry_dir, source):
     """The same adapter weights published as an older version would be: no calibration."""
     import shutil
 
-    from train.registry import AdapterManifest, AdapterRegistry
+    from classify.registry import AdapterManifest, AdapterRegistry
 
     registry = AdapterRegistry(registry_dir)
     name = registry.new_name("lora", "old-manifest")
@@ -403,7 +403,7 @@ def test_signal_rate_prior_shifts_a_calibrated_version_and_never_the_base(api, t
     the label is cut at the version's own threshold on the shifted P; the base model is
     not shifted; 'estimate' on fewer than 30 articles is a 422 with a message. The
     fixture adapter's manifest has none of the ensemble fields (an older version)."""
-    from train.calibration import prior_shift
+    from classify.calibration import prior_shift
 
     manifest = json.loads((trained_adapter.path / "manifest.json").read_text())
     assert "ensemble" not in manifest and "ensemble_of" not in manifest
@@ -434,7 +434,7 @@ def _copy_with_calibration_dtype(registry_dir, source, dtype):
     version from before the dtype was recorded)."""
     import shutil
 
-    from train.registry import AdapterManifest, AdapterRegistry
+    from classify.registry import AdapterManifest, AdapterRegistry
 
     registry = AdapterRegistry(registry_dir)
     name = registry.new_name("lora", f"dtype-{dtype}")
@@ -464,7 +464,7 @@ def test_a_version_calibrated_in_another_dtype_than_served_is_flagged(
     assert flags[bf16.name] is True
     assert flags[unknown.name] is None
     body = {"articles": [a.to_record() for a in april_articles[:2]]}
-    with caplog.at_level("WARNING", logger="train.classifier"):
+    with caplog.at_level("WARNING", logger="classify.classifier"):
         for version in (bf16, unknown):
             response = httpx.post(f"{api}/v1/classify", headers=ADMIN, timeout=120,
                                   json={**body, "adapter": version.name})

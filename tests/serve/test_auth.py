@@ -12,10 +12,10 @@ from pipeline.prompt import label_token_ids
 from serve.app import create_app
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, serve_app
-from train.backends import InProcessBackend
-from train.classifier import build_classifier
-from train.registry import AdapterRegistry
-from train.variants import publish_variant
+from classify.backends import InProcessBackend
+from classify.classifier import build_classifier
+from classify.registry import AdapterRegistry
+from classify.variants import publish_variant
 
 CLASSIFY, ADMIN = "serve-classify-token", "serve-admin-token"
 WRITE, FEEDBACK, READ, INGEST_ADMIN = "ing-write", "ing-feedback", "ing-read", "ing-admin"

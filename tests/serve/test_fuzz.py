@@ -52,8 +52,8 @@ from serve.app import create_app
 from serve.vllm_server import wait_until_ok
 from tests.conftest import free_port, new_postgres_database, serve_app
 from tests.ingestion.test_ingest_support import sample, scrape
-from train.backends import InProcessBackend
-from train.classifier import build_classifier
+from classify.backends import InProcessBackend
+from classify.classifier import build_classifier
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("SIGNALS_FUZZ_EXAMPLES", "25"))
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "fuzz.json"

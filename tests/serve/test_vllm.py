@@ -9,12 +9,12 @@ from pipeline.article import Article
 from pipeline.dataset import load_split
 from pipeline.prompt import label_token_ids
 from serve.app import create_app
-from train.backends import InProcessBackend, VLLMBackend
-from train.calibration import estimate_prior, prior_shift
-from train.classifier import build_classifier
+from classify.backends import InProcessBackend, VLLMBackend
+from classify.calibration import estimate_prior, prior_shift
+from classify.classifier import build_classifier
 from train.ensemble import build_ensemble
-from train.lexical import LexicalModel, LexicalParams
-from train.registry import AdapterRegistry
+from classify.lexical import LexicalModel, LexicalParams
+from classify.registry import AdapterRegistry
 from serve.vllm_server import wait_until_ok
 from tests.conftest import publish_variant, serve_app
 from tests.serve.conftest import ADMIN, TOKEN
@@ -269,7 +269,7 @@ def test_a_short_prompt_adapter_is_asked_with_its_own_prompts_through_vllm(
     import shutil
 
     from train.evaluate import Scorer
-    from train.registry import ADAPTER_FILES, AdapterRegistry
+    from classify.registry import ADAPTER_FILES, AdapterRegistry
 
     registry = AdapterRegistry(tmp_path / "registry")
     for name, style in (("as-full", "full"), ("as-short", "short")):

@@ -13,8 +13,8 @@ from pipeline.article import Article
 from pipeline.prompt import encode_prompt, label_token_ids
 from serve.vllm_server import VLLMServer
 from tests.conftest import free_port, publish_variant
-from train.backends import AdapterLoadError, BackendUnavailable, VLLMBackend, resolve_replicas
-from train.classifier import build_classifier
+from classify.backends import AdapterLoadError, BackendUnavailable, VLLMBackend, resolve_replicas
+from classify.classifier import build_classifier
 
 KEY = "test-vllm-key"
 ARTICLE = Article(id="k", title="Acme agrees takeover by Beta", text="Acme said it agreed.")

@@ -64,7 +64,7 @@ def test_auto_serving_dtype_is_bfloat16_exactly_where_this_cpu_computes_it():
     and unknown ones refused."""
     import torch
 
-    from train.backends import serving_dtype
+    from classify.backends import serving_dtype
 
     assert not torch.cuda.is_available()
     native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
@@ -81,7 +81,7 @@ def test_the_api_knows_a_vllm_dtype_only_where_it_can(base_model_dir):
     (this machine's probe says nothing of another's), so nothing is flagged on a guess."""
     from serve.config import ServeConfig
     from serve.server import make_backend
-    from train.backends import serving_dtype
+    from classify.backends import serving_dtype
 
     here = ServeConfig(base_model=base_model_dir, vllm_dtype="auto")
     assert make_backend(here, "http://127.0.0.1:1").dtype == serving_dtype("auto")

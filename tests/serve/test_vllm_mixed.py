@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.dataset import load_split
 from pipeline.prompt import encode_prompt, label_token_ids
-from train.backends import VLLMBackend
+from classify.backends import VLLMBackend
 from tests.conftest import publish_variant
 
 pytestmark = pytest.mark.vllm

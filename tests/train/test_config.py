@@ -159,7 +159,7 @@ def test_one_set_parser_for_training_and_experiment_configs(tmp_path):
 def test_bf16_defaults_to_what_the_hardware_computes_natively(tmp_path):
     """bf16 None follows the machine (autocast on a CPU without native bfloat16 was
     tens of times slower than float32); True/False are kept as given."""
-    from train.backends import native_bf16
+    from classify.backends import native_bf16
     from train.common import use_bf16
 
     base = TrainConfig.model_construct(method="lora", bf16=None)

@@ -8,7 +8,7 @@ import pytest
 
 from train.config import load_config
 from train.lora import train_lora
-from train.registry import AdapterRegistry
+from classify.registry import AdapterRegistry
 
 
 def test_a_training_run_publishes_its_ensemble_from_the_calibration_scores(

@@ -162,9 +162,9 @@ def test_the_validated_tfidf_baseline_learns_before_the_window_and_cuts_where_f1
     on the training split minus its last 5 days, cut at the F1-optimal threshold of those
     days (not 0.5), and that threshold is what its evaluations apply."""
     from pipeline.dataset import load_split
-    from train.calibration import f1_optimal_threshold
+    from classify.calibration import f1_optimal_threshold
     from train.evaluate import TfidfBaseline, tfidf_model, tfidf_p_signal
-    from train.validation import split_off_validation
+    from classify.validation import split_off_validation
 
     train = load_split(reuters_dataset, "train")
     before, window, _, _ = split_off_validation(train, 5)

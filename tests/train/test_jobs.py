@@ -177,7 +177,7 @@ def test_drift_alert_submits_retraining_that_a_real_ray_head_runs(tiny_model_dir
     from pipeline.dataset import load_split
     from pipeline.dedupe import content_hash
     from train.jobs import run_training
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     registry_dir = tmp_path / "registry"
     train_config = tmp_path / "retrain.yaml"

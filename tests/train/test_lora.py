@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from train.registry import AdapterRegistry
+from classify.registry import AdapterRegistry
 
 
 def test_adapter_version_layout_and_manifest(trained_adapter, registry_dir, base_model_dir):

@@ -107,7 +107,7 @@ def test_a_short_prompt_adapter_is_calibrated_and_served_with_its_own_prompts(
     from train.dpo import train_dpo
     from train.evaluate import Scorer
     from train.lora import train_lora
-    from train.validation import raw_p_signal
+    from classify.validation import raw_p_signal
 
     registry = sft_adapter.path.parent
     version = train_lora(load_config(None, [
@@ -225,7 +225,7 @@ def test_adapters_load_in_the_in_process_backend(sft_adapter, tiny_model_dir, re
     """Every published adapter in the registry answers, and differently from the base."""
     from pipeline.dataset import load_split
     from train.evaluate import Scorer
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     articles = [a for a in load_split(reuters_dataset, "1987-04")[:6]]
     scorer = Scorer(tiny_model_dir, sft_adapter.path.parent, 160)

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.dataset import load_split
 from pipeline.prompt import label_token_ids
-from train.backends import InProcessBackend, VLLMBackend
-from train.classifier import build_classifier
+from classify.backends import InProcessBackend, VLLMBackend
+from classify.classifier import build_classifier
 from train.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

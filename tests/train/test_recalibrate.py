@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from signals.cli import main
-from train.registry import AdapterRegistry
+from classify.registry import AdapterRegistry
 
 
 def test_calibrate_command_publishes_a_new_version(trained_adapter, registry_dir,
@@ -71,7 +71,7 @@ def test_calibrate_through_vllm_fits_what_in_process_fits(trained_adapter, regis
     gives the calibration the in-process backend gives, and the server is left as it was."""
     import httpx
 
-    from train.validation import load_window, recalibrate
+    from classify.validation import load_window, recalibrate
 
     registry = AdapterRegistry(registry_dir)
     window = load_window(reuters_dataset, "1987-04", date(1987, 4, 1), date(1987, 4, 8), 32)
@@ -82,7 +82,7 @@ def test_calibrate_through_vllm_fits_what_in_process_fits(trained_adapter, regis
     def no_model_here(*args, **kwargs):
         raise AssertionError("--vllm-url must not load the model in this process")
 
-    monkeypatch.setattr("train.backends.InProcessBackend.__init__", no_model_here)
+    monkeypatch.setattr("classify.backends.InProcessBackend.__init__", no_model_here)
     code = main(["adapters", "calibrate", trained_adapter.name, "--split", "1987-04",
                  "--from", "1987-04-01", "--to", "1987-04-08", "--limit", "32",
                  "--dataset", str(reuters_dataset), "--registry", str(registry_dir),
@@ -113,8 +113,8 @@ def test_a_window_that_fails_midway_still_unloads_and_keeps_its_error(
     server should not keep it), and an unload that fails too is logged, not raised over
     the first error."""
     from pipeline.dataset import load_split
-    from train.backends import BackendUnavailable, InProcessBackend
-    from train.validation import raw_p_signal
+    from classify.backends import BackendUnavailable, InProcessBackend
+    from classify.validation import raw_p_signal
 
     unloads = []
 

@@ -12,7 +12,7 @@ from bench.quality_table import chosen_on_validation, collect, over_seeds, read_
 def test_recipes_train_each_variant_and_start_dpo_from_the_best_on_validation(
         tiny_overrides, tmp_path):
     from bench.recipes import main
-    from train.registry import AdapterRegistry
+    from classify.registry import AdapterRegistry
 
     out = tmp_path / "out"
     # ensemble=false: the production recipe fits an ensemble per variant (a TF-IDF grid

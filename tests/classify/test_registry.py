@@ -3,7 +3,7 @@ import multiprocessing
 
 import pytest
 
-from train.registry import (AdapterManifest, AdapterNotFound, AdapterRegistry,
+from classify.registry import (AdapterManifest, AdapterNotFound, AdapterRegistry,
                             InvalidAdapterName)
 
 
@@ -83,8 +83,8 @@ def test_concurrent_alias_writers_never_lose_each_others_change(tmp_path):
 def test_one_prompt_cap_rule_for_serving_and_calibration(tmp_path, tokenizer):
     """The API served a version that records no training cap at its own cap (512)
     while calibration raised for it; both now ask ``AdapterVersion.prompt_cap``."""
-    from train.classifier import SignalClassifier
-    from train.manifest import Hyperparameters
+    from classify.classifier import SignalClassifier
+    from classify.manifest import Hyperparameters
 
     registry = AdapterRegistry(tmp_path)
     versions = {}

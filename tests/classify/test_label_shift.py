@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from train.calibration import (CalibrationWindow, EnsembleSpec, estimate_prior,
+from classify.calibration import (CalibrationWindow, EnsembleSpec, estimate_prior,
                                fit_ensemble, prior_shift, shifted_threshold, window_metrics)
 
 
@@ -71,7 +71,7 @@ def test_stacking_two_complementary_scores_beats_each_alone():
                         "logreg-test", alone, alone)
     assert spec.adapter_weight > 0.5 and spec.lexical_weight > 0.5
     combined = [spec.combine(p, m) for p, m in zip(p_raw, b)]
-    from train.calibration import f1_optimal_threshold
+    from classify.calibration import f1_optimal_threshold
 
     for score in (a, b):
         assert spec.after.f1 > f1_optimal_threshold(y.tolist(), score.tolist())[1]

@@ -7,10 +7,10 @@ practitioner would ship, so the product's reference is tuned the way the product
 
 1. the training split is cut into the articles before its last ``validation_days``
    (fitted on) and those days (the validation window, never fitted on), the same cut
-   :func:`train.validation.split_off_validation` gives every adapter;
+   :func:`classify.validation.split_off_validation` gives every adapter;
 2. every setting of :data:`LEXICAL_GRID` is fitted on the articles before the window;
 3. its margin on the window goes through the product's own calibration
-   (:func:`train.calibration.fit_calibration`: Platt scaling, then the F1-optimal
+   (:func:`classify.calibration.fit_calibration`: Platt scaling, then the F1-optimal
    threshold), so a linear SVM, which has no probabilities, is calibrated the same way
    as logistic regression and as the adapters;
 4. the setting with the highest F1 on the window (at that threshold) is the reference;
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.article import Article
-from train.calibration import Calibration, CalibrationWindow, fit_calibration
+from classify.calibration import Calibration, CalibrationWindow, fit_calibration
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def select_lexical(train: Sequence[Article], validation_days: int,
     and keep the one with the best calibrated F1 on those days (see the module
     docstring). Only ``train`` is read."""
     from pipeline.dataset import labelled_sample
-    from train.validation import split_off_validation
+    from classify.validation import split_off_validation
 
     before, window, first, last = split_off_validation(train, validation_days)
     before = [a for a in before if a.signal is not None]

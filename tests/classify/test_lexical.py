@@ -2,11 +2,11 @@
 
 import pytest
 
-import train.lexical as lexical
+import classify.lexical as lexical
 from pipeline.dataset import load_split
 from train.evaluate import TunedLexical
-from train.lexical import LEXICAL_GRID, LexicalModel, LexicalParams, select_lexical
-from train.validation import split_off_validation
+from classify.lexical import LEXICAL_GRID, LexicalModel, LexicalParams, select_lexical
+from classify.validation import split_off_validation
 
 GRID = [LexicalParams("logreg", 1, 1, 2), LexicalParams("logreg", 10, 1, 2),
         LexicalParams("linear-svm", 0.3, 1, 2, "balanced")]
@@ -71,3 +71,28 @@ def test_a_lexical_model_saves_and_loads_to_the_same_scores(reuters_dataset, tmp
     assert again.params == model.params and again.calibration == model.calibration
     assert again.margin(sample) == pytest.approx(model.margin(sample))
     assert again.p_signal(sample) == pytest.approx(model.p_signal(sample))
+
+
+def test_a_lexical_file_names_no_project_module(reuters_dataset, tmp_path, monkeypatch):
+    # An ensemble version's lexical.joblib is a pickle; were a project class in it, its
+    # module path would be written too, and moving the module (train/ -> classify/) would
+    # break every version already published. Only libraries may be named in it: every
+    # class the unpickler looks up while loading the file is recorded.
+    from joblib import numpy_pickle
+
+    train = load_split(reuters_dataset, "train")
+    selection = select_lexical(train, 5, [LexicalParams("logreg", 3.0, 1, 2)])
+    selection.model.save(tmp_path / "lexical.joblib")
+    named: set[str] = set()
+    find_class = numpy_pickle.NumpyUnpickler.find_class
+
+    def recording(self, module, name):
+        named.add(module.split(".")[0])
+        return find_class(self, module, name)
+
+    monkeypatch.setattr(numpy_pickle.NumpyUnpickler, "find_class", recording)
+    again = LexicalModel.load(tmp_path / "lexical.joblib")
+    assert again.params == selection.model.params
+    assert "sklearn" in named  # the recorder saw the file's classes
+    project = {"pipeline", "classify", "train", "serve", "ingestion", "signals"}
+    assert not named & project, named

@@ -10,7 +10,7 @@
    base model and with the calibrated adapter at its own threshold (what the API
    answers by default), both reading the adapter's 192-token prompts; the tuned TF-IDF
    reference (its settings, calibration and threshold chosen on the same validation
-   window, ``train/lexical.py``) and the untuned one (C=1, its threshold chosen there),
+   window, ``classify/lexical.py``) and the untuned one (C=1, its threshold chosen there),
    both trained on the same period before the validation window, on the same articles;
 6. print confusion matrices and precision/recall/F1, write a JSON report and a PNG.
 
@@ -189,7 +189,7 @@ def run_demo(options: DemoOptions) -> int:
         t0 = time.monotonic()
         # The references under the adapter's protocol: they learn from the training
         # period before the adapter's validation window; the tuned one's settings
-        # (train.lexical.LEXICAL_GRID), calibration and threshold are chosen there, the
+        # (classify.lexical.LEXICAL_GRID), calibration and threshold are chosen there, the
         # untuned one (scikit-learn's C=1) only has its threshold chosen there.
         train_split = load_split(dataset_dir, config.split)
         tuned = TunedLexical(train_split, config.validation_days, dataset=DATASET_NAME)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pipeline.article import Article
 from pipeline.prompt import BASE_NAME, encode_prompt, label_token_ids
-from train.backends import AdapterLoadError, Backend, BackendUnavailable
-from train.calibration import estimate_prior, prior_shift
-from train.lexical import LexicalModel
-from train.registry import AdapterRegistry, AdapterVersion
+from classify.backends import AdapterLoadError, Backend, BackendUnavailable
+from classify.calibration import estimate_prior, prior_shift
+from classify.lexical import LexicalModel
+from classify.registry import AdapterRegistry, AdapterVersion
 
 ESTIMATE = "estimate"
 """``signal_rate`` value that asks for the rate to be estimated from the articles."""
@@ -203,9 +203,9 @@ class SignalClassifier:
         """Classify articles that each name their own adapter, in one backend batch.
 
         ``signal_rate``: the serving window's signal rate, to prior-shift each calibrated
-        version's P to (label shift, :func:`train.calibration.prior_shift`); or
+        version's P to (label shift, :func:`classify.calibration.prior_shift`); or
         ``"estimate"``: estimate it per version from this batch's articles by EM
-        (:func:`train.calibration.estimate_prior`, at least
+        (:func:`classify.calibration.estimate_prior`, at least
         :data:`MIN_ARTICLES_TO_ESTIMATE` articles of the version). The label is cut at
         the version's threshold on the shifted P. None (default): no shift."""
         # Resolve every name and mark the versions in use before the first await, so an

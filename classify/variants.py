@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from train.registry import AdapterRegistry, AdapterVersion
+from classify.registry import AdapterRegistry, AdapterVersion
 
 
 def publish_variant(registry_dir: Path, source: AdapterVersion, tag: str,

@@ -4,7 +4,7 @@ The validation window is the last ``validation_days`` calendar days of the train
 split: carved off before the training slice is drawn, so it follows the training data
 in time and is never trained on. After training, the staged adapter's raw P(signal)
 on that window — computed by the serving backend (transformers + peft in process) from
-the same prompts the API renders — gives the :class:`~train.calibration.Calibration`
+the same prompts the API renders — gives the :class:`~classify.calibration.Calibration`
 that goes into the manifest.
 
 :func:`recalibrate` does the same for an existing registry version on a newer labelled
@@ -28,10 +28,10 @@ from typing import Literal
 from pipeline.article import Article
 from pipeline.dataset import labelled_sample, load_split, publication_day, read_manifest
 from pipeline.prompt import PromptStyle
-from train.backends import (INPROCESS_DTYPE, AdapterLoadError, BackendTimeout,
+from classify.backends import (INPROCESS_DTYPE, AdapterLoadError, BackendTimeout,
                             BackendUnavailable, InProcessBackend, VLLMEndpoint)
-from train.calibration import Calibration, CalibrationWindow, fit_calibration
-from train.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
+from classify.calibration import Calibration, CalibrationWindow, fit_calibration
+from classify.registry import ADAPTER_FILES, AdapterRegistry, AdapterVersion
 
 log = logging.getLogger(__name__)
 

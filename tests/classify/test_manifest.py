@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from train.registry import AdapterManifest, AdapterRegistry, InvalidManifest
-from train.manifest import DatasetWindow
+from classify.registry import AdapterManifest, AdapterRegistry, InvalidManifest
+from classify.manifest import DatasetWindow
 
 
 def _stage(registry, name):
@@ -107,7 +107,7 @@ def test_a_malformed_manifest_is_a_clear_error_and_does_not_hide_the_others(tmp_
         registry.get("bad")
     with pytest.raises(InvalidManifest, match="adapter broken: .* is not JSON"):
         registry.get("broken")
-    with caplog.at_level(logging.WARNING, logger="train.registry"):
+    with caplog.at_level(logging.WARNING, logger="classify.registry"):
         assert [v.name for v in registry.list()] == ["good"]
     assert "adapter bad" in caplog.text and "adapter broken" in caplog.text
 

@@ -97,7 +97,7 @@ class Calibration(BaseModel):
     """How one adapter version's raw P(signal) becomes calibrated, and where it is cut.
 
     Stored under ``"calibration"`` in the adapter's ``manifest.json``; read it through
-    :attr:`train.registry.AdapterVersion.calibration`.
+    :attr:`classify.registry.AdapterVersion.calibration`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -328,10 +328,10 @@ class EnsembleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lexical_file: str = "lexical.joblib"
-    """The fitted lexical model in the version's directory (:class:`train.lexical.LexicalModel`)."""
+    """The fitted lexical model in the version's directory (:class:`classify.lexical.LexicalModel`)."""
 
     lexical: str
-    """The lexical model's setting (:attr:`train.lexical.LexicalParams.label`)."""
+    """The lexical model's setting (:attr:`classify.lexical.LexicalParams.label`)."""
 
     adapter_weight: float
     """Weight of ``logit(p_raw)`` of the adapter."""

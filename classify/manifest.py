@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.dataset import IsoTime, malformed_field
 from pipeline.prompt import PromptStyle
-from train.calibration import Calibration, EnsembleSpec
+from classify.calibration import Calibration, EnsembleSpec
 
 
 class InvalidManifest(ValueError):
@@ -172,7 +172,7 @@ class AdapterManifest(_Open):
     """The version whose weights this recalibrated copy shares."""
 
     variant_of: str | None = None
-    """The version this scaled copy (:mod:`train.variants`) was made from."""
+    """The version this scaled copy (:mod:`classify.variants`) was made from."""
 
     scale: float | None = None
     """Factor a variant's LoRA B matrices were multiplied by."""

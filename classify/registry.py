@@ -4,7 +4,7 @@ Layout::
 
     <registry>/<name>/adapter_config.json
                       adapter_model.safetensors
-                      manifest.json        # an AdapterManifest (train/manifest.py)
+                      manifest.json        # an AdapterManifest (classify/manifest.py)
     <registry>/aliases.json                # {"production": "<name>", "candidate": "<name>"}
 
 A version is assembled in ``<registry>/.staging-<name>/`` and renamed into place only
@@ -16,7 +16,7 @@ writers on a shared volume never lose each other's change. Names are unique (met
 data, UTC time, random suffix) and never reused: vLLM caches adapters by name.
 
 Paths in a manifest are written relative to the registry root where they lie in the
-data directory and resolved against it on read (:mod:`train.manifest`), so a copied
+data directory and resolved against it on read (:mod:`classify.manifest`), so a copied
 data directory keeps working.
 """
 
@@ -33,8 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.prompt import DEFAULT_MAX_PROMPT_TOKENS, PromptStyle
-from train.calibration import Calibration
-from train.manifest import (AdapterManifest, InvalidManifest, relative_to_registry,
+from classify.calibration import Calibration
+from classify.manifest import (AdapterManifest, InvalidManifest, relative_to_registry,
                             resolve_in_registry)
 
 __all__ = ["AdapterManifest", "AdapterNotFound", "AdapterRegistry", "AdapterVersion",

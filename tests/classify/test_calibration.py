@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from train.calibration import (Calibration, CalibrationWindow, f1_optimal_threshold,
+from classify.calibration import (Calibration, CalibrationWindow, f1_optimal_threshold,
                                fit_calibration, fit_logit_scaling, logit, prior_shift)
-from train.registry import AdapterManifest, InvalidManifest
+from classify.registry import AdapterManifest, InvalidManifest
 
 
 def _window(n=1, signals=0):
