@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is warm-up)")
 
-    from train.common import RunContext
+    from train.trainer import RunContext
     from train.lora import train_lora
 
     base = load_config(args.config, args.overrides)

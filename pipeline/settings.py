@@ -7,6 +7,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+"""No model or dataset hub is reachable (STACK.md): what every process that loads a
+model runs with. The ``signals`` command sets these (unless already set) before anything
+imports transformers, and a local Ray's workers inherit them from it; the vLLM child
+gets them in its environment (``serve/vllm_server.py``), the images and so a Ray
+cluster's workers in their ``ENV`` (``Dockerfile.train``, ``Dockerfile.serve``). No
+library module sets them on import."""
+
 
 class Paths(BaseSettings):
     """Locations of the product's data; every field reads ``SIGNALS_<FIELD>``."""

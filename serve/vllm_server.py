@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from pipeline.prompt import BASE_NAME
+from pipeline.settings import OFFLINE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,7 @@ class VLLMServer:
             **os.environ,
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-            "HF_HUB_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
+            **OFFLINE_ENV,
             "VLLM_NO_USAGE_STATS": "1",
         }
         # vLLM's --api-key, given by environment so that it stays out of `ps`: every

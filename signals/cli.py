@@ -29,12 +29,12 @@ from pathlib import Path
 
 from ingestion import cli as ingestion_cli
 from pipeline import data_cli as pipeline_cli
+from pipeline.settings import OFFLINE_ENV
 from serve import cli as serve_cli
 from train import cli as train_cli
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _name, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 log = logging.getLogger("signals")
 

@@ -27,7 +27,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.settings import Paths
-from train.common import RunContext, pin_init_adapter
+from train.model import pin_init_adapter
+from train.trainer import RunContext
 from train.config import CONFIGS, AnyTrainConfig, TrainConfig
 from classify.registry import AdapterRegistry, AdapterVersion
 

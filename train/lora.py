@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.views import sft_token_rows
-from train.common import (RunContext, load_base_model, loss_curve, peft_model,
-                          show_loss_progress, trainer_arguments)
+from train.model import load_base_model, peft_model
+from train.trainer import RunContext, loss_curve, show_loss_progress, trainer_arguments
 from train.config import TrainConfig
 from classify.registry import AdapterVersion
 from train.run import start_run

@@ -9,7 +9,7 @@ too slowly in wide models; a larger rate for B converges faster. Everything else
 
 from __future__ import annotations
 
-from train.common import RunContext
+from train.trainer import RunContext
 from train.config import LoraPlusTrainConfig
 from train.lora import train_lora
 from classify.registry import AdapterVersion

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 
-from train.common import (RunContext, load_base_model, lora_config, loss_curve,
-                          mean_prompt_tokens, peft_model, preference_pairs,
-                          show_loss_progress, trainer_arguments)
+from train.data import mean_prompt_tokens, preference_pairs
+from train.model import load_base_model, lora_config, peft_model
+from train.trainer import RunContext, loss_curve, show_loss_progress, trainer_arguments
 from train.config import RlhfTrainConfig
 from classify.registry import AdapterVersion
 from train.run import start_run

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.common import (RunContext, TrainingData, check_prompt_style, load_tokenizer,
-                          load_training_data, resolve_adapter)
-from train.common import publish_adapter
+from train.data import TrainingData, load_training_data
+from train.model import check_prompt_style, load_tokenizer, resolve_adapter
+from train.trainer import RunContext
+from train.publish import publish_adapter
 from train.config import TrainConfig
 from classify.registry import AdapterRegistry, AdapterVersion
 

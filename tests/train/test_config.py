@@ -61,7 +61,7 @@ def test_gradient_checkpointing_is_off_unless_asked(base_model_dir, reuters_data
     """TRL's SFT turns it on by default; here it cost 1.04-1.40x per step for no need."""
     from trl import SFTConfig
 
-    from train.common import RunContext, trainer_arguments
+    from train.trainer import RunContext, trainer_arguments
 
     for override, expected in (([], False), (["gradient_checkpointing=true"], True)):
         config = load_config(None, _ok(base_model_dir, reuters_dataset) + override)
@@ -160,7 +160,7 @@ def test_bf16_defaults_to_what_the_hardware_computes_natively(tmp_path):
     """bf16 None follows the machine (autocast on a CPU without native bfloat16 was
     tens of times slower than float32); True/False are kept as given."""
     from classify.backends import native_bf16
-    from train.common import use_bf16
+    from train.model import use_bf16
 
     base = TrainConfig.model_construct(method="lora", bf16=None)
     assert use_bf16(base) is native_bf16()

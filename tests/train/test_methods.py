@@ -52,7 +52,7 @@ def test_lora_manifest(sft_adapter, tiny_model_dir):
 def test_validation_window_is_never_trained_on(tiny_model_dir, reuters_dataset, tmp_path):
     from datetime import date
 
-    from train.common import load_training_data
+    from train.data import load_training_data
     from pipeline.dataset import publication_day as published_day
 
     config = load_config(None, [
@@ -74,7 +74,7 @@ def test_loraplus_gives_b_its_higher_learning_rate(tiny_model_dir, reuters_datas
     """The optimiser's groups carry lr x 16 for every B matrix, and B moves further."""
     from peft import get_peft_model
 
-    from train.common import load_base_model, lora_config
+    from train.model import load_base_model, lora_config
     from train.loraplus import loraplus_optimizer, train_loraplus
 
     config = load_config(None, [
@@ -206,7 +206,7 @@ def test_qlora_trains_on_a_4bit_base(tiny_model_dir, reuters_dataset, tmp_path):
     import bitsandbytes as bnb
     from peft import get_peft_model
 
-    from train.common import load_base_model, lora_config
+    from train.model import load_base_model, lora_config
     from train.lora import train_lora
 
     config = load_config(None, [
