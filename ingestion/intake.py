@@ -38,7 +38,7 @@ from pipeline.article import Article
 from sqlalchemy.exc import DataError
 
 from pipeline.dedupe import NearDuplicateIndex, content_hash, hash_title_and_text
-from pipeline.links import LinkEnricher, canonical_url
+from pipeline.links import LinkEnricher, LinkProvenance, canonical_url
 from ingestion.metrics import IngestMetrics
 from ingestion.schema import AWAITING_LINK, PENDING, SKIPPED, printable_id, storage_problem
 from ingestion.store import Store, StoredItem
@@ -66,24 +66,23 @@ FINAL_LINK_FAILURES = frozenset({
 """Link outcomes no retry can mend (with ``http_error`` below 500 other than 429)."""
 
 
-def link_wait(article: Article, provenance: dict[str, Any] | None) -> str | None:
+def link_wait(article: Article, provenance: LinkProvenance | None) -> str | None:
     """``None`` when the item has content to classify; else what it waits for:
     ``awaiting_link`` (a fetch that may succeed later) or ``skipped``."""
     if provenance is None or not article.link or content_hash(article) != EMPTY_CONTENT:
         return None
-    status = provenance.get("fetch_status")
+    status = provenance.fetch_status
     if status == "ok":
         return None
-    http_status = provenance.get("http_status") or 0
+    http_status = provenance.http_status or 0
     final = status in FINAL_LINK_FAILURES or (
         status == "http_error" and http_status < 500 and http_status != 429)
     return SKIPPED if final else AWAITING_LINK
 
 
-def _link_reason(provenance: dict[str, Any]) -> str:
-    status = provenance.get("fetch_status")
-    detail = provenance.get("detail")
-    return f"{status}: {detail}" if detail else str(status)
+def _link_reason(provenance: LinkProvenance) -> str:
+    status, detail = provenance.fetch_status, provenance.detail
+    return f"{status}: {detail}" if detail else status
 
 
 @dataclass(frozen=True)
@@ -117,11 +116,10 @@ class Intake:
         self._lock = threading.Lock()
 
     def accept(self, articles: list[Article], source: str,
-               provenances: Sequence[dict[str, Any] | None] | None = None) -> list[Accepted]:
+               provenances: Sequence[LinkProvenance | None] | None = None) -> list[Accepted]:
         """Deduplicate and store ``articles`` from ``source``; one answer per article.
 
-        ``provenances`` (one ``LinkProvenance`` as JSON per article, from the link
-        stage) are stored beside the items and their canonical URLs feed dedupe.
+        ``provenances`` (one ``LinkProvenance`` per article, from the link stage) are stored beside the items and their canonical URLs feed dedupe.
         Serialised by a lock: the near-duplicate index and the store must agree on
         what was seen, also for copies arriving in the same batch.
         """
@@ -150,7 +148,7 @@ class Intake:
         return Accepted(shown, "rejected", None, reason=(reason, message))
 
     def _accept_one(self, article: Article, source: str,
-                    provenance: dict[str, Any] | None = None) -> Accepted:
+                    provenance: LinkProvenance | None = None) -> Accepted:
         external_id = str(article.id)
         digest = dedupe_key(article)
         exact = self.store.find_exact(source, external_id, digest)
@@ -160,7 +158,7 @@ class Intake:
                 self.store.add_alias(source, external_id, item_id, kind, 1.0)
             self.metrics.duplicates.labels(source, kind).inc()
             return Accepted(external_id, "duplicate", item_id, kind, 1.0)
-        canonical = provenance.get("canonical_url") if provenance else None
+        canonical = provenance.canonical_url if provenance else None
         same_article = self.store.find_by_canonical_url(canonical) if canonical else None
         if same_article is not None:
             self.store.add_alias(source, external_id, same_article, "link", 1.0)
@@ -209,11 +207,11 @@ class Intake:
             return 0
         results = await enricher.enrich([item.article for item, _ in waiting],
                                         deadline_s=deadline_s)
-        settled = [(item, attempts, result.article, result.provenance.model_dump(mode="json"))
+        settled = [(item, attempts, result.article, result.provenance)
                    for (item, attempts), result in zip(waiting, results)]
         return await asyncio.to_thread(self._settle_links, settled, max_attempts)
 
-    def _settle_links(self, settled: list[tuple[StoredItem, int, Article, dict[str, Any]]],
+    def _settle_links(self, settled: list[tuple[StoredItem, int, Article, LinkProvenance]],
                       max_attempts: int) -> int:
         filled = 0
         with self._lock:
@@ -224,8 +222,8 @@ class Intake:
                     problem = storage_problem(article, item.source)
                     minhash = self.index.signature(article)
                     near = self.index.nearest(minhash) if minhash is not None else None
-                    copy = (self.store.find_by_canonical_url(provenance["canonical_url"])
-                            if provenance.get("canonical_url") else None)
+                    copy = (self.store.find_by_canonical_url(provenance.canonical_url)
+                            if provenance.canonical_url else None)
                     if problem is not None:
                         skip = f"the page cannot be stored ({problem[0]}: {problem[1]})"
                     elif copy is not None and copy != item.id:

@@ -97,7 +97,7 @@ class IngestionService:
         if self.links is not None and articles:
             results = await self.links.enrich(articles, deadline_s=self.config.link_deadline_s)
             articles = [r.article for r in results]
-            provenances = [r.provenance.model_dump(mode="json") for r in results]
+            provenances = [r.provenance for r in results]
         answers = await asyncio.to_thread(self.intake.accept, articles, source, provenances)
         if any(a.status == "accepted" for a in answers):
             self.classify.work.set()

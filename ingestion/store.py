@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, case, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -63,7 +63,19 @@ from ingestion.schema import (
 )
 from pipeline.article import Article
 
+if TYPE_CHECKING:  # the link stage's result type; its HTTP client is not needed here
+    from pipeline.links import LinkProvenance
+
 log = logging.getLogger(__name__)
+
+
+def _link_columns(provenance: LinkProvenance) -> dict[str, Any]:
+    """An ``item_links`` row's values: the fields dedupe and the views query, as
+    columns, and the whole provenance as JSON."""
+    return dict(canonical_url=provenance.canonical_url, text_origin=provenance.text_origin,
+                fetch_status=provenance.fetch_status, final_url=provenance.final_url,
+                http_status=provenance.http_status, extractor=provenance.extractor,
+                provenance=provenance.model_dump(mode="json"))
 
 
 # --- records handed out -------------------------------------------------------------
@@ -205,13 +217,13 @@ class Store:
 
     def insert_item(self, article: Article, source: str, content_hash: str,
                     minhash: bytes | None, shadow: bool,
-                    provenance: dict[str, Any] | None = None, state: str = PENDING,
+                    provenance: LinkProvenance | None = None, state: str = PENDING,
                     attempts: int = 0, last_error: str | None = None) -> tuple[int, bool]:
         """Store an accepted item; ``(id, True)``, or ``(existing id, False)`` when a
         concurrent writer stored the same item first (the unique keys decide).
 
-        ``provenance`` (a ``pipeline.links.LinkProvenance`` as JSON) is stored in
-        ``item_links`` in the same transaction. ``state`` is ``pending``, or for a
+        ``provenance`` (the link stage's ``LinkProvenance``) is stored in ``item_links``
+        in the same transaction: its key fields as columns, all of it as JSON. ``state`` is ``pending``, or for a
         link-only item whose page is not read ``awaiting_link`` / ``skipped``
         (:mod:`ingestion.schema`); the shadow role follows it when it is asked."""
         now = to_db_time(self.clock())
@@ -227,12 +239,7 @@ class Store:
                 item_id = conn.execute(insert(items).values(**values)).inserted_primary_key[0]
                 if provenance is not None:
                     conn.execute(insert(item_links).values(
-                        item_id=item_id, canonical_url=provenance.get("canonical_url"),
-                        text_origin=provenance["text_origin"],
-                        fetch_status=provenance["fetch_status"],
-                        final_url=provenance.get("final_url"),
-                        http_status=provenance.get("http_status"),
-                        extractor=provenance.get("extractor"), provenance=provenance))
+                        item_id=item_id, **_link_columns(provenance)))
             return int(item_id), True
         except IntegrityError:
             existing = self.find_exact(source, str(article.id), content_hash)
@@ -247,7 +254,7 @@ class Store:
                                 .order_by(items.c.id).limit(limit)).all()
         return [(self._stored_item(row), row.attempts) for row in rows]
 
-    def settle_link(self, item_id: int, provenance: dict[str, Any], *,
+    def settle_link(self, item_id: int, provenance: LinkProvenance, *,
                     article: Article | None = None, minhash: bytes | None = None,
                     skip_reason: str | None = None) -> bool:
         """Record one more fetch of a waiting item's page: with ``article`` (its page was
@@ -256,8 +263,7 @@ class Store:
         link's (its identity as received: the same link again is still a duplicate).
         False when the item was no longer waiting (settled by another process)."""
         values: dict[str, Any] = {"attempts": items.c.attempts + 1,
-                                  "last_error": provenance.get("detail") or
-                                  provenance.get("fetch_status")}
+                                  "last_error": provenance.detail or provenance.fetch_status}
         followed = case((items.c.shadow_state == NOT_ASKED, NOT_ASKED), else_=PENDING)
         if article is not None:
             values.update(title=article.title, text=article.text, record=article.to_record(),
@@ -271,13 +277,8 @@ class Store:
             changed = conn.execute(update(items).where(
                 items.c.id == item_id, items.c.state == AWAITING_LINK).values(values)).rowcount
             if changed:
-                conn.execute(update(item_links).where(item_links.c.item_id == item_id).values(
-                    canonical_url=provenance.get("canonical_url"),
-                    text_origin=provenance["text_origin"],
-                    fetch_status=provenance["fetch_status"],
-                    final_url=provenance.get("final_url"),
-                    http_status=provenance.get("http_status"),
-                    extractor=provenance.get("extractor"), provenance=provenance))
+                conn.execute(update(item_links).where(item_links.c.item_id == item_id)
+                             .values(**_link_columns(provenance)))
         return bool(changed)
 
     def signatures(self) -> Iterator[tuple[int, bytes]]:

@@ -52,7 +52,7 @@ def test_store_keeps_provenance_and_finds_an_article_by_canonical_url(db_url):
             text_origin="page", fetch_status="ok", requested_url=article.link,
             final_url="https://news.example/acme", canonical_url="https://news.example/acme",
             http_status=200, extractor="trafilatura 2.0", page_date=date(2024, 3, 5),
-            page_chars=1234).model_dump(mode="json")
+            page_chars=1234)
         item_id, inserted = store.insert_item(article, "letters", content_hash(article), None,
                                               shadow=False, provenance=provenance)
         plain = Article(id="n2", title="No link", text="Stored without the stage.")
@@ -61,7 +61,10 @@ def test_store_keeps_provenance_and_finds_an_article_by_canonical_url(db_url):
         assert inserted
         assert store.find_by_canonical_url("https://news.example/acme") == item_id
         assert store.find_by_canonical_url("https://news.example/other") is None
-        assert store.get_item(item_id)["link_provenance"] == provenance
+        # typed in, JSON out (the item view): the same provenance, read back whole
+        stored = store.get_item(item_id)["link_provenance"]
+        assert LinkProvenance.model_validate(stored) == provenance
+        assert stored["page_date"] == "2024-03-05"
         assert store.get_item(plain_id)["link_provenance"] is None
     finally:
         store.close()
