@@ -93,11 +93,11 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
         backend = InProcessBackend(base_model, labels, batch_size=batch_size)
         name = "calibrating"
     # One event loop for every call: a vLLM backend's connections belong to it.
-    loop = asyncio.new_event_loop()
+    runner = asyncio.Runner()
     out: list[float] = []
     loaded = False
     try:
-        loop.run_until_complete(backend.load_adapter(name, Path(adapter_dir)))
+        runner.run(backend.load_adapter(name, Path(adapter_dir)))
         loaded = True
         chunk = 32
         with tqdm(total=len(articles), desc=f"scoring the window ({backend.name})",
@@ -106,19 +106,19 @@ def raw_p_signal(base_model: Path, adapter_dir: Path, articles: Sequence[Article
                 batch = articles[start:start + chunk]
                 ids = [encode_prompt(a, tokenizer, max_prompt_tokens, style).token_ids
                        for a in batch]
-                out.extend(loop.run_until_complete(
+                out.extend(runner.run(
                     backend.signal_probabilities(ids, [name] * len(ids))))
                 bar.update(len(batch))
     finally:
         # Also after a failure: a shared server should not keep a one-off adapter.
         if loaded:
             try:
-                loop.run_until_complete(backend.unload_adapter(name))
+                runner.run(backend.unload_adapter(name))
             except (BackendUnavailable, BackendTimeout, AdapterLoadError) as error:
                 log.warning("could not unload %s from the %s backend: %s", name,
                             backend.name, error)
-        loop.run_until_complete(backend.close())
-        loop.close()
+        runner.run(backend.close())
+        runner.close()
     return out
 
 

@@ -94,7 +94,7 @@ from pipeline.article import Article
 from pipeline.dedupe import normalise_text
 from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
 from pipeline.link_settings import LinkSettings
-from pipeline.politeness import retry_after_seconds
+from pipeline.politeness import RequestPacer, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -287,26 +287,26 @@ def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bool:
 
 
 class _HostGate:
-    """Per-host concurrency cap and minimum interval between request starts."""
+    """Per-host concurrency cap, and request starts spaced by the host's pacer."""
 
     def __init__(self, concurrency: int, interval_s: float) -> None:
         self.slots = asyncio.Semaphore(concurrency)
-        self.interval_s = interval_s
-        self._next_start = 0.0
+        self.pacer = RequestPacer(interval_s)
+        # one waiter reserves at a time, and only after the one before it has slept:
+        # a Retry-After that arrives meanwhile moves every later start
         self._lock = asyncio.Lock()
 
     def hold_off(self, seconds: float) -> None:
         """No request to this host before ``seconds`` from now (a 429's Retry-After)."""
-        self._next_start = max(self._next_start, time.monotonic() + seconds)
+        self.pacer.hold(seconds)
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         async with self.slots:
             async with self._lock:
-                wait = self._next_start - time.monotonic()
+                wait = self.pacer.reserve()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                self._next_start = time.monotonic() + self.interval_s
             yield
 
 
@@ -642,7 +642,7 @@ class LinkEnricher:
         delay = robots.crawl_delay(self.settings.user_agent)
         if delay:
             gate = self._gate(host)
-            gate.interval_s = max(gate.interval_s, float(delay))
+            gate.pacer.min_interval_s = max(gate.pacer.min_interval_s, float(delay))
         return robots
 
     def _robots_request(self, url: str) -> str | int:

@@ -76,7 +76,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tqdm import tqdm
 
 from pipeline.article import Article, TopicGrowth
-from pipeline.politeness import retry_after_seconds
+from pipeline.politeness import RequestPacer, retry_after_seconds
 from pipeline.settings import Paths
 from pipeline.stage import StageOutput
 
@@ -277,35 +277,6 @@ class TrendCache:
 
     def close(self) -> None:
         self._db.close()
-
-
-# --------------------------------------------------------------------------- pacing
-
-
-class RequestPacer:
-    """Hands out request slots at least ``min_interval_s`` apart.
-
-    Used in-process by one client, or as a Ray actor shared by all shards (an actor
-    runs one method call at a time, which is what makes the spacing global).
-    """
-
-    def __init__(self, min_interval_s: float) -> None:
-        self.min_interval_s = min_interval_s
-        self._next_slot = 0.0
-        self._lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Reserve the next slot; returns how long the caller must wait for it (s)."""
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + self.min_interval_s
-            return slot - now
-
-    def hold(self, seconds: float) -> None:
-        """No slot before ``seconds`` from now: one worker's 429 pauses every worker."""
-        with self._lock:
-            self._next_slot = max(self._next_slot, time.monotonic() + seconds)
 
 
 # --------------------------------------------------------------------------- pytrends

@@ -155,7 +155,7 @@ class Scorer:
                                            max_prompt_tokens, threshold=0.5, max_loaded=64)
         # One event loop for every call: the vLLM backend's HTTP connections belong to
         # the loop that opened them.
-        self._loop = asyncio.new_event_loop()
+        self._runner = asyncio.Runner()
 
     def classify(self, articles: Sequence[Article], adapter: str | None,
                  threshold: float | None = None, chunk: int = 32) -> list[Classification]:
@@ -168,15 +168,15 @@ class Scorer:
                   unit="article") as bar:
             for start in range(0, len(articles), chunk):
                 batch = list(articles[start:start + chunk])
-                out.extend(self._loop.run_until_complete(
+                out.extend(self._runner.run(
                     self.classifier.classify(batch, name, threshold)))
                 bar.update(len(batch))
         return out
 
     def close(self) -> None:
         """Close the backend's connections and the event loop."""
-        self._loop.run_until_complete(self.classifier.backend.close())
-        self._loop.close()
+        self._runner.run(self.classifier.backend.close())
+        self._runner.close()
 
     def p_signal(self, articles: Sequence[Article], adapter: str | None,
                  chunk: int = 32) -> list[float]:
