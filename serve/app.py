@@ -12,6 +12,10 @@ Routes owned here:
 * ``GET  /ready``   warm-up done and the backend answers (readiness)
 * ``GET  /metrics`` Prometheus metrics
 
+The routes are plain functions in three routers, one per scope (classify, admin, open),
+over one typed dependency, :data:`Service`: the :class:`ClassificationService` of the
+app serving the request (its classifier, registry, metrics and limits).
+
 Scopes (``serve/auth.py``), checked before the body is read: the admin routes need
 ``Authorization: Bearer <admin token>`` (``SIGNALS_SERVE_ADMIN_TOKEN``; unset: they are
 disabled, 403); ``/v1/classify`` and ``/v1/adapters`` need the classify token
@@ -41,9 +45,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Annotated
 
-from fastapi import FastAPI, Path, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
@@ -103,94 +110,82 @@ class ApiMetrics:
                                      ["trigger"], registry=self.registry)
 
 
-# --- the app -----------------------------------------------------------------------
+# --- what the routes share ----------------------------------------------------------
 
-def create_app(classifier: SignalClassifier, max_batch: int = 64,
-               max_request_bytes: int = 8 * 1024 * 1024,
-               warmup_retry_s: float = 2.0, preload: list[str] = (),
-               admin_token: str | None = None, watch_interval_s: float | None = 2.0,
-               classify_token: str | None = None) -> FastAPI:
-    """The FastAPI app over ``classifier``.
+CLASSIFY_SCOPE = Scope("classify", None, open_when_unset=True,
+                       setting="SIGNALS_SERVE_CLASSIFY_TOKEN")
+"""Classification and the adapter list: open while no classify token is set."""
+ADMIN_SCOPE = Scope("admin", None, open_when_unset=False, setting="SIGNALS_SERVE_ADMIN_TOKEN")
+"""Loading, unloading, aliases: disabled while no admin token is set."""
+NAME_DOC = "Adapter version name or alias in the registry (not 'base': 400)."
 
-    At start it warms up in the background: loads the ``preload`` adapters and the
-    aliased ones, and classifies one article (vLLM's first request is slow); ``/ready``
-    answers 200 only after that succeeded. Then, every ``watch_interval_s`` seconds
-    (None: never), it loads registry versions that appeared and alias targets that
-    changed. ``admin_token`` enables the admin routes; ``classify_token``, when given,
-    closes classification and the adapter list to callers without it (or the admin token).
-    """
-    metrics = ApiMetrics()
-    state = {"ready": False, "warmup_error": "warm-up not finished"}
-    registry = classifier.registry
-    seen_versions = {v.name for v in registry.list()}
 
-    async def load(name: str, trigger: str) -> None:
-        before = set(classifier.loaded)
-        version = await classifier.ensure_loaded(name)
-        seen_versions.add(version.name)  # dealt with: the watcher leaves it alone now
-        if set(classifier.loaded) != before:
-            metrics.adapter_loads.labels(trigger).inc()
-        metrics.adapters_loaded.set(len(classifier.loaded))
+class ClassificationService:
+    """One instance of the API: the classifier and its registry, the metrics, this
+    instance's limits, the warm-up and the registry watcher, and the backend's failures
+    turned into API errors. The routes below reach it through :data:`Service`."""
 
-    async def follow_registry() -> None:
+    def __init__(self, classifier: SignalClassifier, max_batch: int, warmup_retry_s: float,
+                 preload: Sequence[str], watch_interval_s: float | None,
+                 anyone_loads: bool) -> None:
+        self.classifier = classifier
+        self.registry = classifier.registry
+        self.metrics = ApiMetrics()
+        self.max_batch = max_batch
+        self.warmup_retry_s = warmup_retry_s
+        self.preload = list(preload)
+        self.watch_interval_s = watch_interval_s
+        self.anyone_loads = anyone_loads
+        """No token at all: every caller may make the server load a version."""
+        self.ready = False
+        self.warmup_error: str | None = "warm-up not finished"
+        self.seen_versions = {v.name for v in self.registry.list()}
+
+    async def load(self, name: str, trigger: str) -> None:
+        before = set(self.classifier.loaded)
+        version = await self.classifier.ensure_loaded(name)
+        self.seen_versions.add(version.name)  # dealt with: the watcher leaves it alone now
+        if set(self.classifier.loaded) != before:
+            self.metrics.adapter_loads.labels(trigger).inc()
+        self.metrics.adapters_loaded.set(len(self.classifier.loaded))
+
+    async def follow_registry(self) -> None:
         """Load new versions and alias targets; never sees half-written versions."""
-        for alias, target in sorted(registry.aliases().items()):
-            if target not in classifier.loaded:
-                await load(target, "alias")
-        for version in registry.list():
-            if version.name not in seen_versions:
-                seen_versions.add(version.name)
-                await load(version.name, "watcher")
+        for alias, target in sorted(self.registry.aliases().items()):
+            if target not in self.classifier.loaded:
+                await self.load(target, "alias")
+        for version in self.registry.list():
+            if version.name not in self.seen_versions:
+                self.seen_versions.add(version.name)
+                await self.load(version.name, "watcher")
 
-    async def warm_up() -> None:
+    async def warm_up(self) -> None:
+        """Load the preloaded and aliased adapters and classify one article, retrying
+        until that succeeds; then follow the registry every ``watch_interval_s``."""
         while True:
             try:
-                for name in preload:
-                    await load(name, "preload")
-                await follow_registry()
-                await classifier.classify([WARMUP_ARTICLE])
-                state["ready"], state["warmup_error"] = True, None
-                metrics.backend_up.set(1)
+                for name in self.preload:
+                    await self.load(name, "preload")
+                await self.follow_registry()
+                await self.classifier.classify([WARMUP_ARTICLE])
+                self.ready, self.warmup_error = True, None
+                self.metrics.backend_up.set(1)
                 log.info("warm-up done: ready")
                 break
             except Exception as error:  # keep trying; /ready says why
-                state["warmup_error"] = str(error)
-                metrics.backend_up.set(0)
-                await asyncio.sleep(warmup_retry_s)
-        while watch_interval_s:
-            await asyncio.sleep(watch_interval_s)
+                self.warmup_error = str(error)
+                self.metrics.backend_up.set(0)
+                await asyncio.sleep(self.warmup_retry_s)
+        while self.watch_interval_s:
+            await asyncio.sleep(self.watch_interval_s)
             try:
-                await follow_registry()
+                await self.follow_registry()
             except Exception as error:  # a bad version must not stop the watcher
                 log.warning("registry watcher: %s", error)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        task = asyncio.create_task(warm_up())
-        yield
-        task.cancel()
-        await classifier.backend.close()
-
-    app = FastAPI(
-        title="Newsletter signals: classification API",
-        description="Flags investment signals in news items with a LoRA-tuned LLM served by vLLM.",
-        version="0.1.0", lifespan=lifespan,
-        responses={code: {"model": ErrorResponse}
-                   for code in (400, 401, 403, 404, 413, 422, 502, 503, 504)},
-    )
-    classify_scope = Scope("classify", classify_token, open_when_unset=True,
-                           setting="SIGNALS_SERVE_CLASSIFY_TOKEN")
-    admin_scope = Scope("admin", admin_token, open_when_unset=False,
-                        setting="SIGNALS_SERVE_ADMIN_TOKEN")
-    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
-    classify_auth = [Security(bearer_docs(classify_scope))]
-    admin_auth = [Security(bearer_docs(admin_scope))]
-    app.state.classifier = classifier
-    app.state.metrics = metrics
-
-    install_error_handlers(app, lambda kind: metrics.errors.labels(kind).inc())
-
-    async def call_backend(coro):
+    async def call_backend(self, coro):
+        """Await ``coro``; the classifier's and backend's failures as :class:`ApiError`."""
+        metrics = self.metrics
         try:
             return await coro
         except AdapterNotFound as error:
@@ -211,113 +206,168 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
         except NotEnoughToEstimate as error:
             raise ApiError(422, "signal_rate_not_estimable", str(error)) from error
 
-    anyone_loads = admin_token is None and classify_token is None
-
-    async def refuse_unloaded(names: set[str | None], granted: frozenset[str]) -> None:
+    async def refuse_unloaded(self, names: set[str | None], granted: frozenset[str]) -> None:
         """403 ``adapter_not_loaded`` for a named version that only the admin may load."""
-        if anyone_loads or "admin" in granted:
+        if self.anyone_loads or "admin" in granted:
             return
-        aliases = registry.aliases()
+        aliases = self.registry.aliases()
         for name in sorted(n for n in names if n is not None and n not in aliases):
-            version = classifier.resolve(name)  # 404 / 400 for unknown or invalid names
-            if version is not None and version.name not in classifier.loaded:
+            version = self.classifier.resolve(name)  # 404 / 400 for unknown or invalid names
+            if version is not None and version.name not in self.classifier.loaded:
                 raise ApiError(403, "adapter_not_loaded", (
                     f"version {version.name!r} is in the registry but not loaded; name an "
                     "alias or a loaded version (GET /v1/adapters), or load it with the "
                     "admin route POST /v1/adapters/{name}/load"))
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=classify_auth)
-    async def classify(request: ClassifyRequest, http: Request) -> ClassifyResponse:
-        """Classify one article, a batch, or a mixed batch over several adapters.
 
-        Empty articles (no title, no text) get an ``error`` entry in their place in
-        ``results`` and the others are classified, unless ``strict`` is true (422).
-        Naming a registry version that is not loaded needs the admin token (403
-        ``adapter_not_loaded``) unless the service runs without tokens."""
-        pairs = request.pairs
-        if len(pairs) > max_batch:
-            raise ApiError(422, "batch_too_large",
-                           f"{len(pairs)} articles in one request; at most {max_batch}")
-        await call_backend(refuse_unloaded({adapter for _, adapter in pairs},
-                                           scopes_granted(http)))
-        valid = [pair for pair in pairs if pair[0].content_problem() is None]
-        started = time.perf_counter()
-        results = iter(await call_backend(classifier.classify_mixed(
-            valid, request.threshold, request.signal_rate))
-                       if valid else [])
-        metrics.latency.observe(time.perf_counter() - started)
-        metrics.batch.observe(len(pairs))
-        metrics.requests.labels("ok" if len(valid) == len(pairs) else "partial").inc()
-        metrics.backend_up.set(1)
-        metrics.adapters_loaded.set(len(classifier.loaded))
-        answers: list[ArticleResult | ArticleError] = []
-        for article, _ in pairs:
-            problem = article.content_problem()
-            if problem is not None:
-                metrics.errors.labels("empty_article").inc()
-                answers.append(ArticleError(id=article.id, error=ErrorBody(
-                    type="empty_article", message=problem)))
-                continue
-            result = next(results)
-            metrics.articles.labels(result.adapter, str(result.label)).inc()
-            answers.append(ArticleResult.model_validate(result, from_attributes=True))
-        return ClassifyResponse(results=answers)
+def _service(request: Request) -> ClassificationService:
+    return request.app.state.service
 
-    @app.get("/v1/adapters", dependencies=classify_auth)
-    async def list_adapters() -> dict:
-        """Adapters in the registry with their manifests, the aliases, what is loaded;
-        ``dtype_mismatch``: the version's calibration was fitted in another dtype than
-        the backend computes in (``served_dtype``), so it may not hold (null: unknown)."""
-        return {
-            "adapters": [{"name": v.name, "loaded": v.name in classifier.loaded,
-                          "manifest": v.manifest.to_json(),
-                          "dtype_mismatch": classifier.dtype_mismatch(v)}
-                         for v in registry.list()],
-            "served_dtype": classifier.backend.dtype,
-            "aliases": registry.aliases(),
-            "loaded": list(classifier.loaded),
-        }
 
-    name_doc = "Adapter version name or alias in the registry (not 'base': 400)."
+Service = Annotated[ClassificationService, Depends(_service)]
+"""The routes' typed dependency: the instance serving this request."""
 
-    @app.post("/v1/adapters/{name}/load", dependencies=admin_auth)
-    async def load_adapter(name: str = adapter_path(name_doc)) -> AdapterState:
-        """Hot-load a registry adapter (name or alias) into the backend; no restart.
-        404: not in the registry; 400 ``base_model_not_adapter``: 'base'."""
-        await call_backend(load(name, "admin"))
-        return AdapterState(name=classifier.resolve(name).name, loaded=True)
 
-    @app.post("/v1/adapters/{name}/unload", dependencies=admin_auth)
-    async def unload_adapter(name: str = adapter_path(name_doc)) -> AdapterState:
-        """Unload an adapter from the backend (it stays in the registry).
-        404: not in the registry; 400 ``base_model_not_adapter``: 'base'."""
-        version_name = await call_backend(classifier.unload(name))
-        metrics.adapters_loaded.set(len(classifier.loaded))
-        return AdapterState(name=version_name, loaded=False)
+# --- the routes -----------------------------------------------------------------------
 
-    @app.post("/v1/aliases/{alias}", dependencies=admin_auth)
-    async def set_alias(body: AliasRequest, alias: str = Path(
-            pattern=ALIAS_REGEX, max_length=ALIAS_MAX,
-            description="Alias name: lower-case letters, digits, '_', '-', starting with a "
-            "letter; not 'base'.")) -> AliasState:
-        """Point ``alias`` (e.g. production) at a version and load it: a promotion.
-        404: no such version; 400 ``base_model_not_adapter``: alias or target 'base'."""
-        if alias == BASE_NAME:
-            raise ApiError(400, "base_model_not_adapter",
-                           "'base' names the base model; it cannot be an alias")
-        await call_backend(load(body.adapter, "alias"))
-        try:
-            registry.set_alias(alias, classifier.resolve(body.adapter).name)
-        except InvalidAdapterName as error:
-            raise ApiError(400, "invalid_alias", str(error)) from error
-        return AliasState(alias=alias, adapter=registry.aliases()[alias])
+classify_routes = APIRouter(dependencies=[Security(bearer_docs(CLASSIFY_SCOPE))])
+admin_routes = APIRouter(dependencies=[Security(bearer_docs(ADMIN_SCOPE))])
+open_routes = APIRouter()
 
-    original_openapi = app.openapi
+
+@classify_routes.post("/v1/classify", response_model=ClassifyResponse)
+async def classify(request: ClassifyRequest, http: Request,
+                   service: Service) -> ClassifyResponse:
+    """Classify one article, a batch, or a mixed batch over several adapters.
+
+    Empty articles (no title, no text) get an ``error`` entry in their place in
+    ``results`` and the others are classified, unless ``strict`` is true (422).
+    Naming a registry version that is not loaded needs the admin token (403
+    ``adapter_not_loaded``) unless the service runs without tokens."""
+    classifier, metrics = service.classifier, service.metrics
+    pairs = request.pairs
+    if len(pairs) > service.max_batch:
+        raise ApiError(422, "batch_too_large",
+                       f"{len(pairs)} articles in one request; at most {service.max_batch}")
+    await service.call_backend(service.refuse_unloaded({adapter for _, adapter in pairs},
+                                                       scopes_granted(http)))
+    valid = [pair for pair in pairs if pair[0].content_problem() is None]
+    started = time.perf_counter()
+    results = iter(await service.call_backend(classifier.classify_mixed(
+        valid, request.threshold, request.signal_rate))
+                   if valid else [])
+    metrics.latency.observe(time.perf_counter() - started)
+    metrics.batch.observe(len(pairs))
+    metrics.requests.labels("ok" if len(valid) == len(pairs) else "partial").inc()
+    metrics.backend_up.set(1)
+    metrics.adapters_loaded.set(len(classifier.loaded))
+    answers: list[ArticleResult | ArticleError] = []
+    for article, _ in pairs:
+        problem = article.content_problem()
+        if problem is not None:
+            metrics.errors.labels("empty_article").inc()
+            answers.append(ArticleError(id=article.id, error=ErrorBody(
+                type="empty_article", message=problem)))
+            continue
+        result = next(results)
+        metrics.articles.labels(result.adapter, str(result.label)).inc()
+        answers.append(ArticleResult.model_validate(result, from_attributes=True))
+    return ClassifyResponse(results=answers)
+
+
+@classify_routes.get("/v1/adapters")
+async def list_adapters(service: Service) -> dict:
+    """Adapters in the registry with their manifests, the aliases, what is loaded;
+    ``dtype_mismatch``: the version's calibration was fitted in another dtype than
+    the backend computes in (``served_dtype``), so it may not hold (null: unknown)."""
+    classifier, registry = service.classifier, service.registry
+    return {
+        "adapters": [{"name": v.name, "loaded": v.name in classifier.loaded,
+                      "manifest": v.manifest.to_json(),
+                      "dtype_mismatch": classifier.dtype_mismatch(v)}
+                     for v in registry.list()],
+        "served_dtype": classifier.backend.dtype,
+        "aliases": registry.aliases(),
+        "loaded": list(classifier.loaded),
+    }
+
+
+@admin_routes.post("/v1/adapters/{name}/load")
+async def load_adapter(service: Service, name: str = adapter_path(NAME_DOC)) -> AdapterState:
+    """Hot-load a registry adapter (name or alias) into the backend; no restart.
+    404: not in the registry; 400 ``base_model_not_adapter``: 'base'."""
+    await service.call_backend(service.load(name, "admin"))
+    return AdapterState(name=service.classifier.resolve(name).name, loaded=True)
+
+
+@admin_routes.post("/v1/adapters/{name}/unload")
+async def unload_adapter(service: Service,
+                         name: str = adapter_path(NAME_DOC)) -> AdapterState:
+    """Unload an adapter from the backend (it stays in the registry).
+    404: not in the registry; 400 ``base_model_not_adapter``: 'base'."""
+    version_name = await service.call_backend(service.classifier.unload(name))
+    service.metrics.adapters_loaded.set(len(service.classifier.loaded))
+    return AdapterState(name=version_name, loaded=False)
+
+
+@admin_routes.post("/v1/aliases/{alias}")
+async def set_alias(body: AliasRequest, service: Service, alias: str = Path(
+        pattern=ALIAS_REGEX, max_length=ALIAS_MAX,
+        description="Alias name: lower-case letters, digits, '_', '-', starting with a "
+        "letter; not 'base'.")) -> AliasState:
+    """Point ``alias`` (e.g. production) at a version and load it: a promotion.
+    404: no such version; 400 ``base_model_not_adapter``: alias or target 'base'."""
+    if alias == BASE_NAME:
+        raise ApiError(400, "base_model_not_adapter",
+                       "'base' names the base model; it cannot be an alias")
+    await service.call_backend(service.load(body.adapter, "alias"))
+    try:
+        service.registry.set_alias(alias, service.classifier.resolve(body.adapter).name)
+    except InvalidAdapterName as error:
+        raise ApiError(400, "invalid_alias", str(error)) from error
+    return AliasState(alias=alias, adapter=service.registry.aliases()[alias])
+
+
+@open_routes.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@open_routes.get("/ready", responses={503: {"model": ErrorResponse}})
+async def ready(service: Service):
+    if not service.ready:
+        return error_response(503, "not_ready", f"warming up: {service.warmup_error}")
+    backend = service.classifier.backend
+    if not await backend.healthy():
+        service.metrics.backend_up.set(0)
+        return error_response(503, "backend_unavailable",
+                              f"the {backend.name} backend does not answer")
+    return {"status": "ready", "backend": backend.name}
+
+
+@open_routes.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(service: Service) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- the app -----------------------------------------------------------------------
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    service: ClassificationService = app.state.service
+    task = asyncio.create_task(service.warm_up())
+    yield
+    task.cancel()
+    await service.classifier.backend.close()
+
+
+def _openapi_with_batch_limit(app: FastAPI, max_batch: int) -> None:
+    """The generated document, plus what only this instance knows: the batch limit."""
+    generated = app.openapi
 
     def openapi() -> dict:
-        """The generated document, plus what only this instance knows: the batch limit."""
         if app.openapi_schema is None:
-            schema = original_openapi()
+            schema = generated()
             fields = schema["components"]["schemas"]["ClassifyRequest"]["properties"]
             for field in ("articles", "items"):
                 for branch in fields[field].get("anyOf", [fields[field]]):
@@ -327,26 +377,40 @@ def create_app(classifier: SignalClassifier, max_batch: int = 64,
 
     app.openapi = openapi
 
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
 
-    @app.get("/ready", responses={503: {"model": ErrorResponse}})
-    async def ready():
-        if not state["ready"]:
-            return error_response(503, "not_ready", f"warming up: {state['warmup_error']}")
-        if not await classifier.backend.healthy():
-            metrics.backend_up.set(0)
-            return error_response(503, "backend_unavailable",
-                                  f"the {classifier.backend.name} backend does not answer")
-        return {"status": "ready", "backend": classifier.backend.name}
+def create_app(classifier: SignalClassifier, max_batch: int = 64,
+               max_request_bytes: int = 8 * 1024 * 1024,
+               warmup_retry_s: float = 2.0, preload: Sequence[str] = (),
+               admin_token: str | None = None, watch_interval_s: float | None = 2.0,
+               classify_token: str | None = None) -> FastAPI:
+    """The FastAPI app over ``classifier``.
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    At start it warms up in the background: loads the ``preload`` adapters and the
+    aliased ones, and classifies one article (vLLM's first request is slow); ``/ready``
+    answers 200 only after that succeeded. Then, every ``watch_interval_s`` seconds
+    (None: never), it loads registry versions that appeared and alias targets that
+    changed. ``admin_token`` enables the admin routes; ``classify_token``, when given,
+    closes classification and the adapter list to callers without it (or the admin token).
+    """
+    service = ClassificationService(
+        classifier, max_batch, warmup_retry_s, preload, watch_interval_s,
+        anyone_loads=admin_token is None and classify_token is None)
+    app = FastAPI(
+        title="Newsletter signals: classification API",
+        description="Flags investment signals in news items with a LoRA-tuned LLM served by vLLM.",
+        version="0.1.0", lifespan=_lifespan,
+        responses={code: {"model": ErrorResponse}
+                   for code in (400, 401, 403, 404, 413, 422, 502, 503, 504)},
+    )
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+    install_error_handlers(app, lambda kind: service.metrics.errors.labels(kind).inc())
+    for routes in (classify_routes, admin_routes, open_routes):
+        app.include_router(routes)
+    _openapi_with_batch_limit(app, max_batch)
     # Added last = outermost: the token is checked before the body is even read. The
-    # rules are the scopes the routes above declare.
-    app.add_middleware(ScopeGuard, scopes=[classify_scope, admin_scope],
+    # rules are the scopes the routes declare.
+    app.add_middleware(ScopeGuard, scopes=[replace(CLASSIFY_SCOPE, token=classify_token),
+                                           replace(ADMIN_SCOPE, token=admin_token)],
                        rules=rules_from_routes(app))
     return app
