@@ -49,7 +49,8 @@ class IngestMetrics:
             "waits on), filled (its page was read: classified from it), skipped (never "
             "classified; the reason is the item's last_error)", ["outcome"], registry=r)
         self.polls = Counter("signals_ingest_source_polls",
-                             "Source polls by outcome (ok, error)", ["source", "outcome"],
+                             "Source polls by outcome (ok, error, deferred: its server's "
+                             "Retry-After has not passed)", ["source", "outcome"],
                              registry=r)
         self.source_errors = Counter(
             "signals_ingest_source_errors",

@@ -37,6 +37,10 @@ DROP_ATTEMPTS = 3
 """Scans a drop file may fail to be stored in (the store raising) before it moves to
 ``failed/`` with a ``.reason`` file beside it."""
 
+MAX_FEED_HOLD_S = 24 * 3600.0
+"""The longest a feed's ``Retry-After`` holds its polls back (a server asking for more
+is polled again after a day)."""
+
 AcceptItems = Callable[[list[Article], str], Awaitable[list[Accepted]]]
 
 
@@ -52,13 +56,23 @@ class Pollers:
         self._drop_seen: dict[str, tuple[int, int]] = {}
         """Size and mtime of each drop file at the last scan (read once they hold)."""
         self._drop_failures: dict[str, int] = {}
+        self._feed_held_until: dict[str, float] = {}
+        """Feed name -> ``time.monotonic()`` before which it is not fetched: what its
+        server's last ``Retry-After`` asked (at most :data:`MAX_FEED_HOLD_S`)."""
 
     def _count_read_problems(self, source: str, result: ReadResult) -> None:
         if result.skipped:
             self.metrics.items_skipped.labels(source).inc(result.skipped)
 
     async def poll_feed(self, feed: FeedSourceConfig) -> int:
-        """Fetch and ingest one feed; the number of new items (errors are counted)."""
+        """Fetch and ingest one feed; the number of new items (errors are counted).
+        A feed whose server answered 429/503 with ``Retry-After`` is not fetched again
+        before that time (the poll counts as ``deferred``)."""
+        held = self._feed_held_until.get(feed.name, 0.0) - time.monotonic()
+        if held > 0:
+            self.metrics.polls.labels(feed.name, "deferred").inc()
+            log.debug("feed %s: its server asked to wait; %.0f s left", feed.name, held)
+            return 0
         try:
             result = await asyncio.to_thread(read_feed, feed.url, feed.name,
                                              timeout_s=feed.timeout_s,
@@ -67,6 +81,9 @@ class Pollers:
             self.metrics.source_errors.labels(feed.name, error.kind).inc()
             self.metrics.polls.labels(feed.name, "error").inc()
             log.warning("feed %s: %s", feed.name, error)
+            if error.retry_after_s:
+                self._feed_held_until[feed.name] = time.monotonic() + min(
+                    error.retry_after_s, MAX_FEED_HOLD_S)
             return 0
         if not result.feed_format:
             self._count_read_problems(feed.name, result)

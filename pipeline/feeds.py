@@ -5,6 +5,8 @@ A fetch is bounded: the whole answer (redirects included) within ``timeout_s`` o
 time however slowly it drips, at most ``max_bytes`` after decompression (a compressed
 bomb stops there), and it connects only where the address policy admits
 (:mod:`pipeline.egress`: global addresses, plus ``allow_networks``), on every redirect hop.
+A 429 or 503 answer's ``Retry-After`` (:mod:`pipeline.politeness`, as the link and trends
+stages read it) travels on the :class:`FeedError`, so a poller can wait what it asks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipeline.article import Article
 from pipeline.dedupe import hash_title_and_text
 from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
 from pipeline.html_text import html_to_text, normalise_whitespace
+from pipeline.politeness import retry_after_seconds
 from pipeline.sources import ReadResult
 
 log = logging.getLogger(__name__)
@@ -68,11 +71,14 @@ FeedErrorKind = Literal["http_status", "too_large", "timeout", "blocked_address"
 class FeedError(Exception):
     """A feed could not be fetched at all: HTTP error status, timeout, connection error."""
 
-    def __init__(self, url: str, reason: str, kind: FeedErrorKind = "connection") -> None:
+    def __init__(self, url: str, reason: str, kind: FeedErrorKind = "connection",
+                 retry_after_s: float | None = None) -> None:
         super().__init__(f"feed {url}: {reason}")
         self.url = url
         self.reason = reason
         self.kind: FeedErrorKind = kind
+        self.retry_after_s = retry_after_s
+        """What a 429 or 503 answer's ``Retry-After`` asked, in seconds; None: nothing."""
 
 
 def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
@@ -91,8 +97,11 @@ def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
         with client.stream("GET", url, headers=headers, timeout=timeout_s,
                            follow_redirects=True) as response:
             if response.status_code >= 400:
-                raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}",
-                                "http_status")
+                wait = (retry_after_seconds(response.headers.get("retry-after"))
+                        if response.status_code in (429, 503) else None)
+                raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}"
+                                + (f" (Retry-After: {wait:g} s)" if wait is not None else ""),
+                                "http_status", retry_after_s=wait)
             body, size = [], 0
             for chunk in response.iter_bytes():  # decompressed
                 size += len(chunk)

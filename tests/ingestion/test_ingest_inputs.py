@@ -299,3 +299,36 @@ def test_imap_newsletters_are_ingested_once(tmp_path, unreachable_api, imap_mail
         titles = {httpx.get(f"{url}/v1/items/{i}").json()["title"] for i in (1, 2)}
         assert titles == {"Omega buys Sigma", "Tau opens plant"}
         assert httpx.get(f"{url}/v1/items/3").status_code == 404
+
+
+def test_a_feed_that_asks_to_wait_is_not_polled_before_its_retry_after(tmp_path,
+                                                                       unreachable_api):
+    # The same Retry-After reader as the link and trends stages: the server's first
+    # answer is 429 with "Retry-After: 2"; polled every 0.2 s, the feed is not fetched
+    # again for those 2 s (about ten polls deferred), then read normally.
+    hits: list[float] = []
+    app = FastAPI()
+
+    @app.get("/busy")
+    async def busy():
+        hits.append(time.monotonic())
+        if len(hits) == 1:
+            return Response("slow down", status_code=429, headers={"Retry-After": "2"})
+        return Response(RSS, media_type="application/rss+xml")
+
+    with serve_app(app) as feeds:
+        config = IngestConfig(
+            database_url=f"sqlite:///{tmp_path / 'ingest.db'}", classifier_url=unreachable_api,
+            retry_initial_s=5, feeds=[FeedSourceConfig(
+                name="busy", url=f"{feeds}/busy", interval_s=0.2,
+                allow_networks=["127.0.0.0/8"])])
+        with serve_app(create_ingest_app(config)) as url:
+            samples = wait_for(lambda: (s := scrape(url)) and sample(
+                s, "signals_ingest_items_accepted_total", source="busy") == 2 and s,
+                20, "the feed read after its Retry-After")
+    assert len(hits) >= 2
+    assert hits[1] - hits[0] >= 1.9  # nothing fetched while the server asked to wait
+    assert sample(samples, "signals_ingest_source_errors_total", source="busy",
+                  kind="http_status") == 1
+    assert sample(samples, "signals_ingest_source_polls_total", source="busy",
+                  outcome="deferred") >= 5
