@@ -26,6 +26,7 @@ import httpx
 from pipeline.article import Article
 from pipeline.dedupe import hash_title_and_text
 from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
+from pipeline.fetch_limits import BodyCut, read_bounded
 from pipeline.html_text import html_to_text, normalise_whitespace
 from pipeline.politeness import retry_after_seconds
 from pipeline.sources import ReadResult
@@ -102,16 +103,13 @@ def fetch_feed(url: str, timeout_s: float = DEFAULT_FEED_TIMEOUT_S,
                 raise FeedError(url, f"HTTP {response.status_code} {response.reason_phrase}"
                                 + (f" (Retry-After: {wait:g} s)" if wait is not None else ""),
                                 "http_status", retry_after_s=wait)
-            body, size = [], 0
-            for chunk in response.iter_bytes():  # decompressed
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FeedError(url, f"more than {max_bytes} bytes after decompression",
-                                    "too_large")
-                if time.monotonic() > deadline:
-                    raise FeedError(url, f"not complete after {timeout_s:g} s", "timeout")
-                body.append(chunk)
-            return FeedAnswer(b"".join(body), str(response.url), response.charset_encoding)
+            try:
+                body = read_bounded(response, max_bytes, deadline)
+            except BodyCut as cut:
+                raise FeedError(url, f"more than {max_bytes} bytes after decompression"
+                                if cut.kind == "too_large" else
+                                f"not complete after {timeout_s:g} s", cut.kind) from None
+            return FeedAnswer(body, str(response.url), response.charset_encoding)
     except BlockedAddress as exc:
         raise FeedError(url, f"refused address {exc} (a feed on your own network: "
                         "add it to allow_networks)", "blocked_address") from exc

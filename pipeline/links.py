@@ -93,6 +93,7 @@ from pydantic import BaseModel, Field
 from pipeline.article import Article
 from pipeline.dedupe import normalise_text
 from pipeline.egress import AddressPolicy, BlockedAddress, policy_transport
+from pipeline.fetch_limits import BodyCut, read_bounded
 from pipeline.link_settings import LinkSettings
 from pipeline.politeness import RequestPacer, retry_after_seconds
 
@@ -275,15 +276,13 @@ class _Extraction:
     canonical: str | None
 
 
-def _read_capped(response: httpx.Response, limit: int, deadline: float) -> bool:
-    """Read a streamed body to its end unless it exceeds ``limit`` bytes or runs past
-    ``deadline`` (``time.monotonic()``); True if complete."""
-    size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > limit or time.monotonic() > deadline:
-            return False
-    return True
+def _drain(response: httpx.Response, limit: int, deadline: float) -> None:
+    """Read a short redirect or error body to its end, unless it exceeds ``limit`` bytes
+    or runs past ``deadline``: the cache stores an answer only once its body is complete."""
+    try:
+        read_bounded(response, limit, deadline)
+    except BodyCut:
+        pass
 
 
 class _HostGate:
@@ -569,7 +568,7 @@ class LinkEnricher:
                     # Read a short error or redirect body to its end: the cache stores an
                     # answer only once its body is complete, and a stored 301 is one
                     # request fewer next time.
-                    _read_capped(response, ERROR_BODY_BYTES, started + s.page_timeout_s)
+                    _drain(response, ERROR_BODY_BYTES, started + s.page_timeout_s)
                 if response.is_redirect and response.headers.get("location"):
                     return _Answer(url, status, location=urljoin(url, response.headers["location"]))
                 if status in RETRY_STATUSES:
@@ -588,17 +587,15 @@ class LinkEnricher:
                 if declared.isdigit() and int(declared) > s.max_page_bytes:
                     return _StopFetch("too_large", f"Content-Length {declared} bytes exceeds "
                                       f"{s.max_page_bytes}", status)
-                chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > s.max_page_bytes:
-                        return _StopFetch("too_large", f"more than {s.max_page_bytes} bytes "
-                                          "read; abandoned", status)
-                    if time.monotonic() - started > s.page_timeout_s:
-                        return _StopFetch("timeout", f"page not complete after "
-                                          f"{s.page_timeout_s:g} s", status)
-                    chunks.append(chunk)
-                return _Answer(url, status, body=b"".join(chunks),
+                try:
+                    body = read_bounded(response, s.max_page_bytes,
+                                        started + s.page_timeout_s)
+                except BodyCut as cut:
+                    return _StopFetch(cut.kind, f"more than {s.max_page_bytes} bytes read; "
+                                      "abandoned" if cut.kind == "too_large" else
+                                      f"page not complete after {s.page_timeout_s:g} s",
+                                      status)
+                return _Answer(url, status, body=body,
                                charset=response.charset_encoding,
                                content_language=response.headers.get("content-language"),
                                from_cache=from_cache, revalidated=revalidated)
@@ -652,17 +649,14 @@ class LinkEnricher:
         try:
             with self._client.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code != 200:
-                    _read_capped(response, ERROR_BODY_BYTES, deadline)  # complete: cacheable
+                    _drain(response, ERROR_BODY_BYTES, deadline)  # complete: cacheable
                     return response.status_code
                 # RFC 9309: at least 500 KiB must be parsed; a longer file is cut there.
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) >= ROBOTS_BYTES:
-                        break
-                    if time.monotonic() > deadline:
-                        return 599
-                return bytes(body[:ROBOTS_BYTES]).decode("utf-8", errors="replace")
+                try:
+                    body = read_bounded(response, ROBOTS_BYTES, deadline, truncate=True)
+                except BodyCut:  # only a timeout: a long file is truncated
+                    return 599
+                return body.decode("utf-8", errors="replace")
         except (httpx.HTTPError, BlockedAddress):
             return 599
 
