@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 from pipeline.article import Article
 from sqlalchemy.exc import DataError

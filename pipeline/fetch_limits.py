@@ -19,10 +19,9 @@ class BodyCut(Exception):
     """The body was not read to its end: ``too_large`` (more than the cap after
     decompression) or ``timeout`` (not complete by the deadline)."""
 
-    def __init__(self, kind: Literal["too_large", "timeout"], limit: float) -> None:
-        super().__init__(f"{kind} ({limit:g})")
+    def __init__(self, kind: Literal["too_large", "timeout"]) -> None:
+        super().__init__(kind)
         self.kind: Literal["too_large", "timeout"] = kind
-        self.limit = limit
 
 
 def read_bounded(response: httpx.Response, max_bytes: int, deadline: float,
@@ -35,10 +34,10 @@ def read_bounded(response: httpx.Response, max_bytes: int, deadline: float,
     for chunk in response.iter_bytes():
         chunks.append(chunk)
         size += len(chunk)
-        if size > max_bytes or (truncate and size >= max_bytes):
-            if truncate:
-                return b"".join(chunks)[:max_bytes]
-            raise BodyCut("too_large", max_bytes)
+        if truncate and size >= max_bytes:
+            return b"".join(chunks)[:max_bytes]
+        if size > max_bytes:
+            raise BodyCut("too_large")
         if time.monotonic() > deadline:
-            raise BodyCut("timeout", deadline)
+            raise BodyCut("timeout")
     return b"".join(chunks)

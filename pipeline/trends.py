@@ -59,7 +59,6 @@ import json
 import logging
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field

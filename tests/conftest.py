@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from pipeline.settings import OFFLINE_ENV, Paths  # pydantic only: nothing read them yet
+
+for _name, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_name, _value)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers (pytest-xdist)
     # A local Ray (ray.init() without an address) joins the cluster last started under
     # its temp dir: each worker gets its own, so one worker's Ray never joins the other's.
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(
         prefix=f"ray-{os.environ['PYTEST_XDIST_WORKER']}-", dir="/tmp"))
 
-from pipeline.settings import Paths  # noqa: E402
 # free_port, serve_app and publish_variant are imported by tests from here.
 from serve.local_http import free_port, serve_app  # noqa: E402,F401
 from classify.variants import publish_variant  # noqa: E402,F401
