@@ -75,13 +75,30 @@ def resolve_adapter(reference: str, registry: Path) -> Path:
 def pin_init_adapter(config: TrainConfig) -> TrainConfig:
     """``config`` with an ``init_adapter`` given as a registry alias replaced by the
     version the alias names now: every worker, and the manifest, read that one version,
-    even if the alias moves while the run trains (the promotion gate may move it)."""
-    if not config.init_adapter or (Path(config.init_adapter) / "adapter_config.json").is_file():
+    even if the alias moves while the run trains (the promotion gate may move it).
+
+    A continued adapter keeps its own LoRA shape (``PeftModel.from_pretrained`` loads
+    it), so the config takes the rank, alpha and target modules from its
+    ``adapter_config.json``: the manifest then records the shape the new version has,
+    not the one the config file names (``update.yaml`` continuing a production adapter
+    trained with another ``target_modules``)."""
+    if not config.init_adapter:
         return config
-    version = resolve_adapter(config.init_adapter, config.registry).name
-    if version != config.init_adapter:
-        log.info("init_adapter %s is version %s", config.init_adapter, version)
-    return config.model_copy(update={"init_adapter": version})
+    path = resolve_adapter(config.init_adapter, config.registry)
+    update = {}
+    if not (Path(config.init_adapter) / "adapter_config.json").is_file():
+        if path.name != config.init_adapter:
+            log.info("init_adapter %s is version %s", config.init_adapter, path.name)
+        update["init_adapter"] = path.name
+    shape = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    modules = shape["target_modules"]
+    own = {"rank": shape["r"], "alpha": shape["lora_alpha"],
+           "target_modules": sorted([modules] if isinstance(modules, str) else modules)}
+    if (config.rank, config.alpha, sorted(config.target_modules)) != tuple(own.values()):
+        log.info("init_adapter %s has LoRA rank %d, alpha %d on %s: continuing with its shape",
+                 path.name, own["rank"], own["alpha"], ",".join(own["target_modules"]))
+        update.update(own)
+    return config.model_copy(update=update) if update else config
 
 
 def check_prompt_style(adapter_dir: Path, config: TrainConfig) -> None:

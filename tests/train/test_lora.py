@@ -88,3 +88,24 @@ def test_loss_is_on_the_answer_tokens_only(base_model_dir, reuters_dataset, toke
         labels = prepared["labels"]
         assert labels[:-2] == [-100] * (len(labels) - 2)
         assert labels[-2:] == row["input_ids"][-2:]
+
+
+def test_a_continued_adapter_keeps_its_own_lora_shape(trained_adapter, registry_dir,
+                                                      base_model_dir, reuters_dataset):
+    """An update config naming other target modules (update.yaml continuing an adapter
+    trained with another recipe) takes the shape of the adapter it continues, so the new
+    version's manifest says what PeftModel.from_pretrained actually trains."""
+    from train.config import load_config
+    from train.model import pin_init_adapter
+
+    config = load_config(None, [f"base_model={base_model_dir}", f"dataset={reuters_dataset}",
+                                f"registry={registry_dir}", f"init_adapter={trained_adapter.name}",
+                                "rank=8", "alpha=8", "target_modules=[q_proj,gate_proj]"])
+    pinned = pin_init_adapter(config)
+    assert pinned.init_adapter == trained_adapter.name
+    assert (pinned.rank, pinned.alpha) == (16, 32)
+    assert sorted(pinned.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    by_path = pin_init_adapter(config.model_copy(update={"init_adapter": str(trained_adapter.path)}))
+    assert by_path.init_adapter == str(trained_adapter.path) and by_path.rank == 16
+    same = pin_init_adapter(pinned)
+    assert same.model_dump() == pinned.model_dump()
