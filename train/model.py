@@ -90,11 +90,15 @@ def pin_init_adapter(config: TrainConfig) -> TrainConfig:
         if path.name != config.init_adapter:
             log.info("init_adapter %s is version %s", config.init_adapter, path.name)
         update["init_adapter"] = path.name
-    shape = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-    modules = shape["target_modules"]
-    own = {"rank": shape["r"], "alpha": shape["lora_alpha"],
+    from peft import LoraConfig
+
+    shape = LoraConfig.from_pretrained(str(path))
+    modules = shape.target_modules
+    own = {"rank": shape.r, "alpha": shape.lora_alpha,
            "target_modules": sorted([modules] if isinstance(modules, str) else modules)}
-    if (config.rank, config.alpha, sorted(config.target_modules)) != tuple(own.values()):
+    mine = {"rank": config.rank, "alpha": config.alpha,
+            "target_modules": sorted(config.target_modules)}
+    if own != mine:
         log.info("init_adapter %s has LoRA rank %d, alpha %d on %s: continuing with its shape",
                  path.name, own["rank"], own["alpha"], ",".join(own["target_modules"]))
         update.update(own)
